@@ -1,0 +1,17 @@
+//! VBUS: the memory hierarchy and data bus of a GPU machine and of a cluster of them.
+//!
+//! This crate is the facade and the binary: the CLI, the configuration, `init` and `scan`, the
+//! daemon and `bench`. The tiers, the state bus and the BUS live in the crates below it
+//! (see `ARCHITECTURE.md`).
+
+#![forbid(unsafe_code)]
+
+pub mod bench;
+pub mod config;
+pub mod daemon;
+pub mod home;
+pub mod scan;
+
+pub use config::{Config, ConfigError};
+pub use home::Home;
+pub use scan::SystemScan;

@@ -1,0 +1,53 @@
+use crate::support::{run, run_ok, vbus};
+
+#[test]
+fn bench_scan_quick_prints_each_figure_beside_dd() {
+    let dir = tempfile::tempdir().unwrap();
+    let result = run_ok(dir.path(), &["bench", "scan", "--quick", "--json"]);
+    let lines: Vec<serde_json::Value> = result
+        .stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
+        .collect();
+    let metrics: Vec<&str> = lines
+        .iter()
+        .map(|line| line["metric"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        metrics,
+        ["disk_write_fsync", "disk_read_cold", "disk_read_warm"]
+    );
+    for line in &lines {
+        assert_eq!(line["suite"], "scan");
+        assert_eq!(line["unit"], "GB/s");
+        assert_eq!(line["device"], "cpu");
+        assert!(line["reference"].as_str().unwrap().starts_with("dd "));
+        let ours = line["ours"].as_f64().unwrap();
+        let reference = line["reference_value"].as_f64().unwrap();
+        assert!(ours > 0.0 && reference > 0.0, "{line}");
+        let ratio = line["ratio"].as_f64().unwrap();
+        assert!((ratio - ours / reference).abs() < 1e-9, "{line}");
+        assert!(line.get("target").is_some());
+    }
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "bench left scratch files"
+    );
+}
+
+#[test]
+fn bench_table_and_unknown_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let listed = run_ok(dir.path(), &["bench", "list"]);
+    assert!(listed.stdout.starts_with("scan "), "{}", listed.stdout);
+    let unknown = run(vbus(dir.path()).args(["bench", "warp-drive", "--quick"]));
+    assert_eq!(unknown.code, Some(1));
+    assert!(
+        unknown
+            .stderr
+            .contains("unknown bench suite \"warp-drive\""),
+        "{}",
+        unknown.stderr
+    );
+}

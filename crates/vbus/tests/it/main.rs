@@ -1,0 +1,9 @@
+//! End-to-end tests: the real `vbus` binary in temporary directories, the real HTTP server on a
+//! loopback port.
+
+mod bench;
+mod config;
+mod init;
+mod scan;
+mod support;
+mod up;

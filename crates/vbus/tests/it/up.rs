@@ -1,0 +1,159 @@
+use std::io::{BufRead as _, BufReader};
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use rustix::process::{Pid, Signal, kill_process};
+
+use crate::support::{http_get, run, vbus};
+
+/// A daemon started by a test; killed if the test ends without stopping it.
+struct Daemon {
+    child: Child,
+    addr: String,
+    stderr_lines: mpsc::Receiver<String>,
+}
+
+impl Daemon {
+    fn start(home: &Path) -> Self {
+        let child = vbus(home)
+            .args(["up", "--listen", "127.0.0.1:0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (sender, stderr_lines) = mpsc::sync_channel(1024);
+        // From here on, `Drop` kills and reaps the child whatever happens.
+        let mut daemon = Self {
+            child,
+            addr: String::new(),
+            stderr_lines,
+        };
+        let stderr = daemon.child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while daemon.addr.is_empty() {
+            let line = daemon
+                .stderr_lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .expect("the daemon logs its address within 30 s");
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                daemon.addr = rest.split_whitespace().next().unwrap().to_owned();
+            }
+        }
+        daemon
+    }
+
+    fn signal(&self, signal: Signal) {
+        kill_process(Pid::from_child(&self.child), signal).unwrap();
+    }
+
+    /// Waits for exit; returns the exit code and the rest of stderr.
+    fn wait(&mut self) -> (Option<i32>, String) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the daemon did not exit within 15 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let rest: Vec<String> = self.stderr_lines.try_iter().collect();
+        (status.code(), rest.join("\n"))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn up_initialises_the_home_serves_and_exits_zero_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("VBUS");
+    let mut daemon = Daemon::start(&home);
+    assert!(
+        home.join("CONFIG/vbus_config.json").is_file(),
+        "up did not initialise the home"
+    );
+
+    let (status, body) = http_get(&daemon.addr, "/health");
+    assert_eq!(status, 200, "{body}");
+    let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(health["status"], "ok");
+
+    let (status, body) = http_get(&daemon.addr, "/v1/stats");
+    assert_eq!(status, 200, "{body}");
+    let stats: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let config = vbus::Config::load(&home.join("CONFIG/vbus_config.json")).unwrap();
+    assert_eq!(
+        stats["tiers"]["L2_RAM"]["capacity_bytes"].as_u64(),
+        Some(config.cache_hierarchy.l2_ram.capacity_bytes())
+    );
+    assert_eq!(stats["tiers"]["L1_VRAM"]["device"], "simulated");
+    assert!(stats["process"]["rss_bytes"].as_u64().unwrap() > 0);
+
+    let (status, body) = http_get(&daemon.addr, "/v1/no-such-thing");
+    assert_eq!(status, 404);
+    assert!(
+        body.contains("no route for GET /v1/no-such-thing"),
+        "{body}"
+    );
+
+    daemon.signal(Signal::TERM);
+    let (code, stderr) = daemon.wait();
+    assert_eq!(code, Some(0), "{stderr}");
+    let log = std::fs::read_to_string(home.join("AUDIT/LOGS/vbus_daemon.log")).unwrap();
+    assert!(log.contains("listening on http://"), "{log}");
+    assert!(log.contains("signal=\"SIGTERM\""), "{log}");
+    assert!(log.contains("stopped cleanly"), "{log}");
+}
+
+#[test]
+fn sigint_also_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut daemon = Daemon::start(dir.path());
+    daemon.signal(Signal::INT);
+    let (code, stderr) = daemon.wait();
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+#[test]
+fn a_second_daemon_on_the_same_home_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Daemon::start(dir.path());
+    let second = run(vbus(dir.path()).args(["up", "--listen", "127.0.0.1:0"]));
+    assert_eq!(second.code, Some(1));
+    assert!(
+        second.stderr.contains("another vbus daemon"),
+        "{}",
+        second.stderr
+    );
+    let (status, _) = http_get(&first.addr, "/health");
+    assert_eq!(status, 200, "the first daemon was disturbed");
+}
+
+#[test]
+fn listening_beyond_loopback_needs_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let result = run(vbus(dir.path()).args(["up", "--listen", "0.0.0.0:0"]));
+    assert_eq!(result.code, Some(1));
+    assert!(
+        result.stderr.contains("`api.listen`") && result.stderr.contains("api.token"),
+        "{}",
+        result.stderr
+    );
+}
