@@ -1,7 +1,36 @@
 //! L3 of VBUS and the file storage of SyncBit: datasets of complete files at
-//! `CACHE/L3_DISK/{dataset}/{path}`, published atomically, indexed (size, BLAKE3, version) and
-//! verified on read. Knows nothing about RAM caching or GPUs.
+//! `{root}/{dataset}/{path}` (`CACHE/L3_DISK` in a VBUS home), ready for any program to open.
 //!
-//! Empty until the L3-store issue lands; the workspace holds its place in the layer table.
+//! - Atomic publish: bytes are staged in `{root}/.vbus-staging`, fsynced, renamed to the final
+//!   path, and the directory fsynced. Readers see the old version or the new one; concurrent
+//!   writers of one path never tear it (the last publish wins); staging leftovers of a crash are
+//!   removed on open.
+//! - An index per file (size, BLAKE3, version, last access, pin) persisted as a snapshot plus a
+//!   journal in `{root}/.vbus-index`, and reconciled with the directory on open: files copied in
+//!   by hand are adopted (hashed on first read), files deleted by hand are dropped.
+//! - Reads check the bytes against the hash the first time after open (or every time); a
+//!   mismatch is an error naming the file, which moves to `{root}/.vbus-quarantine`.
+//! - A capacity enforced by evicting the least recently used unpinned files; an
+//!   [`EvictionHook`] lets the tiered cache keep the only copy of a value.
+//!
+//! Knows nothing about RAM caching or GPUs.
 
 #![forbid(unsafe_code)]
+
+mod error;
+mod index;
+mod name;
+mod persist;
+mod reader;
+mod store;
+mod walk;
+mod writer;
+
+pub use error::{Error, Result};
+pub use name::{
+    DATASET_LEN_MAX, PATH_LEN_MAX, RESERVED_PREFIX, SEGMENT_LEN_MAX, validate_dataset,
+    validate_path,
+};
+pub use reader::FileReader;
+pub use store::{EvictionHook, FileMeta, FileStore, StoreBuilder, StoreStats, Verify};
+pub use writer::FileWriter;

@@ -2,6 +2,7 @@
 //! run, and the ratio (oriented so that above 1 is better).
 
 mod scan;
+mod store;
 
 use std::io::Write;
 
@@ -10,10 +11,16 @@ use serde::Serialize;
 use crate::home::Home;
 
 /// The suites `vbus bench` knows, with one line each.
-pub const SUITES: [(&str, &str); 1] = [(
-    "scan",
-    "disk read and write at the home against dd on the same file",
-)];
+pub const SUITES: [(&str, &str); 2] = [
+    (
+        "scan",
+        "disk read and write at the home against dd on the same file",
+    ),
+    (
+        "store",
+        "the L3 store's writes, reads and reopen against plain std::fs",
+    ),
+];
 
 /// Full run or a smoke test of a few seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,6 +203,7 @@ pub fn run<W: Write>(
 ) -> anyhow::Result<()> {
     match suite {
         "scan" => scan::run(mode, home, reporter),
+        "store" => store::run(mode, home, reporter),
         _ => {
             let known: Vec<&str> = SUITES.iter().map(|(name, _)| *name).collect();
             anyhow::bail!(
@@ -203,6 +211,22 @@ pub fn run<W: Write>(
                 known.join(", ")
             )
         }
+    }
+}
+
+/// A file or directory a suite works in, removed when dropped (also on error or panic).
+#[derive(Debug)]
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn remove(&self) {
+        let _ = std::fs::remove_file(&self.0).or_else(|_| std::fs::remove_dir_all(&self.0));
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        self.remove();
     }
 }
 
@@ -310,6 +334,6 @@ mod tests {
         let home = Home::resolve(Some(std::path::Path::new("/nonexistent"))).unwrap();
         let mut reporter = Reporter::new(Vec::new(), Format::Table);
         let err = run("nope", Mode::Quick, &home, &mut reporter).unwrap_err();
-        assert!(err.to_string().contains("suites: scan"), "{err}");
+        assert!(err.to_string().contains("suites: scan, store"), "{err}");
     }
 }

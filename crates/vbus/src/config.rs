@@ -419,6 +419,15 @@ impl Config {
             )?;
         }
 
+        let l3_policy = self.cache_hierarchy.l3_disk.eviction_policy;
+        if l3_policy != EvictionPolicy::Lru {
+            return Err(ConfigError::Value {
+                key: "cache_hierarchy.L3_DISK.eviction_policy".to_owned(),
+                value: format!("\"{}\"", l3_policy.as_str()),
+                allowed: "\"lru\" (the L3 store evicts by last access)".to_owned(),
+            });
+        }
+
         let bus = &self.bus_config;
         if bus.master_db.trim().is_empty() {
             return Err(value_error(
@@ -582,16 +591,16 @@ mod tests {
 
     #[test]
     fn a_partial_tier_takes_that_tiers_defaults() {
-        let text = r#"{"cache_hierarchy": {"L1_VRAM": {"enabled": false}, "L3_DISK": {"eviction_policy": "sieve"}}}"#;
+        let text = r#"{"cache_hierarchy": {"L1_VRAM": {"enabled": false}, "L2_RAM": {"eviction_policy": "sieve"}}}"#;
         let tiers = Config::from_json_str(text, "<input>")
             .unwrap()
             .cache_hierarchy;
         let defaults = CacheHierarchy::default();
         assert!(!tiers.l1_vram.enabled);
         assert_eq!(tiers.l1_vram.max_size_mb, defaults.l1_vram.max_size_mb);
-        assert_eq!(tiers.l2_ram, defaults.l2_ram);
-        assert_eq!(tiers.l3_disk.eviction_policy, EvictionPolicy::Sieve);
-        assert_eq!(tiers.l3_disk.max_size_mb, defaults.l3_disk.max_size_mb);
+        assert_eq!(tiers.l2_ram.eviction_policy, EvictionPolicy::Sieve);
+        assert_eq!(tiers.l2_ram.max_size_mb, defaults.l2_ram.max_size_mb);
+        assert_eq!(tiers.l3_disk, defaults.l3_disk);
     }
 
     #[test]

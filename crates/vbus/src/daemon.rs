@@ -70,6 +70,8 @@ struct AppState {
     home: Home,
     config: Config,
     l1_device: L1Device,
+    /// L3, when enabled.
+    store: Option<vbus_store::FileStore>,
 }
 
 /// Runs the daemon until SIGINT or SIGTERM. `listen` overrides `api.listen` (port 0 picks a free
@@ -88,6 +90,16 @@ pub fn up(home: &Home, listen: Option<&str>) -> anyhow::Result<()> {
     install_logging(home)?;
     let l1_device = L1Device::choose(&config)?;
     let listen_addr = config.api.listen_addr()?;
+    let l3 = &config.cache_hierarchy.l3_disk;
+    let store = if l3.enabled {
+        let store = vbus_store::FileStore::builder(home.l3_dir())
+            .capacity_bytes(l3.capacity_bytes())
+            .open()
+            .with_context(|| format!("cannot open the L3 store at {}", home.l3_dir().display()))?;
+        Some(store)
+    } else {
+        None
+    };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -99,6 +111,7 @@ pub fn up(home: &Home, listen: Option<&str>) -> anyhow::Result<()> {
         home: home.clone(),
         config,
         l1_device,
+        store,
     });
     runtime.block_on(serve(state, listen_addr))
 }
@@ -162,10 +175,36 @@ async fn stats(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
         "tiers": {
             "L1_VRAM": tier(&tiers.l1_vram, json!({ "device": state.l1_device.as_str() })),
             "L2_RAM": tier(&tiers.l2_ram, json!({ "page_locked": state.l1_device == L1Device::Cuda })),
-            "L3_DISK": tier(&tiers.l3_disk, json!({ "path": state.home.l3_dir() })),
+            "L3_DISK": tier(&tiers.l3_disk, l3_stats(&state)),
         },
         "process": { "rss_bytes": rss_bytes() },
     }))
+}
+
+/// What the L3 store holds, and what it did since the daemon started.
+fn l3_stats(state: &AppState) -> serde_json::Value {
+    let mut value = json!({ "path": state.home.l3_dir() });
+    if let (Some(store), Some(object)) = (&state.store, value.as_object_mut()) {
+        let stats = store.stats();
+        object.extend(
+            json!({
+                "n_files": stats.n_files,
+                "used_bytes": stats.used_bytes,
+                "n_pinned": stats.n_pinned,
+                "pinned_bytes": stats.pinned_bytes,
+                "n_evictions": stats.n_evictions,
+                "evicted_bytes": stats.evicted_bytes,
+                "n_checksum_failures": stats.n_checksum_failures,
+                "n_adopted_on_open": stats.n_adopted_on_open,
+                "n_dropped_on_open": stats.n_dropped_on_open,
+                "open_ms": stats.open_ms,
+            })
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
+        );
+    }
+    value
 }
 
 async fn not_found(method: Method, uri: Uri) -> Response {

@@ -1,13 +1,12 @@
 //! `vbus bench scan`: the scan's disk figures at the home against `dd` on the same file.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::Context as _;
 
-use super::{Better, Device, Measurement, Mode, Reporter, median};
+use super::{Better, Device, Measurement, Mode, Reporter, Scratch, median};
 use crate::home::Home;
 use crate::scan::{self, IO_BLOCK_BYTES, PageCache};
 
@@ -116,23 +115,4 @@ fn time_dd(args: &[&str], n_bytes: u64) -> anyhow::Result<f64> {
     let elapsed = started.elapsed();
     anyhow::ensure!(status.success(), "dd {} failed: {status}", args.join(" "));
     Ok(n_bytes as f64 / elapsed.as_secs_f64().max(1e-9) / 1e9)
-}
-
-/// A scratch file removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn remove(&self) {
-        remove_if_present(&self.0);
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        self.remove();
-    }
-}
-
-fn remove_if_present(path: &Path) {
-    let _ = std::fs::remove_file(path);
 }

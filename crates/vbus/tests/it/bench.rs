@@ -51,3 +51,48 @@ fn bench_table_and_unknown_suite() {
         unknown.stderr
     );
 }
+
+#[test]
+fn bench_store_quick_prints_each_figure_beside_std_fs() {
+    let dir = tempfile::tempdir().unwrap();
+    let result = run_ok(dir.path(), &["bench", "store", "--quick", "--json"]);
+    let lines: Vec<serde_json::Value> = result
+        .stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
+        .collect();
+    let metrics: Vec<&str> = lines
+        .iter()
+        .map(|line| line["metric"].as_str().unwrap())
+        .collect();
+    for size in ["64KiB", "4MiB", "16MiB"] {
+        for kind in [
+            "write_{}_files",
+            "read_{}_files_first",
+            "read_{}_files_again",
+        ] {
+            let metric = kind.replace("{}", size);
+            assert!(
+                metrics.contains(&metric.as_str()),
+                "{metric} missing from {metrics:?}"
+            );
+        }
+    }
+    assert!(
+        metrics.contains(&"reopen_10k_files") && metrics.contains(&"reopen_files_per_s"),
+        "{metrics:?}"
+    );
+    for line in &lines {
+        assert_eq!(line["suite"], "store");
+        let (ours, reference) = (
+            line["ours"].as_f64().unwrap(),
+            line["reference_value"].as_f64().unwrap(),
+        );
+        assert!(ours > 0.0 && reference > 0.0, "{line}");
+    }
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "bench left its scratch directory"
+    );
+}

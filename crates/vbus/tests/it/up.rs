@@ -84,6 +84,9 @@ impl Drop for Daemon {
 fn up_initialises_the_home_serves_and_exits_zero_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("VBUS");
+    // A file copied into L3 by hand before the start is adopted by the store.
+    std::fs::create_dir_all(home.join("CACHE/L3_DISK/models")).unwrap();
+    std::fs::write(home.join("CACHE/L3_DISK/models/tiny.bin"), b"0123456789").unwrap();
     let mut daemon = Daemon::start(&home);
     assert!(
         home.join("CONFIG/vbus_config.json").is_file(),
@@ -104,6 +107,13 @@ fn up_initialises_the_home_serves_and_exits_zero_on_sigterm() {
         Some(config.cache_hierarchy.l2_ram.capacity_bytes())
     );
     assert_eq!(stats["tiers"]["L1_VRAM"]["device"], "simulated");
+    let l3 = &stats["tiers"]["L3_DISK"];
+    assert_eq!(
+        (l3["n_files"].as_u64(), l3["used_bytes"].as_u64()),
+        (Some(1), Some(10)),
+        "{l3}"
+    );
+    assert_eq!(l3["n_adopted_on_open"].as_u64(), Some(1), "{l3}");
     assert!(stats["process"]["rss_bytes"].as_u64().unwrap() > 0);
 
     let (status, body) = http_get(&daemon.addr, "/v1/no-such-thing");

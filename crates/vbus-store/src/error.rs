@@ -1,0 +1,108 @@
+//! Errors of `vbus-store`.
+
+use std::path::PathBuf;
+
+/// What can go wrong in the store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A dataset or path name was refused.
+    #[error("invalid {what} {name:?}: {reason}")]
+    InvalidName {
+        /// `dataset` or `path`.
+        what: &'static str,
+        /// The name as given (lossy for display).
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The bytes on disk no longer match the hash in the index; the file was quarantined.
+    #[error(
+        "checksum mismatch in {dataset}/{path}: the file changed on disk; it was moved to {quarantined_to}"
+    )]
+    ChecksumMismatch {
+        /// The dataset.
+        dataset: String,
+        /// The path inside the dataset.
+        path: String,
+        /// Where the file now lies, outside the store.
+        quarantined_to: PathBuf,
+    },
+    /// The file alone is larger than the store.
+    #[error(
+        "{dataset}/{path} is {size_bytes} bytes, larger than the store's capacity of {capacity_bytes} bytes"
+    )]
+    TooLarge {
+        /// The dataset.
+        dataset: String,
+        /// The path inside the dataset.
+        path: String,
+        /// The file's size.
+        size_bytes: u64,
+        /// The store's capacity.
+        capacity_bytes: u64,
+    },
+    /// Not enough could be evicted to make room (pinned files and vetoed files stay).
+    #[error(
+        "no room for {dataset}/{path} ({size_bytes} bytes): {used_bytes} of {capacity_bytes} bytes are in use \
+         and what remains cannot be evicted (pinned or held by the cache)"
+    )]
+    CapacityExhausted {
+        /// The dataset.
+        dataset: String,
+        /// The path inside the dataset.
+        path: String,
+        /// The file's size.
+        size_bytes: u64,
+        /// Bytes in use after evicting what could be evicted.
+        used_bytes: u64,
+        /// The store's capacity.
+        capacity_bytes: u64,
+    },
+    /// The file is not in the store.
+    #[error("{dataset}/{path} is not in the store")]
+    NotFound {
+        /// The dataset.
+        dataset: String,
+        /// The path inside the dataset.
+        path: String,
+    },
+    /// Another process has the store open.
+    #[error("the store at {root} is open in another process")]
+    Locked {
+        /// The store's root directory.
+        root: PathBuf,
+    },
+    /// A file kept changing while it was being read (more than a few concurrent replacements).
+    #[error("{dataset}/{path} was replaced too many times while it was being opened")]
+    Contended {
+        /// The dataset.
+        dataset: String,
+        /// The path inside the dataset.
+        path: String,
+    },
+    /// An I/O error, with the path it concerns.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done (`create`, `rename`, `fsync`...).
+        op: &'static str,
+        /// The path concerned.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(
+        op: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| Self::Io { op, path, source }
+    }
+}
+
+/// `Result` with [`Error`] as the default error type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,1038 @@
+//! `FileStore`: complete files at `{root}/{dataset}/{path}`, published atomically, indexed and
+//! verified.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use crate::index::{Entry, Index};
+use crate::persist::{self, Journal, Record};
+use crate::reader::FileReader;
+use crate::walk;
+use crate::writer::FileWriter;
+use crate::{Error, Result, name};
+
+/// Staging files of writes in flight; emptied on open.
+pub(crate) const STAGING_DIR: &str = ".vbus-staging";
+/// Snapshot, journal and lock of the index.
+const INDEX_DIR: &str = ".vbus-index";
+/// Files whose bytes no longer matched their hash.
+const QUARANTINE_DIR: &str = ".vbus-quarantine";
+/// The journal is folded into a new snapshot once it holds this many records (or twice as many
+/// as there are files, whichever is more).
+const COMPACT_RECORDS_MIN: u64 = 100_000;
+/// How many times an open retries when the file is replaced between lookup and open.
+const OPEN_ATTEMPTS_MAX: usize = 16;
+/// How long `open` waits for a busy lock.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+/// Read and hash block.
+pub(crate) const IO_BLOCK_BYTES: usize = 1 << 20;
+
+/// When reads check the bytes against the index's hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Verify {
+    /// The first read of each file after the store opens (the default).
+    #[default]
+    FirstRead,
+    /// Every read.
+    EveryRead,
+}
+
+/// Asked before a file is evicted to make room. The tiered cache implements it to keep the only
+/// copy of a value; the store knows nothing about why.
+pub trait EvictionHook: Send + Sync {
+    /// False keeps the file. Called with the store's index locked: it must not call the store.
+    fn may_evict(&self, dataset: &str, path: &str, version: u64) -> bool;
+}
+
+/// What the store knows about one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileMeta {
+    /// The dataset.
+    pub dataset: String,
+    /// The path inside the dataset.
+    pub path: String,
+    /// Size of the contents.
+    pub size_bytes: u64,
+    /// BLAKE3 of the contents; `None` for a file adopted from the directory and not read since.
+    pub hash: Option<[u8; 32]>,
+    /// Monotonic per path.
+    pub version: u64,
+    /// Milliseconds since the Unix epoch of the last read or write.
+    pub last_access_ms: u64,
+    /// Pinned files are never evicted.
+    pub pinned: bool,
+}
+
+impl FileMeta {
+    fn new(key: &str, entry: &Entry) -> Self {
+        let (dataset, path) = name::split_key(key);
+        Self {
+            dataset: dataset.to_owned(),
+            path: path.to_owned(),
+            size_bytes: entry.size_bytes,
+            hash: entry.hash,
+            version: entry.version,
+            last_access_ms: entry.last_access_ms,
+            pinned: entry.pinned,
+        }
+    }
+
+    /// The hash as 64 lower-case hex digits, when known.
+    pub fn hash_hex(&self) -> Option<String> {
+        self.hash
+            .map(|hash| blake3::Hash::from_bytes(hash).to_hex().to_string())
+    }
+}
+
+/// Counters and gauges of the store.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StoreStats {
+    /// Files in the index.
+    pub n_files: u64,
+    /// Their total size.
+    pub used_bytes: u64,
+    /// The capacity the store enforces.
+    pub capacity_bytes: u64,
+    /// Pinned files and their size.
+    pub n_pinned: u64,
+    /// Size of the pinned files.
+    pub pinned_bytes: u64,
+    /// Files evicted to make room since open.
+    pub n_evictions: u64,
+    /// Their size.
+    pub evicted_bytes: u64,
+    /// Reads that found bytes not matching the hash (each file quarantined).
+    pub n_checksum_failures: u64,
+    /// Files found on open that the index did not describe (copied in by hand, or published just
+    /// before a crash); their hashes are computed on first read.
+    pub n_adopted_on_open: u64,
+    /// Index entries dropped on open because their files were gone.
+    pub n_dropped_on_open: u64,
+    /// Files under the root left alone because their names are refused.
+    pub n_skipped_on_open: u64,
+    /// Wall time of the last open, reconciliation included.
+    pub open_ms: u64,
+}
+
+/// Builds a [`FileStore`].
+#[derive(Debug, Clone)]
+pub struct StoreBuilder {
+    root: PathBuf,
+    capacity_bytes: u64,
+    verify: Verify,
+    scan_threads: usize,
+}
+
+impl StoreBuilder {
+    /// The most bytes the store holds; older unpinned files are evicted to make room.
+    /// Default: `u64::MAX` (no limit).
+    pub fn capacity_bytes(mut self, capacity_bytes: u64) -> Self {
+        self.capacity_bytes = capacity_bytes;
+        self
+    }
+
+    /// When reads check bytes against the hash. Default: [`Verify::FirstRead`].
+    pub fn verify(mut self, verify: Verify) -> Self {
+        self.verify = verify;
+        self
+    }
+
+    /// Threads that scan the directory on open, 1 to 64. Default: the available cores, at most 8.
+    pub fn scan_threads(mut self, scan_threads: usize) -> Self {
+        self.scan_threads = scan_threads.clamp(1, 64);
+        self
+    }
+
+    /// Opens (creating if needed) the store: locks it against other processes, removes staging
+    /// leftovers, loads the index and reconciles it with the directory.
+    pub fn open(self) -> Result<FileStore> {
+        FileStore::open_with(self)
+    }
+}
+
+/// The L3 store. Cheap to clone; clones share one index.
+#[derive(Debug, Clone)]
+pub struct FileStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    root: PathBuf,
+    index_dir: PathBuf,
+    capacity_bytes: u64,
+    verify: Verify,
+    state: Mutex<State>,
+    hook: RwLock<Option<Arc<dyn EvictionHook>>>,
+    staging_seq: AtomicU64,
+    n_evictions: AtomicU64,
+    evicted_bytes: AtomicU64,
+    n_checksum_failures: AtomicU64,
+    open_stats: StoreStats,
+    _lock: File,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileStore")
+            .field("root", &self.root)
+            .field("capacity_bytes", &self.capacity_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+struct State {
+    index: Index,
+    journal: Journal,
+    next_version: u64,
+}
+
+/// What a read needs from the index, copied out so the lock is not held during I/O.
+struct Lookup {
+    key: String,
+    inode: u64,
+    size_bytes: u64,
+    needs_check: bool,
+}
+
+impl FileStore {
+    /// A builder for the store at `root`.
+    pub fn builder(root: impl Into<PathBuf>) -> StoreBuilder {
+        StoreBuilder {
+            root: root.into(),
+            capacity_bytes: u64::MAX,
+            verify: Verify::FirstRead,
+            scan_threads: std::thread::available_parallelism()
+                .map_or(2, usize::from)
+                .min(8),
+        }
+    }
+
+    /// Opens the store at `root` with the defaults.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
+        Self::builder(root).open()
+    }
+
+    fn open_with(builder: StoreBuilder) -> Result<Self> {
+        let started = Instant::now();
+        let root = builder.root;
+        let index_dir = root.join(INDEX_DIR);
+        for dir in [
+            &root,
+            &index_dir,
+            &root.join(STAGING_DIR),
+            &root.join(QUARANTINE_DIR),
+        ] {
+            fs::create_dir_all(dir).map_err(Error::io("create", dir))?;
+        }
+        let lock = lock_root(&root, &index_dir)?;
+        clean_staging(&root.join(STAGING_DIR))?;
+
+        let (index_entries, mut next_version, journal) = load_index(&index_dir)?;
+        let scan = walk::scan(&root, builder.scan_threads);
+        let now = now_ms();
+        let mut index = Index::default();
+        let mut changes = Vec::new();
+        let mut known = index_entries;
+        let mut found = scan.files;
+        // In the recorded LRU order (adopted files last), so the order survives the reopen.
+        found.sort_by_key(|file| known.get(&file.key).map_or(u64::MAX, |entry| entry.tick));
+        let mut n_adopted = 0u64;
+        for file in found {
+            let previous = known.remove(&file.key);
+            let matches = previous.as_ref().is_some_and(|entry| {
+                entry.inode == file.inode
+                    && entry.size_bytes == file.size_bytes
+                    && entry.mtime_ns == file.mtime_ns
+            });
+            let entry = match previous {
+                Some(entry) if matches => entry,
+                previous => {
+                    n_adopted += 1;
+                    let entry = Entry {
+                        version: next_version,
+                        size_bytes: file.size_bytes,
+                        hash: None,
+                        inode: file.inode,
+                        mtime_ns: file.mtime_ns,
+                        last_access_ms: now,
+                        pinned: previous.is_some_and(|entry| entry.pinned),
+                        verified: false,
+                        tick: 0,
+                    };
+                    next_version += 1;
+                    changes.push(put_record(&file.key, &entry));
+                    if entry.pinned {
+                        changes.push(Record::Pin {
+                            key: file.key.clone(),
+                            pinned: true,
+                        });
+                    }
+                    entry
+                }
+            };
+            index.insert(&file.key, entry);
+        }
+        let n_dropped = known.len() as u64;
+        for (key, entry) in known {
+            changes.push(Record::Remove {
+                key,
+                version: entry.version,
+            });
+        }
+        let mut state = State {
+            index,
+            journal,
+            next_version,
+        };
+        for record in &changes {
+            state.journal.append(record)?;
+        }
+        if !changes.is_empty() {
+            state.journal.sync()?;
+        }
+        let open_stats = StoreStats {
+            n_adopted_on_open: n_adopted,
+            n_dropped_on_open: n_dropped,
+            n_skipped_on_open: scan.n_skipped,
+            open_ms: started.elapsed().as_millis() as u64,
+            ..StoreStats::default()
+        };
+        tracing::info!(
+            root = %root.display(),
+            n_files = state.index.len(),
+            n_adopted,
+            n_dropped,
+            open_ms = open_stats.open_ms,
+            "file store opened"
+        );
+        let inner = Inner {
+            root,
+            index_dir,
+            capacity_bytes: builder.capacity_bytes,
+            verify: builder.verify,
+            state: Mutex::new(state),
+            hook: RwLock::new(None),
+            staging_seq: AtomicU64::new(0),
+            n_evictions: AtomicU64::new(0),
+            evicted_bytes: AtomicU64::new(0),
+            n_checksum_failures: AtomicU64::new(0),
+            open_stats,
+            _lock: lock,
+        };
+        let store = Self {
+            inner: Arc::new(inner),
+        };
+        store.inner.enforce_capacity();
+        Ok(store)
+    }
+
+    /// The store's root directory (`CACHE/L3_DISK` in a VBUS home).
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    /// Where the file of `dataset/path` lives (whether or not it exists). Validates the names.
+    pub fn file_path(&self, dataset: &str, path: &str) -> Result<PathBuf> {
+        name::key(dataset, path)?;
+        Ok(self.inner.root.join(dataset).join(path))
+    }
+
+    /// Publishes `bytes` as `dataset/path`; returns its metadata once it is durable.
+    pub fn store_file(&self, dataset: &str, path: &str, bytes: &[u8]) -> Result<FileMeta> {
+        let mut writer = self.file_writer(dataset, path)?;
+        io::Write::write_all(&mut writer, bytes)
+            .map_err(Error::io("write", writer.staging_path()))?;
+        writer.commit()
+    }
+
+    /// Publishes everything `reader` yields as `dataset/path`, in constant memory.
+    pub fn store_from_reader(
+        &self,
+        dataset: &str,
+        path: &str,
+        reader: &mut dyn Read,
+    ) -> Result<FileMeta> {
+        let mut writer = self.file_writer(dataset, path)?;
+        let mut buffer = vec![0u8; IO_BLOCK_BYTES];
+        loop {
+            let n = match reader.read(&mut buffer) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => return Err(Error::io("read the source of", writer.final_path())(err)),
+            };
+            io::Write::write_all(&mut writer, &buffer[..n])
+                .map_err(Error::io("write", writer.staging_path()))?;
+        }
+        writer.commit()
+    }
+
+    /// A writer for `dataset/path`: the file is published on [`FileWriter::commit`] and discarded
+    /// if the writer is dropped first.
+    pub fn file_writer(&self, dataset: &str, path: &str) -> Result<FileWriter> {
+        let key = name::key(dataset, path)?;
+        let seq = self.inner.staging_seq.fetch_add(1, Ordering::Relaxed);
+        let staging_path = self
+            .inner
+            .root
+            .join(STAGING_DIR)
+            .join(format!("{}-{seq}.tmp", std::process::id()));
+        let final_path = self.inner.root.join(dataset).join(path);
+        FileWriter::create(self.clone(), key, staging_path, final_path)
+    }
+
+    /// The whole file, verified as [`Verify`] says; `None` when it is not in the store.
+    pub fn get_file_by_path(&self, dataset: &str, path: &str) -> Result<Option<Vec<u8>>> {
+        let key = name::key(dataset, path)?;
+        for _ in 0..OPEN_ATTEMPTS_MAX {
+            let Some(lookup) = self.inner.lookup(&key) else {
+                return Ok(None);
+            };
+            let Some(mut file) = self.inner.open_checked(&lookup)? else {
+                continue;
+            };
+            let final_path = self.inner.root.join(&key);
+            let mut bytes = Vec::with_capacity(usize::try_from(lookup.size_bytes).unwrap_or(0));
+            file.read_to_end(&mut bytes)
+                .map_err(Error::io("read", &final_path))?;
+            if lookup.needs_check {
+                let hash = *blake3::Hasher::new().update(&bytes).finalize().as_bytes();
+                if !self.inner.record_check(&lookup, hash, bytes.len() as u64)? {
+                    continue;
+                }
+            }
+            return Ok(Some(bytes));
+        }
+        Err(contended(&key))
+    }
+
+    /// A reader (Read + Seek) of the file as it is now; a later publish does not change what it
+    /// reads. When the file needs checking, it is hashed in full before the reader is returned.
+    pub fn file_reader(&self, dataset: &str, path: &str) -> Result<Option<FileReader>> {
+        let key = name::key(dataset, path)?;
+        for _ in 0..OPEN_ATTEMPTS_MAX {
+            let Some(lookup) = self.inner.lookup(&key) else {
+                return Ok(None);
+            };
+            let Some(mut file) = self.inner.open_checked(&lookup)? else {
+                continue;
+            };
+            let final_path = self.inner.root.join(&key);
+            if lookup.needs_check {
+                let (hash, size_bytes) =
+                    hash_file(&mut file).map_err(Error::io("read", &final_path))?;
+                if !self.inner.record_check(&lookup, hash, size_bytes)? {
+                    continue;
+                }
+                io::Seek::rewind(&mut file).map_err(Error::io("seek", &final_path))?;
+            }
+            let meta = self.meta(dataset, path)?;
+            return Ok(meta.map(|meta| FileReader::new(file, meta)));
+        }
+        Err(contended(&key))
+    }
+
+    /// True when `dataset/path` is in the store.
+    pub fn has_file_by_path(&self, dataset: &str, path: &str) -> bool {
+        name::key(dataset, path).is_ok_and(|key| self.inner.lock().index.get(&key).is_some())
+    }
+
+    /// The metadata of `dataset/path`, if present.
+    pub fn meta(&self, dataset: &str, path: &str) -> Result<Option<FileMeta>> {
+        let key = name::key(dataset, path)?;
+        Ok(self
+            .inner
+            .lock()
+            .index
+            .get(&key)
+            .map(|entry| FileMeta::new(&key, entry)))
+    }
+
+    /// Removes `dataset/path`; returns whether it was there.
+    pub fn remove(&self, dataset: &str, path: &str) -> Result<bool> {
+        let key = name::key(dataset, path)?;
+        let final_path = self.inner.root.join(&key);
+        {
+            let mut state = self.inner.lock();
+            let Some(entry) = state.index.get(&key).cloned() else {
+                return Ok(false);
+            };
+            remove_file_if_present(&final_path)?;
+            state.index.remove(&key);
+            state.journal.append(&Record::Remove {
+                key: key.clone(),
+                version: entry.version,
+            })?;
+        }
+        if let Some(parent) = final_path.parent() {
+            persist::sync_dir(parent)?;
+        }
+        Ok(true)
+    }
+
+    /// Every file of `dataset`, in path order.
+    pub fn list(&self, dataset: &str) -> Result<Vec<FileMeta>> {
+        name::validate_dataset(dataset)?;
+        let state = self.inner.lock();
+        Ok(state
+            .index
+            .dataset(dataset)
+            .map(|(key, entry)| FileMeta::new(key, entry))
+            .collect())
+    }
+
+    /// The names of the datasets that hold at least one file, sorted.
+    pub fn datasets(&self) -> Vec<String> {
+        let state = self.inner.lock();
+        let mut names: Vec<String> = Vec::new();
+        for (key, _) in state.index.iter() {
+            let (dataset, _) = name::split_key(key);
+            if names.last().map(String::as_str) != Some(dataset) {
+                names.push(dataset.to_owned());
+            }
+        }
+        names
+    }
+
+    /// Pins `dataset/path`: it is never evicted. Returns false when it is not in the store.
+    pub fn pin(&self, dataset: &str, path: &str) -> Result<bool> {
+        self.set_pinned(dataset, path, true)
+    }
+
+    /// Unpins `dataset/path`. Returns false when it is not in the store.
+    pub fn unpin(&self, dataset: &str, path: &str) -> Result<bool> {
+        self.set_pinned(dataset, path, false)
+    }
+
+    fn set_pinned(&self, dataset: &str, path: &str, pinned: bool) -> Result<bool> {
+        let key = name::key(dataset, path)?;
+        let mut state = self.inner.lock();
+        if !state.index.set_pinned(&key, pinned) {
+            return Ok(false);
+        }
+        state.journal.append(&Record::Pin { key, pinned })?;
+        Ok(true)
+    }
+
+    /// Installs the hook asked before each eviction (replacing any earlier one).
+    pub fn set_eviction_hook(&self, hook: Arc<dyn EvictionHook>) {
+        *self.inner.hook.write().unwrap_or_else(|p| p.into_inner()) = Some(hook);
+    }
+
+    /// Counters and gauges.
+    pub fn stats(&self) -> StoreStats {
+        let state = self.inner.lock();
+        let (n_pinned, pinned_bytes) = state.index.pinned();
+        StoreStats {
+            n_files: state.index.len() as u64,
+            used_bytes: state.index.used_bytes(),
+            capacity_bytes: self.inner.capacity_bytes,
+            n_pinned,
+            pinned_bytes,
+            n_evictions: self.inner.n_evictions.load(Ordering::Relaxed),
+            evicted_bytes: self.inner.evicted_bytes.load(Ordering::Relaxed),
+            n_checksum_failures: self.inner.n_checksum_failures.load(Ordering::Relaxed),
+            ..self.inner.open_stats.clone()
+        }
+    }
+
+    /// Makes the index journal durable (publishes are durable without it; see `persist`).
+    pub fn sync(&self) -> Result<()> {
+        self.inner.lock().journal.sync()
+    }
+
+    /// Folds the journal into a fresh snapshot, so the next open reads one file.
+    pub fn compact(&self) -> Result<()> {
+        let mut state = self.inner.lock();
+        state.compact(&self.inner.index_dir)
+    }
+
+    /// Publishes a staged, fsynced file. Called by [`FileWriter::commit`].
+    pub(crate) fn publish(
+        &self,
+        key: &str,
+        staging_path: &Path,
+        final_path: &Path,
+        size_bytes: u64,
+        hash: [u8; 32],
+    ) -> Result<FileMeta> {
+        let (dataset, path) = name::split_key(key);
+        if size_bytes > self.inner.capacity_bytes {
+            return Err(Error::TooLarge {
+                dataset: dataset.to_owned(),
+                path: path.to_owned(),
+                size_bytes,
+                capacity_bytes: self.inner.capacity_bytes,
+            });
+        }
+        let parent = final_path
+            .parent()
+            .expect("a final path has a dataset directory");
+        create_dirs_durably(&self.inner.root, parent)?;
+        let staged = fs::metadata(staging_path).map_err(Error::io("stat", staging_path))?;
+        let meta = {
+            let mut state = self.inner.lock();
+            let replaced_bytes = state.index.get(key).map_or(0, |entry| entry.size_bytes);
+            self.inner
+                .make_room(&mut state, key, size_bytes, replaced_bytes)?;
+            if let Err(err) = fs::rename(staging_path, final_path) {
+                if err.kind() != io::ErrorKind::NotFound {
+                    return Err(Error::io("rename", final_path)(err));
+                }
+                // A parent directory vanished (removed by hand): make it again, once.
+                create_dirs_durably(&self.inner.root, parent)?;
+                fs::rename(staging_path, final_path).map_err(Error::io("rename", final_path))?;
+            }
+            let pinned = state.index.get(key).is_some_and(|entry| entry.pinned);
+            let entry = Entry {
+                version: state.next_version,
+                size_bytes,
+                hash: Some(hash),
+                inode: staged.ino(),
+                mtime_ns: walk::mtime_ns(&staged),
+                last_access_ms: now_ms(),
+                pinned,
+                verified: true,
+                tick: 0,
+            };
+            state.next_version += 1;
+            state.journal.append(&put_record(key, &entry))?;
+            let meta = FileMeta::new(key, &entry);
+            state.index.insert(key, entry);
+            self.inner.compact_if_due(&mut state)?;
+            meta
+        };
+        persist::sync_dir(parent)?;
+        Ok(meta)
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while the lock was held leaves the index consistent with the journal (each
+        // change is one insert or remove), so a poisoned lock is taken over.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn lookup(&self, key: &str) -> Option<Lookup> {
+        let mut state = self.lock();
+        let entry = state.index.get(key)?.clone();
+        state.index.touch(key, now_ms());
+        Some(Lookup {
+            key: key.to_owned(),
+            inode: entry.inode,
+            size_bytes: entry.size_bytes,
+            needs_check: entry.hash.is_none()
+                || !entry.verified
+                || self.verify == Verify::EveryRead,
+        })
+    }
+
+    /// Opens the file and checks it is the inode the index describes; `None` means it was
+    /// replaced or removed in between (look it up again).
+    fn open_checked(&self, lookup: &Lookup) -> Result<Option<File>> {
+        let final_path = self.root.join(&lookup.key);
+        let file = match File::open(&final_path) {
+            Ok(file) => file,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => return Err(Error::io("open", &final_path)(err)),
+        };
+        let metadata = file.metadata().map_err(Error::io("stat", &final_path))?;
+        Ok((metadata.ino() == lookup.inode).then_some(file))
+    }
+
+    /// Records the hash of what was read: adopts it when the index had none, marks the entry
+    /// verified when it matches, quarantines the file when it does not. Returns false when the
+    /// entry changed meanwhile (read again).
+    fn record_check(&self, lookup: &Lookup, hash: [u8; 32], size_bytes: u64) -> Result<bool> {
+        let mut state = self.lock();
+        let Some(entry) = state.index.get(&lookup.key).cloned() else {
+            return Ok(false);
+        };
+        if entry.inode != lookup.inode {
+            return Ok(false);
+        }
+        match entry.hash {
+            None if size_bytes == entry.size_bytes => {
+                let entry = Entry {
+                    hash: Some(hash),
+                    verified: true,
+                    ..entry
+                };
+                state.journal.append(&put_record(&lookup.key, &entry))?;
+                state.index.update(&lookup.key, |current| {
+                    current.hash = Some(hash);
+                    current.verified = true;
+                });
+                Ok(true)
+            }
+            Some(expected) if expected == hash && size_bytes == entry.size_bytes => {
+                state
+                    .index
+                    .update(&lookup.key, |current| current.verified = true);
+                Ok(true)
+            }
+            _ => Err(self.quarantine(&mut state, &lookup.key, &entry)),
+        }
+    }
+
+    /// Moves a file whose bytes do not match its hash out of the store, so it is never served.
+    fn quarantine(&self, state: &mut State, key: &str, entry: &Entry) -> Error {
+        let (dataset, path) = name::split_key(key);
+        self.n_checksum_failures.fetch_add(1, Ordering::Relaxed);
+        let final_path = self.root.join(key);
+        let quarantined_to = self
+            .root
+            .join(QUARANTINE_DIR)
+            .join(format!("{key}.v{}", entry.version));
+        let moved = quarantined_to
+            .parent()
+            .map_or(Ok(()), fs::create_dir_all)
+            .and_then(|()| fs::rename(&final_path, &quarantined_to));
+        if let Err(err) = moved {
+            tracing::error!(path = %final_path.display(), error = %err, "cannot move a corrupt file to quarantine; removing it");
+            let _ = fs::remove_file(&final_path);
+        }
+        state.index.remove(key);
+        if let Err(err) = state.journal.append(&Record::Remove {
+            key: key.to_owned(),
+            version: entry.version,
+        }) {
+            tracing::error!(error = %err, "cannot journal a quarantine");
+        }
+        tracing::error!(dataset, path, quarantined_to = %quarantined_to.display(), "checksum mismatch: file quarantined");
+        Error::ChecksumMismatch {
+            dataset: dataset.to_owned(),
+            path: path.to_owned(),
+            quarantined_to,
+        }
+    }
+
+    /// Evicts least recently used files until `size_bytes` more fit (`replaced_bytes` is what the
+    /// same key frees). Pinned files, the key itself and files the hook vetoes stay.
+    fn make_room(
+        &self,
+        state: &mut State,
+        key: &str,
+        size_bytes: u64,
+        replaced_bytes: u64,
+    ) -> Result<()> {
+        let needed = |state: &State| {
+            (state.index.used_bytes() - replaced_bytes).saturating_add(size_bytes)
+                > self.capacity_bytes
+        };
+        if !needed(state) {
+            return Ok(());
+        }
+        let hook = self.hook.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let candidates: Vec<Arc<str>> = state.index.lru_keys().cloned().collect();
+        for candidate in candidates {
+            if !needed(state) {
+                break;
+            }
+            let Some(entry) = state.index.get(&candidate) else {
+                continue;
+            };
+            if entry.pinned || &*candidate == key {
+                continue;
+            }
+            let (dataset, path) = name::split_key(&candidate);
+            if hook
+                .as_ref()
+                .is_some_and(|hook| !hook.may_evict(dataset, path, entry.version))
+            {
+                continue;
+            }
+            self.evict(state, &candidate)?;
+        }
+        if needed(state) {
+            let (dataset, path) = name::split_key(key);
+            return Err(Error::CapacityExhausted {
+                dataset: dataset.to_owned(),
+                path: path.to_owned(),
+                size_bytes,
+                used_bytes: state.index.used_bytes(),
+                capacity_bytes: self.capacity_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    fn evict(&self, state: &mut State, key: &str) -> Result<()> {
+        let Some(entry) = state.index.get(key).cloned() else {
+            return Ok(());
+        };
+        remove_file_if_present(&self.root.join(key))?;
+        state.index.remove(key);
+        state.journal.append(&Record::Remove {
+            key: key.to_owned(),
+            version: entry.version,
+        })?;
+        self.n_evictions.fetch_add(1, Ordering::Relaxed);
+        self.evicted_bytes
+            .fetch_add(entry.size_bytes, Ordering::Relaxed);
+        tracing::debug!(key, size_bytes = entry.size_bytes, "evicted from L3");
+        Ok(())
+    }
+
+    /// After open: a capacity lowered since the last run is enforced at once.
+    fn enforce_capacity(&self) {
+        let mut state = self.lock();
+        if state.index.used_bytes() > self.capacity_bytes
+            && let Err(err) = self.make_room(&mut state, "", 0, 0)
+        {
+            tracing::warn!(error = %err, "the store is over capacity and cannot evict enough");
+        }
+    }
+
+    fn compact_if_due(&self, state: &mut State) -> Result<()> {
+        if state.journal.n_records() > COMPACT_RECORDS_MIN.max(2 * state.index.len() as u64) {
+            state.compact(&self.index_dir)?;
+        }
+        Ok(())
+    }
+}
+
+impl State {
+    /// Writes a snapshot of the next generation, then starts that generation's empty journal.
+    fn compact(&mut self, index_dir: &Path) -> Result<()> {
+        let generation = self.journal.generation() + 1;
+        persist::write_snapshot(
+            index_dir,
+            generation,
+            self.next_version,
+            self.index.len(),
+            self.index.iter_lru(),
+        )?;
+        self.journal = Journal::create(index_dir, generation, self.next_version)?;
+        Ok(())
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let state = self
+            .state
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Err(err) = state.compact(&self.index_dir) {
+            tracing::warn!(error = %err, "cannot write the index snapshot on close; the next open replays the journal");
+        }
+    }
+}
+
+fn put_record(key: &str, entry: &Entry) -> Record {
+    Record::Put {
+        key: key.to_owned(),
+        version: entry.version,
+        size_bytes: entry.size_bytes,
+        hash: entry.hash,
+        inode: entry.inode,
+        mtime_ns: entry.mtime_ns,
+    }
+}
+
+/// Loads snapshot and journal into entries by key, the next version, and the open journal.
+fn load_index(
+    index_dir: &Path,
+) -> Result<(std::collections::HashMap<String, Entry>, u64, Journal)> {
+    let snapshot = persist::read_snapshot(index_dir)?;
+    let (journal, contents) = Journal::open(index_dir)?;
+    // Snapshots list entries least recently used first; `tick` keeps that order, and journal
+    // records (writes, so most recent) continue it.
+    let (mut generation, mut next_version, mut entries) = match snapshot {
+        Some(snapshot) => (
+            snapshot.generation,
+            snapshot.next_version,
+            snapshot
+                .entries
+                .into_iter()
+                .enumerate()
+                .map(|(position, (key, entry))| {
+                    (
+                        key,
+                        Entry {
+                            tick: position as u64,
+                            ..entry
+                        },
+                    )
+                })
+                .collect::<std::collections::HashMap<_, _>>(),
+        ),
+        None => (0, 0, std::collections::HashMap::new()),
+    };
+    let mut tick = entries.len() as u64;
+    if let Some(contents) = contents
+        && contents.generation >= generation
+    {
+        generation = contents.generation;
+        next_version = next_version.max(contents.next_version);
+        for record in contents.records {
+            match record {
+                Record::Put {
+                    key,
+                    version,
+                    size_bytes,
+                    hash,
+                    inode,
+                    mtime_ns,
+                } => {
+                    next_version = next_version.max(version + 1);
+                    let (pinned, last_access_ms) = entries
+                        .get(&key)
+                        .map_or((false, now_ms()), |e| (e.pinned, e.last_access_ms));
+                    entries.insert(
+                        key,
+                        Entry {
+                            version,
+                            size_bytes,
+                            hash,
+                            inode,
+                            mtime_ns,
+                            last_access_ms,
+                            pinned,
+                            verified: false,
+                            tick,
+                        },
+                    );
+                    tick += 1;
+                }
+                Record::Remove { key, version } => {
+                    next_version = next_version.max(version + 1);
+                    entries.remove(&key);
+                }
+                Record::Pin { key, pinned } => {
+                    if let Some(entry) = entries.get_mut(&key) {
+                        entry.pinned = pinned;
+                    }
+                }
+            }
+        }
+    }
+    // A journal older than the snapshot is stale: start one of the snapshot's generation.
+    let journal = if journal.generation() == generation {
+        journal
+    } else {
+        Journal::create(index_dir, generation, next_version)?
+    };
+    Ok((entries, next_version, journal))
+}
+
+/// Takes an exclusive `flock` on the store, so no second process opens it. A lock that is busy is
+/// retried for [`LOCK_WAIT`]: a `fork` in another thread briefly holds a copy of a just-released
+/// lock until its `exec`.
+fn lock_root(root: &Path, index_dir: &Path) -> Result<File> {
+    let path = index_dir.join("lock");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(Error::io("open", &path))?;
+    let deadline = Instant::now() + LOCK_WAIT;
+    while rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+        if Instant::now() >= deadline {
+            return Err(Error::Locked {
+                root: root.to_owned(),
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    Ok(file)
+}
+
+/// Removes what a crash left in the staging directory.
+fn clean_staging(staging_dir: &Path) -> Result<()> {
+    let mut n_removed = 0u64;
+    for entry in fs::read_dir(staging_dir).map_err(Error::io("list", staging_dir))? {
+        let entry = entry.map_err(Error::io("list", staging_dir))?;
+        let path = entry.path();
+        let removed = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        };
+        removed.map_err(Error::io("remove", &path))?;
+        n_removed += 1;
+    }
+    if n_removed > 0 {
+        tracing::info!(n_removed, "removed staging leftovers of an earlier run");
+        persist::sync_dir(staging_dir)?;
+    }
+    Ok(())
+}
+
+/// Creates `dir` and its missing ancestors below `root`, fsyncing each new directory's parent so
+/// the new entries survive a power cut.
+fn create_dirs_durably(root: &Path, dir: &Path) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut missing = Vec::new();
+    let mut current = dir;
+    while current != root && !current.is_dir() {
+        missing.push(current.to_owned());
+        current = match current.parent() {
+            Some(parent) => parent,
+            None => break,
+        };
+    }
+    for new_dir in missing.iter().rev() {
+        match fs::create_dir(new_dir) {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists && new_dir.is_dir() => continue,
+            Err(err) => return Err(Error::io("create", new_dir)(err)),
+        }
+        if let Some(parent) = new_dir.parent() {
+            persist::sync_dir(parent)?;
+        }
+    }
+    Ok(())
+}
+
+fn remove_file_if_present(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(err) => Err(Error::io("remove", path)(err)),
+    }
+}
+
+fn hash_file(file: &mut File) -> io::Result<([u8; 32], u64)> {
+    let mut hasher = blake3::Hasher::new();
+    let mut buffer = vec![0u8; IO_BLOCK_BYTES];
+    let mut size_bytes = 0u64;
+    loop {
+        match file.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => {
+                hasher.update(&buffer[..n]);
+                size_bytes += n as u64;
+            }
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok((*hasher.finalize().as_bytes(), size_bytes))
+}
+
+fn contended(key: &str) -> Error {
+    let (dataset, path) = name::split_key(key);
+    Error::Contended {
+        dataset: dataset.to_owned(),
+        path: path.to_owned(),
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
+}

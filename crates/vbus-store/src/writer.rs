@@ -1,0 +1,112 @@
+//! `FileWriter`: a file being written, published on `commit`, discarded if dropped.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use crate::store::{FileMeta, FileStore, IO_BLOCK_BYTES};
+use crate::{Error, Result};
+
+/// Writes a file into the store's staging directory while hashing it. [`FileWriter::commit`]
+/// makes it durable and publishes it atomically at its final path; dropping the writer without
+/// committing removes the staged bytes, and the final path never sees them.
+#[derive(Debug)]
+pub struct FileWriter {
+    store: FileStore,
+    key: String,
+    staging_path: PathBuf,
+    final_path: PathBuf,
+    file: Option<BufWriter<File>>,
+    hasher: blake3::Hasher,
+    size_bytes: u64,
+}
+
+impl FileWriter {
+    pub(crate) fn create(
+        store: FileStore,
+        key: String,
+        staging_path: PathBuf,
+        final_path: PathBuf,
+    ) -> Result<Self> {
+        let file = File::create_new(&staging_path).map_err(Error::io("create", &staging_path))?;
+        Ok(Self {
+            store,
+            key,
+            staging_path,
+            final_path,
+            file: Some(BufWriter::with_capacity(IO_BLOCK_BYTES, file)),
+            hasher: blake3::Hasher::new(),
+            size_bytes: 0,
+        })
+    }
+
+    /// Bytes written so far.
+    pub fn size_bytes(&self) -> u64 {
+        self.size_bytes
+    }
+
+    /// Where the bytes are staged until the commit.
+    pub fn staging_path(&self) -> &Path {
+        &self.staging_path
+    }
+
+    /// Where the file will be published.
+    pub fn final_path(&self) -> &Path {
+        &self.final_path
+    }
+
+    /// Flushes and fsyncs the staged file, then publishes it: readers see the old version or this
+    /// one, never a part. Returns once the publish is durable.
+    pub fn commit(mut self) -> Result<FileMeta> {
+        let buffered = self.file.take().expect("a writer is committed once");
+        let file = buffered
+            .into_inner()
+            .map_err(|err| Error::io("write", &self.staging_path)(err.into_error()))?;
+        file.sync_all()
+            .map_err(Error::io("fsync", &self.staging_path))?;
+        drop(file);
+        let hash = *self.hasher.finalize().as_bytes();
+        let result = self.store.publish(
+            &self.key,
+            &self.staging_path,
+            &self.final_path,
+            self.size_bytes,
+            hash,
+        );
+        // On success the staging file was renamed away; on failure `Drop` removes it.
+        result
+    }
+}
+
+impl Write for FileWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let file = self
+            .file
+            .as_mut()
+            .ok_or_else(|| io::Error::other("writer already committed"))?;
+        let n = file.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.size_bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self.file.as_mut() {
+            Some(file) => file.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for FileWriter {
+    fn drop(&mut self) {
+        drop(self.file.take());
+        match std::fs::remove_file(&self.staging_path) {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => {
+                tracing::warn!(path = %self.staging_path.display(), error = %err, "cannot remove a staging file")
+            }
+        }
+    }
+}

@@ -1,0 +1,202 @@
+use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
+
+use vbus_store::{Error, FileStore};
+
+#[test]
+fn store_get_list_remove() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStore::open(dir.path()).unwrap();
+    let meta = store
+        .store_file("llama-7b", "model.safetensors", b"weights")
+        .unwrap();
+    assert_eq!(meta.size_bytes, 7);
+    assert_eq!(meta.hash, Some(*blake3::hash(b"weights").as_bytes()));
+    assert_eq!(
+        meta.hash_hex().unwrap(),
+        blake3::hash(b"weights").to_hex().to_string()
+    );
+    // The file lies complete at its final path, for any program to open.
+    let final_path = dir.path().join("llama-7b/model.safetensors");
+    assert_eq!(std::fs::read(&final_path).unwrap(), b"weights");
+    assert_eq!(
+        store.file_path("llama-7b", "model.safetensors").unwrap(),
+        final_path
+    );
+
+    store
+        .store_file("llama-7b", "tokenizer/vocab.json", b"{}")
+        .unwrap();
+    store.store_file("other", "x", b"").unwrap();
+    assert!(store.has_file_by_path("llama-7b", "model.safetensors"));
+    assert_eq!(
+        store
+            .get_file_by_path("llama-7b", "model.safetensors")
+            .unwrap()
+            .unwrap(),
+        b"weights"
+    );
+    assert_eq!(store.get_file_by_path("other", "x").unwrap().unwrap(), b"");
+    assert_eq!(store.get_file_by_path("llama-7b", "missing").unwrap(), None);
+    let paths: Vec<String> = store
+        .list("llama-7b")
+        .unwrap()
+        .into_iter()
+        .map(|m| m.path)
+        .collect();
+    assert_eq!(paths, ["model.safetensors", "tokenizer/vocab.json"]);
+    assert_eq!(store.datasets(), ["llama-7b", "other"]);
+
+    let replaced = store
+        .store_file("llama-7b", "model.safetensors", b"weights v2")
+        .unwrap();
+    assert!(replaced.version > meta.version);
+    assert_eq!(
+        store
+            .get_file_by_path("llama-7b", "model.safetensors")
+            .unwrap()
+            .unwrap(),
+        b"weights v2"
+    );
+
+    assert!(store.remove("llama-7b", "model.safetensors").unwrap());
+    assert!(!store.remove("llama-7b", "model.safetensors").unwrap());
+    assert!(!final_path.exists());
+    assert!(!store.has_file_by_path("llama-7b", "model.safetensors"));
+    let stats = store.stats();
+    assert_eq!((stats.n_files, stats.used_bytes), (2, 2));
+}
+
+#[test]
+fn writer_publishes_on_commit_and_discards_on_drop() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStore::open(dir.path()).unwrap();
+    let mut writer = store.file_writer("d", "big.bin").unwrap();
+    for chunk in 0..100u8 {
+        writer.write_all(&[chunk; 1000]).unwrap();
+    }
+    assert_eq!(writer.size_bytes(), 100_000);
+    assert!(
+        !dir.path().join("d/big.bin").exists(),
+        "visible before commit"
+    );
+    let meta = writer.commit().unwrap();
+    assert_eq!(meta.size_bytes, 100_000);
+    assert_eq!(
+        store.get_file_by_path("d", "big.bin").unwrap().unwrap()[99_999],
+        99
+    );
+
+    let mut abandoned = store.file_writer("d", "big.bin").unwrap();
+    abandoned.write_all(b"not published").unwrap();
+    drop(abandoned);
+    assert_eq!(
+        store
+            .get_file_by_path("d", "big.bin")
+            .unwrap()
+            .unwrap()
+            .len(),
+        100_000
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path().join(".vbus-staging"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+#[test]
+fn store_from_reader_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStore::open(dir.path()).unwrap();
+    // 24 MiB from a reader that yields odd-sized pieces; the writer never holds it whole.
+    struct Counting(u64);
+    impl std::io::Read for Counting {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(777_777).min(self.0 as usize);
+            buf[..n]
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, b)| *b = (i % 251) as u8);
+            self.0 -= n as u64;
+            Ok(n)
+        }
+    }
+    let meta = store
+        .store_from_reader("d", "stream.bin", &mut Counting(24 << 20))
+        .unwrap();
+    assert_eq!(meta.size_bytes, 24 << 20);
+    let bytes = std::fs::read(dir.path().join("d/stream.bin")).unwrap();
+    assert_eq!(meta.hash, Some(*blake3::hash(&bytes).as_bytes()));
+}
+
+#[test]
+fn reader_seeks_and_keeps_its_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStore::open(dir.path()).unwrap();
+    store.store_file("d", "f", b"0123456789").unwrap();
+    let mut reader = store.file_reader("d", "f").unwrap().unwrap();
+    assert_eq!(reader.meta().size_bytes, 10);
+    reader.seek(SeekFrom::Start(4)).unwrap();
+    let mut four = [0u8; 4];
+    reader.read_exact(&mut four).unwrap();
+    assert_eq!(&four, b"4567");
+    // A new version published while the reader is open does not change what it reads.
+    store.store_file("d", "f", b"abcdefghijklmnop").unwrap();
+    reader.rewind().unwrap();
+    let mut all = Vec::new();
+    reader.read_to_end(&mut all).unwrap();
+    assert_eq!(all, b"0123456789");
+    assert!(store.file_reader("d", "missing").unwrap().is_none());
+}
+
+#[test]
+fn bad_names_are_refused_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStore::open(dir.path()).unwrap();
+    for (dataset, path) in [
+        ("d", "../escape"),
+        ("..", "x"),
+        ("d", "/abs"),
+        ("d", "a//b"),
+        ("d", "nul\0"),
+        (".vbus-index", "journal"),
+        ("d", ".vbus-staging/x"),
+    ] {
+        let err = store.store_file(dataset, path, b"x").unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidName { .. }),
+            "{dataset:?}/{path:?}: {err}"
+        );
+        assert!(store.get_file_by_path(dataset, path).is_err());
+        assert!(!store.has_file_by_path(dataset, path));
+    }
+    assert!(std::fs::read_dir(dir.path()).unwrap().all(|entry| {
+        entry
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with(".vbus")
+    }));
+}
+
+#[test]
+fn pins_and_metadata_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = {
+        let store = FileStore::open(dir.path()).unwrap();
+        store.store_file("d", "a", b"aaa").unwrap();
+        let meta = store.store_file("d", "b", b"bbbb").unwrap();
+        assert!(store.pin("d", "b").unwrap());
+        assert!(!store.pin("d", "missing").unwrap());
+        meta
+    };
+    let store = FileStore::open(dir.path()).unwrap();
+    let reopened = store.meta("d", "b").unwrap().unwrap();
+    assert!(reopened.pinned);
+    assert_eq!((reopened.version, reopened.hash), (meta.version, meta.hash));
+    assert_eq!(store.stats().n_adopted_on_open, 0);
+    // Versions keep rising across the reopen.
+    assert!(store.store_file("d", "a", b"new").unwrap().version > meta.version);
+    assert!(store.unpin("d", "b").unwrap());
+}

@@ -1,0 +1,9 @@
+//! Integration tests of `vbus-store` through its public API.
+
+mod basics;
+mod capacity;
+mod concurrency;
+mod crash;
+mod model;
+mod reconcile;
+mod support;

@@ -1,0 +1,236 @@
+//! `vbus bench store`: the L3 store against plain `std::fs` on the same bytes, and its reopen time.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use vbus_store::FileStore;
+
+use super::{Better, Device, Measurement, Mode, Reporter, Scratch};
+use crate::home::Home;
+use crate::scan;
+
+const SUITE: &str = "store";
+const MIB: u64 = 1 << 20;
+/// DESIGN.md: a restart re-indexes 1 M files in at most 10 s.
+const REOPEN_FILES_PER_S_TARGET: f64 = 100_000.0;
+
+pub(super) fn run<W: Write>(
+    mode: Mode,
+    home: &Home,
+    reporter: &mut Reporter<W>,
+) -> anyhow::Result<()> {
+    let (total_bytes, file_sizes, n_reopen_files) = match mode {
+        Mode::Full => (1024 * MIB, [64 * 1024, 4 * MIB, 256 * MIB], 100_000),
+        Mode::Quick => (64 * MIB, [64 * 1024, 4 * MIB, 16 * MIB], 10_000),
+    };
+    let scratch = Scratch(
+        scan::nearest_existing_dir(home.root())
+            .join(format!(".vbus-bench-store-{}", std::process::id())),
+    );
+    std::fs::create_dir_all(&scratch.0)
+        .with_context(|| format!("cannot create {}", scratch.0.display()))?;
+    reporter.note(&format!(
+        "bench store: {} per file size at {}; reference: std::fs::write + File::sync_all, std::fs::read \
+         (page cache warm)",
+        scan::human_bytes(total_bytes),
+        scratch.0.display()
+    ))?;
+    for size_bytes in file_sizes {
+        throughput(&scratch.0, total_bytes, size_bytes, reporter)?;
+    }
+    reopen(&scratch.0, n_reopen_files, reporter)
+}
+
+/// Writes `total_bytes` as files of `size_bytes` through the store and through `std::fs`, then
+/// reads them back both ways.
+fn throughput<W: Write>(
+    dir: &Path,
+    total_bytes: u64,
+    size_bytes: u64,
+    reporter: &mut Reporter<W>,
+) -> anyhow::Result<()> {
+    let n_files = (total_bytes / size_bytes).max(1);
+    let label = scan::human_bytes(size_bytes)
+        .replace(".0 ", "")
+        .replace(' ', "");
+    let bytes = scan::pattern(usize::try_from(size_bytes)?);
+    let moved_bytes = n_files * size_bytes;
+    let store_root = dir.join(format!("ours-{label}"));
+    let plain_root = dir.join(format!("plain-{label}"));
+    std::fs::create_dir_all(plain_root.join("d"))?;
+
+    let started = Instant::now();
+    for file_idx in 0..n_files {
+        let path = plain_root.join("d").join(format!("f{file_idx}"));
+        std::fs::write(&path, &bytes)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::File::open(&path)?.sync_all()?;
+    }
+    let plain_write = rate(moved_bytes, started);
+    let store = FileStore::open(&store_root)?;
+    let started = Instant::now();
+    for file_idx in 0..n_files {
+        store.store_file("d", &format!("f{file_idx}"), &bytes)?;
+    }
+    let ours_write = rate(moved_bytes, started);
+    drop(store);
+    reporter.report(Measurement::new(
+        SUITE,
+        &format!("write_{label}_files"),
+        "GB/s",
+        Better::Higher,
+        ours_write,
+        "std::fs::write + sync_all",
+        plain_write,
+        None,
+        Device::Cpu,
+    ))?;
+
+    // Reopened, the store checks each file's hash on its first read; later reads do not.
+    let store = FileStore::open(&store_root)?;
+    for (metric, pass) in [
+        (format!("read_{label}_files_first"), 0),
+        (format!("read_{label}_files_again"), 1),
+    ] {
+        let started = Instant::now();
+        for file_idx in 0..n_files {
+            let path = plain_root.join("d").join(format!("f{file_idx}"));
+            let read = std::fs::read(&path)?;
+            anyhow::ensure!(
+                read.len() as u64 == size_bytes,
+                "short read of {}",
+                path.display()
+            );
+        }
+        let plain_read = rate(moved_bytes, started);
+        let started = Instant::now();
+        for file_idx in 0..n_files {
+            let read = store
+                .get_file_by_path("d", &format!("f{file_idx}"))?
+                .with_context(|| format!("d/f{file_idx} vanished from the store"))?;
+            anyhow::ensure!(
+                read.len() as u64 == size_bytes,
+                "short read of d/f{file_idx}"
+            );
+        }
+        let ours_read = rate(moved_bytes, started);
+        let reference = if pass == 0 {
+            "std::fs::read (ours verifies BLAKE3)"
+        } else {
+            "std::fs::read"
+        };
+        reporter.report(Measurement::new(
+            SUITE,
+            &metric,
+            "GB/s",
+            Better::Higher,
+            ours_read,
+            reference,
+            plain_read,
+            None,
+            Device::Cpu,
+        ))?;
+    }
+    drop(store);
+    std::fs::remove_dir_all(&store_root)?;
+    std::fs::remove_dir_all(&plain_root)?;
+    Ok(())
+}
+
+/// Reopen time of a store holding `n_files` small files, against a plain walk that stats the same
+/// tree.
+fn reopen<W: Write>(dir: &Path, n_files: u64, reporter: &mut Reporter<W>) -> anyhow::Result<()> {
+    let root = dir.join("reopen");
+    for file_idx in 0..n_files {
+        let dataset_dir = root
+            .join(format!("ds{}", file_idx % 10))
+            .join(format!("dir{}", file_idx % 100));
+        if file_idx < 100 {
+            std::fs::create_dir_all(&dataset_dir)?;
+        }
+        std::fs::write(
+            dataset_dir.join(format!("f{file_idx}")),
+            file_idx.to_le_bytes(),
+        )?;
+    }
+    // The first open adopts every file; closing writes the index snapshot.
+    let store = FileStore::open(&root)?;
+    anyhow::ensure!(
+        store.stats().n_files == n_files,
+        "the store adopted {} of {n_files} files",
+        store.stats().n_files
+    );
+    drop(store);
+
+    let started = Instant::now();
+    let n_walked = walk_and_stat(&root)?;
+    let walk_s = started.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        n_walked == n_files,
+        "the walk found {n_walked} of {n_files} files"
+    );
+    let started = Instant::now();
+    let store = FileStore::open(&root)?;
+    let reopen_s = started.elapsed().as_secs_f64();
+    let stats = store.stats();
+    anyhow::ensure!(
+        stats.n_files == n_files && stats.n_adopted_on_open == 0,
+        "the reopened index disagrees: {stats:?}"
+    );
+    drop(store);
+    let label = if n_files >= 1000 {
+        format!("{}k", n_files / 1000)
+    } else {
+        n_files.to_string()
+    };
+    reporter.report(Measurement::new(
+        SUITE,
+        &format!("reopen_{label}_files"),
+        "s",
+        Better::Lower,
+        reopen_s,
+        "std::fs walk + stat, 1 thread",
+        walk_s,
+        None,
+        Device::Cpu,
+    ))?;
+    reporter.report(Measurement::new(
+        SUITE,
+        "reopen_files_per_s",
+        "files/s",
+        Better::Higher,
+        n_files as f64 / reopen_s,
+        "DESIGN.md: 1 M files in 10 s",
+        REOPEN_FILES_PER_S_TARGET,
+        Some(1.0),
+        Device::Cpu,
+    ))?;
+    std::fs::remove_dir_all(&root)?;
+    Ok(())
+}
+
+fn walk_and_stat(root: &Path) -> anyhow::Result<u64> {
+    let mut n_files = 0u64;
+    let mut pending = vec![root.to_owned()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let file_type = entry.file_type()?;
+            if file_type.is_dir() {
+                if !entry.file_name().to_string_lossy().starts_with(".vbus") {
+                    pending.push(entry.path());
+                }
+            } else if file_type.is_file() {
+                std::hint::black_box(entry.metadata()?.len());
+                n_files += 1;
+            }
+        }
+    }
+    Ok(n_files)
+}
+
+fn rate(n_bytes: u64, started: Instant) -> f64 {
+    n_bytes as f64 / started.elapsed().as_secs_f64().max(1e-9) / 1e9
+}
