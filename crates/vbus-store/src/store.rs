@@ -29,6 +29,8 @@ const COMPACT_RECORDS_MIN: u64 = 100_000;
 const OPEN_ATTEMPTS_MAX: usize = 16;
 /// How long `open` waits for a busy lock.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+/// Buffers at least this large are hashed on every core (BLAKE3's tree splits across threads).
+const PARALLEL_HASH_BYTES_MIN: usize = 1 << 20;
 /// Read and hash block.
 pub(crate) const IO_BLOCK_BYTES: usize = 1 << 20;
 
@@ -345,9 +347,21 @@ impl FileStore {
     /// Publishes `bytes` as `dataset/path`; returns its metadata once it is durable.
     pub fn store_file(&self, dataset: &str, path: &str, bytes: &[u8]) -> Result<FileMeta> {
         let mut writer = self.file_writer(dataset, path)?;
-        io::Write::write_all(&mut writer, bytes)
-            .map_err(Error::io("write", writer.staging_path()))?;
-        writer.commit()
+        if bytes.len() < PARALLEL_HASH_BYTES_MIN {
+            io::Write::write_all(&mut writer, bytes)
+                .map_err(Error::io("write", writer.staging_path()))?;
+            return writer.commit();
+        }
+        // A large file is hashed on the other cores while this thread writes it.
+        let hash = std::thread::scope(|scope| {
+            let hashing = scope.spawn(|| hash_bytes(bytes));
+            let written = writer.write_all_unhashed(bytes);
+            let hash = hashing
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            written.map(|()| hash)
+        })?;
+        writer.commit_prehashed(hash)
     }
 
     /// Publishes everything `reader` yields as `dataset/path`, in constant memory.
@@ -401,7 +415,7 @@ impl FileStore {
             file.read_to_end(&mut bytes)
                 .map_err(Error::io("read", &final_path))?;
             if lookup.needs_check {
-                let hash = *blake3::Hasher::new().update(&bytes).finalize().as_bytes();
+                let hash = hash_bytes(&bytes);
                 if !self.inner.record_check(&lookup, hash, bytes.len() as u64)? {
                     continue;
                 }
@@ -1005,15 +1019,30 @@ fn remove_file_if_present(path: &Path) -> Result<()> {
     }
 }
 
+/// Adds `bytes` to a hash, on every core when the buffer is large.
+pub(crate) fn hash_update(hasher: &mut blake3::Hasher, bytes: &[u8]) {
+    if bytes.len() >= PARALLEL_HASH_BYTES_MIN {
+        hasher.update_rayon(bytes);
+    } else {
+        hasher.update(bytes);
+    }
+}
+
+fn hash_bytes(bytes: &[u8]) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new();
+    hash_update(&mut hasher, bytes);
+    *hasher.finalize().as_bytes()
+}
+
 fn hash_file(file: &mut File) -> io::Result<([u8; 32], u64)> {
     let mut hasher = blake3::Hasher::new();
-    let mut buffer = vec![0u8; IO_BLOCK_BYTES];
+    let mut buffer = vec![0u8; 8 * IO_BLOCK_BYTES];
     let mut size_bytes = 0u64;
     loop {
         match file.read(&mut buffer) {
             Ok(0) => break,
             Ok(n) => {
-                hasher.update(&buffer[..n]);
+                hash_update(&mut hasher, &buffer[..n]);
                 size_bytes += n as u64;
             }
             Err(err) if err.kind() == io::ErrorKind::Interrupted => {}

@@ -19,6 +19,8 @@ pub struct FileWriter {
     file: Option<BufWriter<File>>,
     hasher: blake3::Hasher,
     size_bytes: u64,
+    /// Bytes were written without hashing; the caller supplies the hash at the commit.
+    prehashed: bool,
 }
 
 impl FileWriter {
@@ -37,6 +39,7 @@ impl FileWriter {
             file: Some(BufWriter::with_capacity(IO_BLOCK_BYTES, file)),
             hasher: blake3::Hasher::new(),
             size_bytes: 0,
+            prehashed: false,
         })
     }
 
@@ -57,7 +60,30 @@ impl FileWriter {
 
     /// Flushes and fsyncs the staged file, then publishes it: readers see the old version or this
     /// one, never a part. Returns once the publish is durable.
-    pub fn commit(mut self) -> Result<FileMeta> {
+    pub fn commit(self) -> Result<FileMeta> {
+        assert!(
+            !self.prehashed,
+            "a prehashed writer is committed with its hash"
+        );
+        self.finish(None)
+    }
+
+    /// Writes bytes whose hash the caller computes (on other threads).
+    pub(crate) fn write_all_unhashed(&mut self, bytes: &[u8]) -> Result<()> {
+        self.prehashed = true;
+        let file = self.file.as_mut().expect("not committed");
+        file.write_all(bytes)
+            .map_err(Error::io("write", &self.staging_path))?;
+        self.size_bytes += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Commits with the hash of everything written.
+    pub(crate) fn commit_prehashed(self, hash: [u8; 32]) -> Result<FileMeta> {
+        self.finish(Some(hash))
+    }
+
+    fn finish(mut self, hash: Option<[u8; 32]>) -> Result<FileMeta> {
         let buffered = self.file.take().expect("a writer is committed once");
         let file = buffered
             .into_inner()
@@ -65,7 +91,7 @@ impl FileWriter {
         file.sync_all()
             .map_err(Error::io("fsync", &self.staging_path))?;
         drop(file);
-        let hash = *self.hasher.finalize().as_bytes();
+        let hash = hash.unwrap_or_else(|| *self.hasher.finalize().as_bytes());
         let result = self.store.publish(
             &self.key,
             &self.staging_path,
@@ -85,7 +111,7 @@ impl Write for FileWriter {
             .as_mut()
             .ok_or_else(|| io::Error::other("writer already committed"))?;
         let n = file.write(buf)?;
-        self.hasher.update(&buf[..n]);
+        crate::store::hash_update(&mut self.hasher, &buf[..n]);
         self.size_bytes += n as u64;
         Ok(n)
     }

@@ -7,11 +7,13 @@ use std::time::Instant;
 use anyhow::Context as _;
 use vbus_store::FileStore;
 
-use super::{Better, Device, Measurement, Mode, Reporter, Scratch};
+use super::{Better, Device, Measurement, Mode, Reporter, Scratch, median};
 use crate::home::Home;
 use crate::scan;
 
 const SUITE: &str = "store";
+/// Rounds per comparison (fewer when there are fewer files).
+const N_ROUNDS: u64 = 3;
 const MIB: u64 = 1 << 20;
 /// DESIGN.md: a restart re-indexes 1 M files in at most 10 s.
 const REOPEN_FILES_PER_S_TARGET: f64 = 100_000.0;
@@ -32,8 +34,8 @@ pub(super) fn run<W: Write>(
     std::fs::create_dir_all(&scratch.0)
         .with_context(|| format!("cannot create {}", scratch.0.display()))?;
     reporter.note(&format!(
-        "bench store: {} per file size at {}; reference: std::fs::write + File::sync_all, std::fs::read \
-         (page cache warm)",
+        "bench store: {} per file size at {}, {N_ROUNDS} alternating rounds, medians; reference: \
+         std::fs::write + File::sync_all, std::fs::read (page cache warm)",
         scan::human_bytes(total_bytes),
         scratch.0.display()
     ))?;
@@ -44,7 +46,8 @@ pub(super) fn run<W: Write>(
 }
 
 /// Writes `total_bytes` as files of `size_bytes` through the store and through `std::fs`, then
-/// reads them back both ways.
+/// reads them back both ways. The files are split into rounds that alternate which side goes
+/// first, and each side's median round is reported, so drift of the disk favours neither.
 fn throughput<W: Write>(
     dir: &Path,
     total_bytes: u64,
@@ -52,91 +55,121 @@ fn throughput<W: Write>(
     reporter: &mut Reporter<W>,
 ) -> anyhow::Result<()> {
     let n_files = (total_bytes / size_bytes).max(1);
+    let n_rounds = N_ROUNDS.min(n_files);
     let label = scan::human_bytes(size_bytes)
         .replace(".0 ", "")
         .replace(' ', "");
     let bytes = scan::pattern(usize::try_from(size_bytes)?);
-    let moved_bytes = n_files * size_bytes;
     let store_root = dir.join(format!("ours-{label}"));
-    let plain_root = dir.join(format!("plain-{label}"));
-    std::fs::create_dir_all(plain_root.join("d"))?;
+    let plain_dir = dir.join(format!("plain-{label}"));
+    std::fs::create_dir_all(&plain_dir)?;
+    let rounds: Vec<std::ops::Range<u64>> = (0..n_rounds)
+        .map(|round| round * n_files / n_rounds..(round + 1) * n_files / n_rounds)
+        .collect();
+    let plain_path = |file_idx: u64| plain_dir.join(format!("f{file_idx}"));
 
-    let started = Instant::now();
-    for file_idx in 0..n_files {
-        let path = plain_root.join("d").join(format!("f{file_idx}"));
-        std::fs::write(&path, &bytes)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        std::fs::File::open(&path)?.sync_all()?;
-    }
-    let plain_write = rate(moved_bytes, started);
     let store = FileStore::open(&store_root)?;
-    let started = Instant::now();
-    for file_idx in 0..n_files {
-        store.store_file("d", &format!("f{file_idx}"), &bytes)?;
-    }
-    let ours_write = rate(moved_bytes, started);
+    let (ours, plain) = alternate(&rounds, size_bytes, |side, files| {
+        for file_idx in files {
+            match side {
+                Side::Ours => {
+                    store.store_file("d", &format!("f{file_idx}"), &bytes)?;
+                }
+                Side::Plain => {
+                    let path = plain_path(file_idx);
+                    std::fs::write(&path, &bytes)
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                    std::fs::File::open(&path)?.sync_all()?;
+                }
+            }
+        }
+        Ok(())
+    })?;
     drop(store);
     reporter.report(Measurement::new(
         SUITE,
         &format!("write_{label}_files"),
         "GB/s",
         Better::Higher,
-        ours_write,
+        ours,
         "std::fs::write + sync_all",
-        plain_write,
+        plain,
         None,
         Device::Cpu,
     ))?;
 
     // Reopened, the store checks each file's hash on its first read; later reads do not.
     let store = FileStore::open(&store_root)?;
-    for (metric, pass) in [
-        (format!("read_{label}_files_first"), 0),
-        (format!("read_{label}_files_again"), 1),
+    for (metric, reference) in [
+        (
+            format!("read_{label}_files_first"),
+            "std::fs::read (ours verifies BLAKE3)",
+        ),
+        (format!("read_{label}_files_again"), "std::fs::read"),
     ] {
-        let started = Instant::now();
-        for file_idx in 0..n_files {
-            let path = plain_root.join("d").join(format!("f{file_idx}"));
-            let read = std::fs::read(&path)?;
-            anyhow::ensure!(
-                read.len() as u64 == size_bytes,
-                "short read of {}",
-                path.display()
-            );
-        }
-        let plain_read = rate(moved_bytes, started);
-        let started = Instant::now();
-        for file_idx in 0..n_files {
-            let read = store
-                .get_file_by_path("d", &format!("f{file_idx}"))?
-                .with_context(|| format!("d/f{file_idx} vanished from the store"))?;
-            anyhow::ensure!(
-                read.len() as u64 == size_bytes,
-                "short read of d/f{file_idx}"
-            );
-        }
-        let ours_read = rate(moved_bytes, started);
-        let reference = if pass == 0 {
-            "std::fs::read (ours verifies BLAKE3)"
-        } else {
-            "std::fs::read"
-        };
+        let (ours, plain) = alternate(&rounds, size_bytes, |side, files| {
+            for file_idx in files {
+                let read = match side {
+                    Side::Ours => store
+                        .get_file_by_path("d", &format!("f{file_idx}"))?
+                        .with_context(|| format!("d/f{file_idx} vanished from the store"))?,
+                    Side::Plain => std::fs::read(plain_path(file_idx))?,
+                };
+                anyhow::ensure!(read.len() as u64 == size_bytes, "short read of f{file_idx}");
+            }
+            Ok(())
+        })?;
         reporter.report(Measurement::new(
             SUITE,
             &metric,
             "GB/s",
             Better::Higher,
-            ours_read,
+            ours,
             reference,
-            plain_read,
+            plain,
             None,
             Device::Cpu,
         ))?;
     }
     drop(store);
     std::fs::remove_dir_all(&store_root)?;
-    std::fs::remove_dir_all(&plain_root)?;
+    std::fs::remove_dir_all(&plain_dir)?;
     Ok(())
+}
+
+/// Which side of a comparison runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Ours,
+    Plain,
+}
+
+/// Runs `work` over each round of files for both sides, alternating which goes first, and returns
+/// the median GB/s of each side.
+fn alternate(
+    rounds: &[std::ops::Range<u64>],
+    size_bytes: u64,
+    mut work: impl FnMut(Side, std::ops::Range<u64>) -> anyhow::Result<()>,
+) -> anyhow::Result<(f64, f64)> {
+    let mut ours = Vec::new();
+    let mut plain = Vec::new();
+    for (round_idx, files) in rounds.iter().enumerate() {
+        let order = if round_idx % 2 == 0 {
+            [Side::Plain, Side::Ours]
+        } else {
+            [Side::Ours, Side::Plain]
+        };
+        for side in order {
+            let started = Instant::now();
+            work(side, files.clone())?;
+            let gbps = rate((files.end - files.start) * size_bytes, started);
+            match side {
+                Side::Ours => ours.push(gbps),
+                Side::Plain => plain.push(gbps),
+            }
+        }
+    }
+    Ok((median(&mut ours), median(&mut plain)))
 }
 
 /// Reopen time of a store holding `n_files` small files, against a plain walk that stats the same
