@@ -240,12 +240,18 @@ impl FileStore {
         let mut index = Index::default();
         let mut changes = Vec::new();
         let mut known = index_entries;
-        let mut found = scan.files;
-        // In the recorded LRU order (adopted files last), so the order survives the reopen.
-        found.sort_by_key(|file| known.get(&file.key).map_or(u64::MAX, |entry| entry.tick));
+        // Each found file with its known entry, in the recorded LRU order (adopted files last),
+        // so the order survives the reopen.
+        let mut found: Vec<(Option<Entry>, walk::FoundFile)> = scan
+            .files
+            .into_iter()
+            .map(|file| (known.remove(&file.key), file))
+            .collect();
+        found.sort_unstable_by_key(|(previous, _)| {
+            previous.as_ref().map_or(u64::MAX, |entry| entry.tick)
+        });
         let mut n_adopted = 0u64;
-        for file in found {
-            let previous = known.remove(&file.key);
+        for (previous, file) in found {
             let matches = previous.as_ref().is_some_and(|entry| {
                 entry.inode == file.inode
                     && entry.size_bytes == file.size_bytes
