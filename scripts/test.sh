@@ -1,10 +1,23 @@
 #!/usr/bin/env bash
-# Runs every VBUS test: unit tests and the end-to-end tests of each crate.
-# Needs only a Rust toolchain (cargo); everything else the tests use is built by cargo.
+# Runs every VBUS test: unit and end-to-end tests of each crate on the simulated device, then the
+# vbus-gpu tests again on the CUDA backend through the fake driver (crates/vbus-fake-cuda, loaded
+# by cudarc as libcuda.so). Needs only a Rust toolchain (cargo); cargo builds everything else.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v cargo >/dev/null 2>&1; then
   echo "error: cargo not found; install Rust (https://rustup.rs) and run this again" >&2
   exit 1
 fi
+
+echo "== all crates (L1 on the simulated device)"
 cargo test --workspace --locked "$@"
+
+echo "== vbus-gpu on the CUDA backend, through the fake driver"
+target_dir="${CARGO_TARGET_DIR:-target}"
+cargo build -p vbus-fake-cuda --locked
+fake_dir="$target_dir/fake-cuda"
+mkdir -p "$fake_dir"
+ln -sf "$(cd "$target_dir/debug" && pwd)/libvbus_fake_cuda.so" "$fake_dir/libcuda.so"
+LD_LIBRARY_PATH="$(cd "$fake_dir" && pwd)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
+  VBUS_GPU_TEST_BACKEND=cuda \
+  cargo test -p vbus-gpu --locked "$@"

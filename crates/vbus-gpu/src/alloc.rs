@@ -20,7 +20,10 @@ pub(crate) struct RangeAllocator {
 impl RangeAllocator {
     /// All of `size_bytes` free. `size_bytes` is a multiple of [`ALIGN_BYTES`].
     pub fn new(size_bytes: u64) -> Self {
-        assert!(size_bytes.is_multiple_of(ALIGN_BYTES), "chunk sizes are aligned");
+        assert!(
+            size_bytes.is_multiple_of(ALIGN_BYTES),
+            "chunk sizes are aligned"
+        );
         let mut allocator = Self {
             size_bytes,
             free_by_offset: BTreeMap::new(),
@@ -52,14 +55,20 @@ impl RangeAllocator {
 
     /// Returns a range taken by [`RangeAllocator::alloc`].
     pub fn free(&mut self, mut offset: u64, mut size_bytes: u64) {
-        assert!(offset + size_bytes <= self.size_bytes, "freed range lies in the chunk");
+        assert!(
+            offset + size_bytes <= self.size_bytes,
+            "freed range lies in the chunk"
+        );
         // Merge with the free neighbour after, then the one before.
         if let Some(&next_size) = self.free_by_offset.get(&(offset + size_bytes)) {
             self.remove_free(offset + size_bytes, next_size);
             size_bytes += next_size;
         }
         if let Some((&prev_offset, &prev_size)) = self.free_by_offset.range(..offset).next_back() {
-            assert!(prev_offset + prev_size <= offset, "double free of offset {offset}");
+            assert!(
+                prev_offset + prev_size <= offset,
+                "double free of offset {offset}"
+            );
             if prev_offset + prev_size == offset {
                 self.remove_free(prev_offset, prev_size);
                 offset = prev_offset;
@@ -142,7 +151,10 @@ mod tests {
                 if let Some(offset) = allocator.alloc(size) {
                     assert!(offset + size <= chunk_bytes);
                     for &(other, other_size) in &live {
-                        assert!(offset + size <= other || other + other_size <= offset, "overlap");
+                        assert!(
+                            offset + size <= other || other + other_size <= offset,
+                            "overlap"
+                        );
                     }
                     live.push((offset, size));
                 }

@@ -2,9 +2,7 @@
 
 use std::time::Instant;
 
-use cudarc::driver::{CudaContext, CudaSlice};
-
-use crate::{Error, Result, driver_present};
+use crate::{BackendChoice, Device, DeviceOptions, Result};
 
 /// Host→device and device→host copy rates measured on one device.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -15,58 +13,35 @@ pub struct HostDeviceBandwidth {
     pub device_to_host_gbps: f64,
 }
 
-/// Copies `size_bytes` between a page-locked (not write-combined) host buffer and device memory,
-/// `n_rounds` times each way after one warm-up, and returns the best rate of each direction.
+/// Copies `size_bytes` between a page-locked host buffer and device memory through the copy
+/// engine, `n_rounds` times each way after one warm-up, and returns the best rate of each
+/// direction. Fails without a CUDA device.
 pub fn measure_host_device_bandwidth(
     device_idx: usize,
-    size_bytes: usize,
+    size_bytes: u64,
     n_rounds: usize,
 ) -> Result<HostDeviceBandwidth> {
-    if !driver_present() {
-        return Err(Error::NoDriver);
-    }
-    let n_devices =
-        CudaContext::device_count().map_err(|err| Error::driver("cuDeviceGetCount", err))?;
-    if device_idx >= usize::try_from(n_devices).unwrap_or(0) {
-        return Err(Error::NoSuchDevice {
-            device_idx,
-            n_devices: usize::try_from(n_devices).unwrap_or(0),
-        });
-    }
-    let context = CudaContext::new(device_idx)
-        .map_err(|err| Error::driver("cuDevicePrimaryCtxRetain", err))?;
-    let stream = context.default_stream();
-    // SAFETY: flags 0 asks for plain page-locked memory (not write-combined). The contents are
-    // uninitialised; they are written in full below before any copy reads them.
-    let mut host = unsafe { context.alloc_pinned_with_flags::<u8>(size_bytes, 0) }
-        .map_err(|err| Error::driver("cuMemHostAlloc", err))?;
-    host.as_mut_slice()
-        .map_err(|err| Error::driver("cuEventSynchronize", err))?
-        .fill(0x5a);
-    let mut device: CudaSlice<u8> = stream
-        .alloc_zeros(size_bytes)
-        .map_err(|err| Error::driver("cuMemAlloc", err))?;
-
+    let device = Device::open(&DeviceOptions {
+        backend: BackendChoice::Cuda,
+        device_idx,
+        capacity_bytes: size_bytes.next_multiple_of(2 << 20),
+        host_capacity_bytes: size_bytes.next_multiple_of(2 << 20),
+        chunk_bytes: size_bytes.next_multiple_of(2 << 20),
+        ..DeviceOptions::default()
+    })?;
+    let mut host = device.alloc_host(size_bytes)?;
+    host.fill(0x5a);
+    let mut device_buffer = device.alloc(size_bytes)?;
     let mut best = HostDeviceBandwidth {
         host_to_device_gbps: 0.0,
         device_to_host_gbps: 0.0,
     };
     for round in 0..=n_rounds {
         let started = Instant::now();
-        stream
-            .memcpy_htod(&host, &mut device)
-            .map_err(|err| Error::driver("cuMemcpyHtoDAsync", err))?;
-        stream
-            .synchronize()
-            .map_err(|err| Error::driver("cuStreamSynchronize", err))?;
+        device.upload(&host, &mut device_buffer, 0)?;
         let h2d = gbps(size_bytes, started);
         let started = Instant::now();
-        stream
-            .memcpy_dtoh(&device, &mut host)
-            .map_err(|err| Error::driver("cuMemcpyDtoHAsync", err))?;
-        stream
-            .synchronize()
-            .map_err(|err| Error::driver("cuStreamSynchronize", err))?;
+        device.download(&device_buffer, 0, &mut host)?;
         let d2h = gbps(size_bytes, started);
         if round > 0 {
             best.host_to_device_gbps = best.host_to_device_gbps.max(h2d);
@@ -76,6 +51,6 @@ pub fn measure_host_device_bandwidth(
     Ok(best)
 }
 
-fn gbps(size_bytes: usize, started: Instant) -> f64 {
+fn gbps(size_bytes: u64, started: Instant) -> f64 {
     size_bytes as f64 / started.elapsed().as_secs_f64().max(1e-9) / 1e9
 }

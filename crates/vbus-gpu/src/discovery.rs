@@ -1,7 +1,8 @@
 //! Device discovery through the CUDA driver API, guarded by `is_culib_present`.
 
-use cudarc::driver::{CudaContext, sys};
+use cudarc::driver::sys;
 
+use crate::cuda::{self, CudaContext};
 use crate::{Error, Result};
 
 /// What `vbus scan` says when no CUDA driver or no device is present.
@@ -76,11 +77,9 @@ fn discover_with_driver() -> Result<GpuInventory> {
     let driver = DriverInfo {
         cuda_version: driver_cuda_version()?,
     };
-    let n_devices =
-        CudaContext::device_count().map_err(|err| Error::driver("cuDeviceGetCount", err))?;
     let mut devices = Vec::new();
     let mut problem = None;
-    for device_idx in 0..usize::try_from(n_devices).unwrap_or(0) {
+    for device_idx in 0..cuda::device_count()? {
         match device_info(device_idx) {
             Ok(info) => devices.push(info),
             Err(err) => {
@@ -106,25 +105,16 @@ fn driver_cuda_version() -> Result<String> {
     Ok(format!("{}.{}", version / 1000, (version % 1000) / 10))
 }
 
-/// Queries one device. Creating the context retains the device's primary context (about 250 ms
-/// the first time in a process); it is released when the returned `Arc` drops.
+/// Queries one device. Free memory needs a context: this creates the process's context of the
+/// device (about 250 ms the first time), which later users share.
 fn device_info(device_idx: usize) -> Result<DeviceInfo> {
-    let context = CudaContext::new(device_idx)
-        .map_err(|err| Error::driver("cuDevicePrimaryCtxRetain", err))?;
-    let name = context
-        .name()
-        .map_err(|err| Error::driver("cuDeviceGetName", err))?;
-    let compute_capability = context
-        .compute_capability()
-        .map_err(|err| Error::driver("cuDeviceGetAttribute", err))?;
-    let (free, total) = context
-        .mem_get_info()
-        .map_err(|err| Error::driver("cuMemGetInfo", err))?;
+    let (name, vram_total_bytes, compute_capability) = cuda::device_properties(device_idx)?;
+    let (vram_free_bytes, _) = CudaContext::get(device_idx)?.mem_info()?;
     Ok(DeviceInfo {
         device_idx,
         name,
-        vram_total_bytes: total as u64,
-        vram_free_bytes: free as u64,
+        vram_total_bytes,
+        vram_free_bytes,
         compute_capability,
     })
 }

@@ -121,7 +121,7 @@ pub(super) fn measure(disk_dir: &Path, gpu_device_idx: Option<usize>) -> Through
     let (host_to_device_gbps, device_to_host_gbps, gpu_problem) = match gpu_device_idx {
         None => (None, None, Some("no GPU".to_owned())),
         Some(device_idx) => {
-            match vbus_gpu::measure_host_device_bandwidth(device_idx, GPU_COPY_BYTES, 2) {
+            match vbus_gpu::measure_host_device_bandwidth(device_idx, GPU_COPY_BYTES as u64, 2) {
                 Ok(rates) => (
                     Some(rates.host_to_device_gbps),
                     Some(rates.device_to_host_gbps),

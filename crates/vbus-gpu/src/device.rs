@@ -1,0 +1,327 @@
+//! `Device`: one GPU (or the simulated device), its VRAM pool and its page-locked host pool.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::copy::Staging;
+use crate::cuda::CudaContext;
+use crate::pool::{Allocation, CudaDeviceSource, CudaHostSource, HeapSource, Pool, PoolStats};
+use crate::{Error, Result, driver_present};
+
+/// Which backend a [`Device`] should use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendChoice {
+    /// CUDA when a driver and the device exist, else the simulated device.
+    #[default]
+    Auto,
+    /// CUDA; opening fails without it.
+    Cuda,
+    /// Host memory behind the same API and accounting.
+    Simulated,
+}
+
+/// Which backend a [`Device`] runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    /// A CUDA device through the driver.
+    Cuda,
+    /// The simulated device.
+    Simulated,
+}
+
+impl BackendKind {
+    /// `cuda` or `simulated`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cuda => "cuda",
+            Self::Simulated => "simulated",
+        }
+    }
+}
+
+/// How to open a [`Device`]. Plain fields; each says its default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceOptions {
+    /// Default [`BackendChoice::Auto`].
+    pub backend: BackendChoice,
+    /// The CUDA ordinal. Default 0.
+    pub device_idx: usize,
+    /// The most VRAM the pool takes (L1's `max_size_mb`). Default 1 GiB.
+    pub capacity_bytes: u64,
+    /// VRAM left free for other programs (CUDA only). Default 1 GiB.
+    pub reserve_bytes: u64,
+    /// The most page-locked host memory the host pool takes. Default 1 GiB.
+    pub host_capacity_bytes: u64,
+    /// Size of the chunks the pools take from the driver. Default 256 MiB.
+    pub chunk_bytes: u64,
+}
+
+impl Default for DeviceOptions {
+    fn default() -> Self {
+        Self {
+            backend: BackendChoice::Auto,
+            device_idx: 0,
+            capacity_bytes: 1 << 30,
+            reserve_bytes: 1 << 30,
+            host_capacity_bytes: 1 << 30,
+            chunk_bytes: 256 << 20,
+        }
+    }
+}
+
+/// Figures of a device.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DeviceStats {
+    /// Where it runs.
+    pub backend: BackendKind,
+    /// The VRAM pool.
+    pub vram: PoolStats,
+    /// The page-locked host pool (heap memory on the simulated device).
+    pub host: PoolStats,
+}
+
+pub(crate) enum Backend {
+    Cuda(Arc<CudaContext>),
+    Simulated,
+}
+
+pub(crate) struct DeviceInner {
+    pub id: u64,
+    pub backend: Backend,
+    pub vram: Pool,
+    pub host: Pool,
+    pub staging: Mutex<Staging>,
+}
+
+/// One GPU, or the simulated device. Cheap to clone.
+#[derive(Clone)]
+pub struct Device {
+    pub(crate) inner: Arc<DeviceInner>,
+}
+
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Device")
+            .field("backend", &self.kind())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Device {
+    /// Opens the device the options choose.
+    pub fn open(options: &DeviceOptions) -> Result<Self> {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        let use_cuda = match options.backend {
+            BackendChoice::Simulated => false,
+            BackendChoice::Cuda => {
+                if !driver_present() {
+                    return Err(Error::NoDriver);
+                }
+                true
+            }
+            BackendChoice::Auto => {
+                driver_present() && crate::discover().devices.len() > options.device_idx
+            }
+        };
+        let (backend, vram, host) = if use_cuda {
+            let context = CudaContext::get(options.device_idx)?;
+            let vram = Pool::new(
+                "VRAM",
+                Box::new(CudaDeviceSource {
+                    context: Arc::clone(&context),
+                    reserve_bytes: options.reserve_bytes,
+                }),
+                options.capacity_bytes,
+                options.chunk_bytes,
+            );
+            let host = Pool::new(
+                "page-locked host memory",
+                Box::new(CudaHostSource {
+                    context: Arc::clone(&context),
+                }),
+                options.host_capacity_bytes,
+                options.chunk_bytes,
+            );
+            (Backend::Cuda(context), vram, host)
+        } else {
+            let vram = Pool::new(
+                "VRAM (simulated)",
+                Box::new(HeapSource::new(options.capacity_bytes)),
+                options.capacity_bytes,
+                options.chunk_bytes,
+            );
+            let host = Pool::new(
+                "host memory",
+                Box::new(HeapSource::new(options.host_capacity_bytes)),
+                options.host_capacity_bytes,
+                options.chunk_bytes,
+            );
+            (Backend::Simulated, vram, host)
+        };
+        let inner = DeviceInner {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            backend,
+            vram,
+            host,
+            staging: Mutex::new(Staging::default()),
+        };
+        let device = Self {
+            inner: Arc::new(inner),
+        };
+        tracing::info!(
+            backend = device.kind().as_str(),
+            capacity_bytes = options.capacity_bytes,
+            "device opened"
+        );
+        Ok(device)
+    }
+
+    /// Where this device runs.
+    pub fn kind(&self) -> BackendKind {
+        match self.inner.backend {
+            Backend::Cuda(_) => BackendKind::Cuda,
+            Backend::Simulated => BackendKind::Simulated,
+        }
+    }
+
+    /// `len` bytes of device memory from the pool. Their contents are unspecified until written.
+    pub fn alloc(&self, len: u64) -> Result<DeviceBuffer> {
+        let allocation = self.inner.vram.alloc(len)?;
+        Ok(DeviceBuffer {
+            device: Arc::clone(&self.inner),
+            allocation,
+        })
+    }
+
+    /// `len` bytes of page-locked host memory (plain heap memory on the simulated device), zeroed
+    /// the first time the pool hands them out.
+    pub fn alloc_host(&self, len: u64) -> Result<HostBuffer> {
+        let allocation = self.inner.host.alloc(len)?;
+        Ok(HostBuffer {
+            device: Arc::clone(&self.inner),
+            allocation,
+        })
+    }
+
+    /// Gives empty pool chunks back to the driver; returns the bytes released.
+    pub fn trim(&self) -> u64 {
+        self.inner.vram.trim() + self.inner.host.trim()
+    }
+
+    /// Pool figures.
+    pub fn stats(&self) -> DeviceStats {
+        DeviceStats {
+            backend: self.kind(),
+            vram: self.inner.vram.stats(),
+            host: self.inner.host.stats(),
+        }
+    }
+
+    pub(crate) fn check_own(&self, device: &Arc<DeviceInner>) -> Result<()> {
+        if device.id == self.inner.id {
+            Ok(())
+        } else {
+            Err(Error::ForeignBuffer)
+        }
+    }
+}
+
+/// Device memory from the pool, returned to it on drop. On the simulated device it is host
+/// memory that only copies touch.
+pub struct DeviceBuffer {
+    pub(crate) device: Arc<DeviceInner>,
+    pub(crate) allocation: Allocation,
+}
+
+impl std::fmt::Debug for DeviceBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceBuffer")
+            .field("len", &self.allocation.len)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DeviceBuffer {
+    /// Size in bytes.
+    pub fn len(&self) -> u64 {
+        self.allocation.len
+    }
+
+    /// True for a zero-length buffer.
+    pub fn is_empty(&self) -> bool {
+        self.allocation.len == 0
+    }
+
+    /// The raw device pointer (a `CUdeviceptr`), for interop with other CUDA code; `None` on the
+    /// simulated device. Valid while the buffer lives.
+    pub fn device_ptr(&self) -> Option<u64> {
+        match self.device.backend {
+            Backend::Cuda(_) => Some(self.allocation.address),
+            Backend::Simulated => None,
+        }
+    }
+}
+
+impl Drop for DeviceBuffer {
+    fn drop(&mut self) {
+        // Copies are complete when the call that queued them returns, so nothing pending uses
+        // the range.
+        self.device.vram.free(self.allocation);
+    }
+}
+
+/// Page-locked host memory (heap memory on the simulated device), readable and writable as a
+/// byte slice; copies between it and the device skip the staging ring.
+pub struct HostBuffer {
+    pub(crate) device: Arc<DeviceInner>,
+    pub(crate) allocation: Allocation,
+}
+
+impl std::fmt::Debug for HostBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostBuffer")
+            .field("len", &self.allocation.len)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::ops::Deref for HostBuffer {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        if self.allocation.len == 0 {
+            return &[];
+        }
+        // SAFETY: the range lies in a live pool chunk that outlives `self` (the pool belongs to
+        // `self.device`), the pool never hands out overlapping ranges, chunks are zeroed when
+        // created so every byte is initialised, and no copy is pending when `&self` is usable
+        // (copies complete before the call that queued them returns).
+        unsafe {
+            std::slice::from_raw_parts(
+                self.allocation.address as *const u8,
+                self.allocation.len as usize,
+            )
+        }
+    }
+}
+
+impl std::ops::DerefMut for HostBuffer {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        if self.allocation.len == 0 {
+            return &mut [];
+        }
+        // SAFETY: as for `deref`; `&mut self` makes the access exclusive.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.allocation.address as *mut u8,
+                self.allocation.len as usize,
+            )
+        }
+    }
+}
+
+impl Drop for HostBuffer {
+    fn drop(&mut self) {
+        self.device.host.free(self.allocation);
+    }
+}
