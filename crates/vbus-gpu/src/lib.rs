@@ -19,6 +19,7 @@ mod device;
 mod discovery;
 mod error;
 mod pool;
+pub mod reference;
 
 pub use alloc::ALIGN_BYTES;
 pub use bandwidth::{HostDeviceBandwidth, measure_host_device_bandwidth};

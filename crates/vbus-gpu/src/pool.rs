@@ -281,7 +281,7 @@ impl Drop for Pool {
 }
 
 /// Heap memory, for the simulated device's VRAM and for host buffers without a GPU. Chunks are
-/// zeroed, so every byte a buffer exposes is initialised.
+/// zeroed (and so resident), so every byte a buffer exposes is initialised.
 #[derive(Debug)]
 pub(crate) struct HeapSource {
     /// Bytes the heap may give in total (the simulated device's VRAM size).
@@ -312,11 +312,15 @@ impl ChunkSource for HeapSource {
                 }
             })?;
         // SAFETY: the layout has a non-zero size (chunks are at least 2 MiB).
-        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        let ptr = unsafe { std::alloc::alloc(layout) };
         let ptr = NonNull::new(ptr).ok_or(Error::Driver {
             call: "heap allocation",
             code: format!("the allocator refused {size_bytes} bytes"),
         })?;
+        // Zeroed by writing, not lazily by the kernel: every page is resident from here on, as
+        // device memory is, so first use does not pay page faults a GPU never would.
+        // SAFETY: `ptr` points to `len` writable bytes just allocated.
+        unsafe { std::ptr::write_bytes(ptr.as_ptr(), 0, len) };
         *self.taken_bytes.lock().unwrap_or_else(|p| p.into_inner()) += size_bytes;
         Ok(ptr.as_ptr() as u64)
     }
@@ -324,7 +328,7 @@ impl ChunkSource for HeapSource {
     fn free_chunk(&self, base: u64, size_bytes: u64) {
         let layout = std::alloc::Layout::from_size_align(size_bytes as usize, ALIGN_BYTES as usize)
             .expect("the layout was valid at allocation");
-        // SAFETY: `base` came from `alloc_zeroed` with this layout and the pool frees a chunk once.
+        // SAFETY: `base` came from `alloc` with this layout and the pool frees a chunk once.
         unsafe { std::alloc::dealloc(base as *mut u8, layout) };
         *self.taken_bytes.lock().unwrap_or_else(|p| p.into_inner()) -= size_bytes;
     }

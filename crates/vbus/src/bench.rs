@@ -1,17 +1,26 @@
 //! `vbus bench SUITE [--quick] [--json]`: every figure beside its reference measured in the same
 //! run, and the ratio (oriented so that above 1 is better).
 
+mod gpu;
 mod scan;
 mod store;
 
 use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::Context as _;
 
 use serde::Serialize;
 
 use crate::home::Home;
 
 /// The suites `vbus bench` knows, with one line each.
-pub const SUITES: [(&str, &str); 2] = [
+pub const SUITES: [(&str, &str); 3] = [
+    (
+        "gpu",
+        "copies, a model file into VRAM and pool allocation against raw driver operations",
+    ),
     (
         "scan",
         "disk read and write at the home against dd on the same file",
@@ -204,6 +213,7 @@ pub fn run<W: Write>(
     match suite {
         "scan" => scan::run(mode, home, reporter),
         "store" => store::run(mode, home, reporter),
+        "gpu" => gpu::run(mode, home, reporter),
         _ => {
             let known: Vec<&str> = SUITES.iter().map(|(name, _)| *name).collect();
             anyhow::bail!(
@@ -228,6 +238,21 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         self.remove();
     }
+}
+
+/// Runs `dd` with `args` and returns `n_bytes` over its wall time, in GB/s.
+pub(crate) fn time_dd(args: &[&str], n_bytes: u64) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let status = Command::new("dd")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .context("cannot run dd, a reference of `vbus bench` (install coreutils)")?;
+    let elapsed = started.elapsed();
+    anyhow::ensure!(status.success(), "dd {} failed: {status}", args.join(" "));
+    Ok(n_bytes as f64 / elapsed.as_secs_f64().max(1e-9) / 1e9)
 }
 
 /// The median of some samples (upper median for an even count); 0 for none.
@@ -334,6 +359,9 @@ mod tests {
         let home = Home::resolve(Some(std::path::Path::new("/nonexistent"))).unwrap();
         let mut reporter = Reporter::new(Vec::new(), Format::Table);
         let err = run("nope", Mode::Quick, &home, &mut reporter).unwrap_err();
-        assert!(err.to_string().contains("suites: scan, store"), "{err}");
+        assert!(
+            err.to_string().contains("suites: gpu, scan, store"),
+            "{err}"
+        );
     }
 }

@@ -1,12 +1,10 @@
 //! `vbus bench scan`: the scan's disk figures at the home against `dd` on the same file.
 
 use std::io::Write;
-use std::process::{Command, Stdio};
-use std::time::Instant;
 
 use anyhow::Context as _;
 
-use super::{Better, Device, Measurement, Mode, Reporter, Scratch, median};
+use super::{Better, Device, Measurement, Mode, Reporter, Scratch, median, time_dd};
 use crate::home::Home;
 use crate::scan::{self, IO_BLOCK_BYTES, PageCache};
 
@@ -100,19 +98,4 @@ pub(super) fn run<W: Write>(
         ))?;
     }
     Ok(())
-}
-
-/// Runs `dd` with `args` and returns `n_bytes` over its wall time, in GB/s.
-fn time_dd(args: &[&str], n_bytes: u64) -> anyhow::Result<f64> {
-    let started = Instant::now();
-    let status = Command::new("dd")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .context("cannot run dd, the reference of `bench scan` (install coreutils)")?;
-    let elapsed = started.elapsed();
-    anyhow::ensure!(status.success(), "dd {} failed: {status}", args.join(" "));
-    Ok(n_bytes as f64 / elapsed.as_secs_f64().max(1e-9) / 1e9)
 }

@@ -40,7 +40,13 @@ fn bench_scan_quick_prints_each_figure_beside_dd() {
 fn bench_table_and_unknown_suite() {
     let dir = tempfile::tempdir().unwrap();
     let listed = run_ok(dir.path(), &["bench", "list"]);
-    assert!(listed.stdout.starts_with("scan "), "{}", listed.stdout);
+    for suite in ["gpu ", "scan ", "store "] {
+        assert!(
+            listed.stdout.lines().any(|line| line.starts_with(suite)),
+            "{}",
+            listed.stdout
+        );
+    }
     let unknown = run(vbus(dir.path()).args(["bench", "warp-drive", "--quick"]));
     assert_eq!(unknown.code, Some(1));
     assert!(
@@ -94,5 +100,66 @@ fn bench_store_quick_prints_each_figure_beside_std_fs() {
         std::fs::read_dir(dir.path()).unwrap().count(),
         0,
         "bench left its scratch directory"
+    );
+}
+
+#[test]
+fn bench_gpu_quick_runs_on_the_simulated_device_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let result = run_ok(dir.path(), &["bench", "gpu", "--quick", "--json"]);
+    let lines: Vec<serde_json::Value> = result
+        .stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
+        .collect();
+    let has_gpu = std::path::Path::new("/proc/driver/nvidia").exists();
+    let metrics: Vec<String> = lines
+        .iter()
+        .map(|line| line["metric"].as_str().unwrap().to_owned())
+        .collect();
+    for metric in [
+        "host_to_device_pinned",
+        "device_to_host_pinned",
+        "host_to_device_pageable_staged",
+        "device_to_host_pageable_staged",
+        "file_to_vram_cold",
+        "file_to_vram_warm",
+        "alloc_free_1MiB",
+    ] {
+        let expected = if has_gpu {
+            metric.to_owned()
+        } else {
+            format!("{metric} (simulated)")
+        };
+        assert!(
+            metrics.contains(&expected),
+            "{expected} missing from {metrics:?}"
+        );
+    }
+    for line in &lines {
+        assert_eq!(line["suite"], "gpu");
+        if !has_gpu {
+            assert_eq!(line["device"], "simulated", "{line}");
+        }
+        let (ours, reference) = (
+            line["ours"].as_f64().unwrap(),
+            line["reference_value"].as_f64().unwrap(),
+        );
+        assert!(ours > 0.0 && reference > 0.0, "{line}");
+    }
+    let pinned = lines
+        .iter()
+        .find(|line| {
+            line["metric"]
+                .as_str()
+                .unwrap()
+                .starts_with("host_to_device_pinned")
+        })
+        .unwrap();
+    assert_eq!(pinned["target"], 0.9);
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "bench left its file"
     );
 }
