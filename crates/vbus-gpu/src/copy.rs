@@ -62,21 +62,26 @@ impl Device {
                     .host
                     .contains(src.as_ptr() as u64, src.len() as u64) =>
             {
-                for (piece_offset, piece) in pieces(src.len() as u64, PINNED_PIECE_BYTES) {
-                    // SAFETY: `src` is borrowed and `dst` mutably borrowed until the synchronise
-                    // below; the device range lies inside `dst`'s allocation.
-                    unsafe {
-                        context.copy_to_device(
-                            dst_address + piece_offset,
-                            src.as_ptr().add(piece_offset as usize),
-                            piece as usize,
-                            Lane::HostToDevice,
-                        )
-                    }?;
-                }
-                context.synchronize(Lane::HostToDevice)
+                let queued = pieces(src.len() as u64, PINNED_PIECE_BYTES).try_for_each(
+                    |(piece_offset, piece)| {
+                        // SAFETY: `src` is borrowed and `dst` mutably borrowed until `settle` below
+                        // has waited for the lane; the device range lies inside `dst`'s allocation.
+                        unsafe {
+                            context.copy_to_device(
+                                dst_address + piece_offset,
+                                src.as_ptr().add(piece_offset as usize),
+                                piece as usize,
+                                Lane::HostToDevice,
+                            )
+                        }
+                    },
+                );
+                settle(context, Lane::HostToDevice, queued)
             }
-            Backend::Cuda(context) => self.upload_staged(context, src, dst_address),
+            Backend::Cuda(context) => {
+                let queued = self.upload_staged(context, src, dst_address);
+                settle(context, Lane::HostToDevice, queued)
+            }
         }
     }
 
@@ -109,21 +114,26 @@ impl Device {
                     .host
                     .contains(dst.as_ptr() as u64, dst.len() as u64) =>
             {
-                for (piece_offset, piece) in pieces(dst.len() as u64, PINNED_PIECE_BYTES) {
-                    // SAFETY: `dst` is mutably borrowed and `src` borrowed until the synchronise
-                    // below; the device range lies inside `src`'s allocation.
-                    unsafe {
-                        context.copy_to_host(
-                            dst.as_mut_ptr().add(piece_offset as usize),
-                            src_address + piece_offset,
-                            piece as usize,
-                            Lane::DeviceToHost,
-                        )
-                    }?;
-                }
-                context.synchronize(Lane::DeviceToHost)
+                let queued = pieces(dst.len() as u64, PINNED_PIECE_BYTES).try_for_each(
+                    |(piece_offset, piece)| {
+                        // SAFETY: `dst` is mutably borrowed and `src` borrowed until `settle` below
+                        // has waited for the lane; the device range lies inside `src`'s allocation.
+                        unsafe {
+                            context.copy_to_host(
+                                dst.as_mut_ptr().add(piece_offset as usize),
+                                src_address + piece_offset,
+                                piece as usize,
+                                Lane::DeviceToHost,
+                            )
+                        }
+                    },
+                );
+                settle(context, Lane::DeviceToHost, queued)
             }
-            Backend::Cuda(context) => self.download_staged(context, src_address, dst),
+            Backend::Cuda(context) => {
+                let queued = self.download_staged(context, src_address, dst);
+                settle(context, Lane::DeviceToHost, queued)
+            }
         }
     }
 
@@ -162,17 +172,17 @@ impl Device {
                 Ok(())
             }
             Backend::Cuda(context) => {
-                // SAFETY: both ranges are live, disjoint device memory borrowed until the
-                // synchronise below.
-                unsafe {
+                // SAFETY: both ranges are live, disjoint device memory borrowed until `settle`
+                // below has waited for the lane.
+                let queued = unsafe {
                     context.copy_on_device(
                         dst_address,
                         src_address,
                         len as usize,
                         Lane::DeviceToDevice,
                     )
-                }?;
-                context.synchronize(Lane::DeviceToDevice)
+                };
+                settle(context, Lane::DeviceToDevice, queued)
             }
         }
     }
@@ -276,9 +286,13 @@ impl Device {
                 }
                 Ok(())
             };
-            let result = engine();
+            let mut result = engine();
             if result.is_err() {
                 failed.store(true, Ordering::Relaxed);
+            }
+            // Slots and destination are freed after this: nothing may still be in flight.
+            if let Backend::Cuda(context) = &self.inner.backend {
+                result = settle(context, Lane::HostToDevice, result);
             }
             result
         });
@@ -427,6 +441,13 @@ impl Drop for crate::device::DeviceInner {
             self.host.free(slot);
         }
     }
+}
+
+/// Waits for everything queued on `lane` whatever `queued` says, so no transfer outlives the call
+/// that queued it (an error part-way leaves earlier pieces in flight); returns the first error.
+fn settle(context: &CudaContext, lane: Lane, queued: Result<()>) -> Result<()> {
+    let synchronized = context.synchronize(lane);
+    queued.and(synchronized)
 }
 
 /// `(offset, len)` pieces of at most `piece_bytes` covering `0..len`.

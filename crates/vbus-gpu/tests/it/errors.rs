@@ -143,3 +143,25 @@ fn a_failed_allocation_is_a_clean_error() {
         device.alloc(8 << 20).unwrap();
     }
 }
+
+/// A read that fails part-way through a load (a directory opens, then refuses `read`) is an
+/// error naming the path; everything in flight is waited for and every buffer returned.
+#[test]
+fn a_load_that_fails_part_way_returns_everything() {
+    let device = device(64 << 20, 64 << 20);
+    let dir = tempfile::tempdir().unwrap();
+    let err = device.load_file(dir.path()).unwrap_err();
+    assert!(matches!(err, Error::File { .. }), "{err}");
+    assert!(
+        err.to_string().contains(&dir.path().display().to_string()),
+        "{err}"
+    );
+    let stats = device.stats();
+    assert_eq!(
+        (stats.vram.allocated_bytes, stats.host.allocated_bytes),
+        (0, 0)
+    );
+    // The device still works.
+    let mut buffer = device.alloc(3).unwrap();
+    device.upload(b"abc", &mut buffer, 0).unwrap();
+}
