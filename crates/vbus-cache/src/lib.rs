@@ -2,6 +2,12 @@
 //! with eviction policies, promotion and demotion, pinning, per-tier statistics and single-flight
 //! loads. Knows nothing about the network: misses in every tier go to a `Source` trait.
 //!
-//! Empty until the tiered-cache issue lands; the workspace holds its place in the layer table.
+//! Built so far: the eviction policies ([`policy`]) and a single-tier replay of access traces
+//! ([`replay`]) that measures their hit ratios. The tiers and the `CacheManager` come next.
 
 #![forbid(unsafe_code)]
+
+pub mod policy;
+pub mod replay;
+
+pub use policy::{Policy, PolicyKind};

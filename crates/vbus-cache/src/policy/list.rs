@@ -1,0 +1,152 @@
+//! A doubly linked list threaded through a `Vec` by slot index: O(1) push, unlink and move,
+//! no allocation per operation once the slots exist.
+
+/// No slot.
+pub(crate) const NIL: u32 = u32::MAX;
+
+#[derive(Debug, Clone, Copy)]
+struct Link {
+    prev: u32,
+    next: u32,
+    linked: bool,
+}
+
+/// Slots from head (newest) to tail (oldest).
+#[derive(Debug, Clone)]
+pub(crate) struct SlotList {
+    links: Vec<Link>,
+    head: u32,
+    tail: u32,
+    len: usize,
+}
+
+impl Default for SlotList {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SlotList {
+    pub fn new() -> Self {
+        Self {
+            links: Vec::new(),
+            head: NIL,
+            tail: NIL,
+            len: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn contains(&self, slot: u32) -> bool {
+        self.links
+            .get(slot as usize)
+            .is_some_and(|link| link.linked)
+    }
+
+    pub fn tail(&self) -> Option<u32> {
+        (self.tail != NIL).then_some(self.tail)
+    }
+
+    /// The slot nearer the head than `slot` (newer), if any.
+    pub fn prev(&self, slot: u32) -> Option<u32> {
+        let prev = self.links[slot as usize].prev;
+        (prev != NIL).then_some(prev)
+    }
+
+    /// Links `slot` at the head. It must not be linked.
+    pub fn push_head(&mut self, slot: u32) {
+        let idx = slot as usize;
+        if self.links.len() <= idx {
+            self.links.resize(
+                idx + 1,
+                Link {
+                    prev: NIL,
+                    next: NIL,
+                    linked: false,
+                },
+            );
+        }
+        assert!(!self.links[idx].linked, "slot {slot} is already linked");
+        self.links[idx] = Link {
+            prev: NIL,
+            next: self.head,
+            linked: true,
+        };
+        if self.head != NIL {
+            self.links[self.head as usize].prev = slot;
+        } else {
+            self.tail = slot;
+        }
+        self.head = slot;
+        self.len += 1;
+    }
+
+    /// Unlinks `slot`; returns whether it was linked.
+    pub fn unlink(&mut self, slot: u32) -> bool {
+        if !self.contains(slot) {
+            return false;
+        }
+        let Link { prev, next, .. } = self.links[slot as usize];
+        if prev != NIL {
+            self.links[prev as usize].next = next;
+        } else {
+            self.head = next;
+        }
+        if next != NIL {
+            self.links[next as usize].prev = prev;
+        } else {
+            self.tail = prev;
+        }
+        self.links[slot as usize] = Link {
+            prev: NIL,
+            next: NIL,
+            linked: false,
+        };
+        self.len -= 1;
+        true
+    }
+
+    /// Moves a linked slot to the head.
+    pub fn move_to_head(&mut self, slot: u32) {
+        if self.head != slot && self.unlink(slot) {
+            self.push_head(slot);
+        }
+    }
+
+    /// Slots from tail to head.
+    #[cfg(test)]
+    pub fn iter_from_tail(&self) -> impl Iterator<Item = u32> + '_ {
+        std::iter::successors(self.tail(), move |&slot| self.prev(slot))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_unlink_move() {
+        let mut list = SlotList::default();
+        assert!(list.is_empty() && list.tail().is_none() && !list.contains(0));
+        for slot in [3, 1, 7] {
+            list.push_head(slot);
+        }
+        assert_eq!(list.iter_from_tail().collect::<Vec<_>>(), [3, 1, 7]);
+        list.move_to_head(3);
+        assert_eq!(list.iter_from_tail().collect::<Vec<_>>(), [1, 7, 3]);
+        assert!(list.unlink(7));
+        assert!(!list.unlink(7));
+        assert_eq!(list.iter_from_tail().collect::<Vec<_>>(), [1, 3]);
+        assert!(list.unlink(1) && list.unlink(3));
+        assert!(list.is_empty() && list.tail().is_none());
+        list.push_head(7);
+        assert_eq!((list.len(), list.tail()), (1, Some(7)));
+    }
+}

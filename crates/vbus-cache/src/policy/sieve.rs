@@ -1,0 +1,60 @@
+//! SIEVE: one FIFO, a visited bit per entry, and a hand sweeping from old to new.
+
+use super::SlotList;
+
+/// New entries enter at the head; a hit only sets the visited bit. Eviction moves the hand from
+/// where it stopped toward the head, clearing visited bits, and evicts the first unvisited entry;
+/// past the head the hand wraps to the tail.
+#[derive(Debug, Clone, Default)]
+pub struct Sieve {
+    list: SlotList,
+    visited: Vec<bool>,
+    /// Where the next sweep starts; `None` means the tail.
+    hand: Option<u32>,
+}
+
+impl Sieve {
+    pub(crate) fn insert(&mut self, slot: u32) {
+        let idx = slot as usize;
+        if self.visited.len() <= idx {
+            self.visited.resize(idx + 1, false);
+        }
+        self.visited[idx] = false;
+        self.list.push_head(slot);
+    }
+
+    pub(crate) fn access(&mut self, slot: u32) {
+        if let Some(visited) = self.visited.get_mut(slot as usize) {
+            *visited = true;
+        }
+    }
+
+    pub(crate) fn remove(&mut self, slot: u32) {
+        if self.hand == Some(slot) {
+            self.hand = self.list.prev(slot);
+        }
+        self.list.unlink(slot);
+    }
+
+    /// The first unvisited, not kept entry from the hand toward the head. Kept entries are passed
+    /// over like visited ones; two full sweeps find any evictable entry.
+    pub(crate) fn evict(&mut self, keep: &mut dyn FnMut(u32) -> bool) -> Option<u32> {
+        let mut current = self.hand.or_else(|| self.list.tail())?;
+        for _ in 0..=2 * self.list.len() {
+            let idx = current as usize;
+            if self.visited[idx] || keep(current) {
+                self.visited[idx] = false;
+                current = self.list.prev(current).or_else(|| self.list.tail())?;
+                continue;
+            }
+            self.hand = self.list.prev(current);
+            self.list.unlink(current);
+            return Some(current);
+        }
+        None
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.list.len()
+    }
+}

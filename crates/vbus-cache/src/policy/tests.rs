@@ -1,0 +1,349 @@
+//! Each policy against a naive model of the same algorithm on `VecDeque`s: the same victims, in
+//! the same order, under random inserts, hits, removals and evictions with kept slots.
+
+use std::collections::VecDeque;
+
+use super::{Policy, PolicyKind};
+
+/// The algorithms again, written the slow obvious way. Queues hold slots oldest first.
+enum Model {
+    Lru(VecDeque<u32>),
+    Sieve {
+        queue: VecDeque<(u32, bool)>,
+        hand: Option<u32>,
+    },
+    S3Fifo {
+        small: VecDeque<u32>,
+        main: VecDeque<u32>,
+        freq: Vec<u8>,
+        sizes: Vec<u64>,
+        hashes: Vec<u64>,
+        small_bytes: u64,
+        small_target_bytes: u64,
+        ghost: VecDeque<(u64, bool)>,
+    },
+}
+
+fn position(queue: &VecDeque<u32>, slot: u32) -> Option<usize> {
+    queue.iter().position(|&s| s == slot)
+}
+
+impl Model {
+    fn new(kind: PolicyKind, capacity_bytes: u64) -> Self {
+        match kind {
+            PolicyKind::Lru => Self::Lru(VecDeque::new()),
+            PolicyKind::Sieve => Self::Sieve {
+                queue: VecDeque::new(),
+                hand: None,
+            },
+            PolicyKind::S3Fifo => Self::S3Fifo {
+                small: VecDeque::new(),
+                main: VecDeque::new(),
+                freq: vec![0; 4096],
+                sizes: vec![0; 4096],
+                hashes: vec![0; 4096],
+                small_bytes: 0,
+                small_target_bytes: (capacity_bytes as f64 * 0.10) as u64,
+                ghost: VecDeque::new(),
+            },
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Self::Lru(queue) => queue.len(),
+            Self::Sieve { queue, .. } => queue.len(),
+            Self::S3Fifo { small, main, .. } => small.len() + main.len(),
+        }
+    }
+
+    fn insert(&mut self, slot: u32, key_hash: u64, size_bytes: u64) {
+        match self {
+            Self::Lru(queue) => queue.push_back(slot),
+            Self::Sieve { queue, .. } => queue.push_back((slot, false)),
+            Self::S3Fifo {
+                small,
+                main,
+                freq,
+                sizes,
+                hashes,
+                small_bytes,
+                ghost,
+                ..
+            } => {
+                freq[slot as usize] = 0;
+                sizes[slot as usize] = size_bytes;
+                hashes[slot as usize] = key_hash;
+                if let Some(entry) = ghost.iter_mut().find(|(h, live)| *h == key_hash && *live) {
+                    entry.1 = false;
+                    main.push_back(slot);
+                } else {
+                    small.push_back(slot);
+                    *small_bytes += size_bytes;
+                }
+            }
+        }
+    }
+
+    fn access(&mut self, slot: u32) {
+        match self {
+            Self::Lru(queue) => {
+                if let Some(at) = position(queue, slot) {
+                    queue.remove(at);
+                    queue.push_back(slot);
+                }
+            }
+            Self::Sieve { queue, .. } => {
+                if let Some(entry) = queue.iter_mut().find(|(s, _)| *s == slot) {
+                    entry.1 = true;
+                }
+            }
+            Self::S3Fifo { freq, .. } => freq[slot as usize] = (freq[slot as usize] + 1).min(3),
+        }
+    }
+
+    fn remove(&mut self, slot: u32) {
+        match self {
+            Self::Lru(queue) => {
+                if let Some(at) = position(queue, slot) {
+                    queue.remove(at);
+                }
+            }
+            Self::Sieve { queue, hand } => {
+                if let Some(at) = queue.iter().position(|(s, _)| *s == slot) {
+                    if *hand == Some(slot) {
+                        *hand = queue.get(at + 1).map(|(s, _)| *s);
+                    }
+                    queue.remove(at);
+                }
+            }
+            Self::S3Fifo {
+                small,
+                main,
+                sizes,
+                small_bytes,
+                ..
+            } => {
+                if let Some(at) = position(small, slot) {
+                    small.remove(at);
+                    *small_bytes -= sizes[slot as usize];
+                } else if let Some(at) = position(main, slot) {
+                    main.remove(at);
+                }
+            }
+        }
+    }
+
+    fn evict(&mut self, keep: &dyn Fn(u32) -> bool) -> Option<u32> {
+        let n = self.len();
+        match self {
+            Self::Lru(queue) => {
+                for _ in 0..n {
+                    let slot = queue.pop_front()?;
+                    if keep(slot) {
+                        queue.push_back(slot);
+                    } else {
+                        return Some(slot);
+                    }
+                }
+                None
+            }
+            Self::Sieve { queue, hand } => {
+                let mut at = match *hand {
+                    Some(slot) => queue.iter().position(|(s, _)| *s == slot)?,
+                    None => 0,
+                };
+                for _ in 0..=2 * n {
+                    let (slot, visited) = *queue.get(at)?;
+                    if visited || keep(slot) {
+                        queue[at].1 = false;
+                        at = if at + 1 < queue.len() { at + 1 } else { 0 };
+                        continue;
+                    }
+                    *hand = queue.get(at + 1).map(|(s, _)| *s);
+                    queue.remove(at);
+                    return Some(slot);
+                }
+                None
+            }
+            Self::S3Fifo {
+                small,
+                main,
+                freq,
+                sizes,
+                hashes,
+                small_bytes,
+                small_target_bytes,
+                ghost,
+            } => {
+                let (mut main_kept_run, mut force_small) = (0usize, false);
+                for _ in 0..2 * 5 * (n + 1) {
+                    if !small.is_empty()
+                        && (force_small || *small_bytes > *small_target_bytes || main.is_empty())
+                    {
+                        let slot = small.pop_front()?;
+                        *small_bytes -= sizes[slot as usize];
+                        if freq[slot as usize] > 1 || keep(slot) {
+                            freq[slot as usize] = 0;
+                            main.push_back(slot);
+                            continue;
+                        }
+                        let key_hash = hashes[slot as usize];
+                        for entry in ghost.iter_mut().filter(|(h, _)| *h == key_hash) {
+                            entry.1 = false;
+                        }
+                        ghost.push_back((key_hash, true));
+                        let ghost_max = (small.len() + main.len()).max(16);
+                        while ghost.len() > ghost_max {
+                            ghost.pop_front();
+                        }
+                        return Some(slot);
+                    }
+                    let slot = main.pop_front()?;
+                    if freq[slot as usize] > 0 {
+                        freq[slot as usize] -= 1;
+                        main.push_back(slot);
+                        continue;
+                    }
+                    if keep(slot) {
+                        main.push_back(slot);
+                        main_kept_run += 1;
+                        if main_kept_run > main.len() {
+                            if small.is_empty() {
+                                return None;
+                            }
+                            force_small = true;
+                        }
+                        continue;
+                    }
+                    return Some(slot);
+                }
+                None
+            }
+        }
+    }
+}
+
+fn check(kind: PolicyKind, seed: u64) {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let capacity_bytes = 64 * 100;
+    let mut policy = Policy::new(kind, capacity_bytes);
+    let mut model = Model::new(kind, capacity_bytes);
+    let mut live: Vec<u32> = Vec::new();
+    let mut free: Vec<u32> = (0..4096).rev().collect();
+    let mut pinned = vec![false; 4096];
+    for op_idx in 0..20_000 {
+        let context = format!("{} seed {seed} op {op_idx}", kind.as_str());
+        match rng.u32(..100) {
+            0..=34 if !free.is_empty() => {
+                let slot = free.pop().unwrap();
+                // Hashes repeat across slots so that ghost hits happen.
+                let key_hash = rng.u64(..300);
+                let size = rng.u64(1..128);
+                policy.insert(slot, key_hash, size);
+                model.insert(slot, key_hash, size);
+                pinned[slot as usize] = rng.u32(..20) == 0;
+                live.push(slot);
+            }
+            35..=74 if !live.is_empty() => {
+                let slot = live[rng.usize(..live.len())];
+                policy.access(slot);
+                model.access(slot);
+            }
+            75..=84 if !live.is_empty() => {
+                let slot = live.swap_remove(rng.usize(..live.len()));
+                policy.remove(slot);
+                model.remove(slot);
+                free.push(slot);
+            }
+            _ => {
+                let pinned_now = pinned.clone();
+                let got = policy.evict(&mut |slot| pinned_now[slot as usize]);
+                let expected = model.evict(&|slot| pinned_now[slot as usize]);
+                assert_eq!(got, expected, "{context}: victim");
+                if let Some(slot) = got {
+                    assert!(!pinned[slot as usize], "{context}: evicted a kept slot");
+                    let at = live
+                        .iter()
+                        .position(|&s| s == slot)
+                        .expect("victims are live");
+                    live.swap_remove(at);
+                    free.push(slot);
+                }
+            }
+        }
+        assert_eq!(policy.len(), model.len(), "{context}: len");
+        assert_eq!(
+            policy.len(),
+            live.len(),
+            "{context}: len against the live set"
+        );
+    }
+}
+
+#[test]
+fn lru_matches_its_model() {
+    for seed in 1..=4 {
+        check(PolicyKind::Lru, seed);
+    }
+}
+
+#[test]
+fn sieve_matches_its_model() {
+    for seed in 1..=4 {
+        check(PolicyKind::Sieve, seed);
+    }
+}
+
+#[test]
+fn s3fifo_matches_its_model() {
+    for seed in 1..=4 {
+        check(PolicyKind::S3Fifo, seed);
+    }
+}
+
+#[test]
+fn everything_kept_means_no_victim() {
+    for kind in PolicyKind::ALL {
+        let mut policy = Policy::new(kind, 1000);
+        for slot in 0..10 {
+            policy.insert(slot, u64::from(slot), 10);
+        }
+        assert_eq!(policy.evict(&mut |_| true), None, "{}", kind.as_str());
+        assert_eq!(policy.len(), 10);
+        let victim = policy.evict(&mut |slot| slot != 7);
+        assert_eq!(victim, Some(7), "{}", kind.as_str());
+    }
+}
+
+#[test]
+fn classic_orders() {
+    // LRU: a hit saves an entry.
+    let mut lru = Policy::new(PolicyKind::Lru, 0);
+    for slot in 0..3 {
+        lru.insert(slot, u64::from(slot), 1);
+    }
+    lru.access(0);
+    assert_eq!(lru.evict(&mut |_| false), Some(1));
+    // SIEVE: a visited entry survives one sweep, and the hand stays where it stopped.
+    let mut sieve = Policy::new(PolicyKind::Sieve, 0);
+    for slot in 0..4 {
+        sieve.insert(slot, u64::from(slot), 1);
+    }
+    sieve.access(0);
+    assert_eq!(sieve.evict(&mut |_| false), Some(1));
+    sieve.access(2);
+    assert_eq!(sieve.evict(&mut |_| false), Some(3));
+    assert_eq!(sieve.evict(&mut |_| false), Some(0));
+    // S3-FIFO: a key evicted from small and inserted again goes to main, ahead of small's.
+    let mut s3 = Policy::new(PolicyKind::S3Fifo, 100);
+    s3.insert(0, 42, 30);
+    assert_eq!(s3.evict(&mut |_| false), Some(0));
+    s3.insert(1, 42, 30);
+    s3.insert(2, 7, 30);
+    assert_eq!(
+        s3.evict(&mut |_| false),
+        Some(2),
+        "small is over 10% and goes first"
+    );
+}
