@@ -1,6 +1,7 @@
 //! `vbus bench SUITE [--quick] [--json]`: every figure beside its reference measured in the same
 //! run, and the ratio (oriented so that above 1 is better).
 
+mod cache;
 mod gpu;
 mod scan;
 mod store;
@@ -16,7 +17,11 @@ use serde::Serialize;
 use crate::home::Home;
 
 /// The suites `vbus bench` knows, with one line each.
-pub const SUITES: [(&str, &str); 3] = [
+pub const SUITES: [(&str, &str); 4] = [
+    (
+        "cache",
+        "the L2 memory tier against quick_cache and moka: ops/s, hit ratio per policy, index bytes",
+    ),
     (
         "gpu",
         "copies, a model file into VRAM and pool allocation against raw driver operations",
@@ -203,14 +208,37 @@ impl<W: Write> Reporter<W> {
     }
 }
 
+/// Options some suites take.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// `cache` only: replay this trace (one access per line, `KEY` or `KEY SIZE_BYTES`).
+    pub trace: Option<std::path::PathBuf>,
+    /// `cache --trace` only: the tier's capacity in bytes.
+    pub capacity_bytes: Option<u64>,
+}
+
 /// Runs one suite.
 pub fn run<W: Write>(
     suite: &str,
     mode: Mode,
+    options: &Options,
     home: &Home,
     reporter: &mut Reporter<W>,
 ) -> anyhow::Result<()> {
+    if suite != "cache" && (options.trace.is_some() || options.capacity_bytes.is_some()) {
+        anyhow::bail!("--trace and --capacity belong to `vbus bench cache`, not {suite:?}");
+    }
+    if options.capacity_bytes.is_some() && options.trace.is_none() {
+        anyhow::bail!("--capacity sets the capacity of a --trace replay; give --trace FILE too");
+    }
     match suite {
+        "cache" => {
+            let trace = options
+                .trace
+                .as_deref()
+                .map(|path| (path, options.capacity_bytes));
+            cache::run(mode, trace, reporter)
+        }
         "scan" => scan::run(mode, home, reporter),
         "store" => store::run(mode, home, reporter),
         "gpu" => gpu::run(mode, home, reporter),
@@ -358,9 +386,16 @@ mod tests {
     fn unknown_suite_lists_the_known_ones() {
         let home = Home::resolve(Some(std::path::Path::new("/nonexistent"))).unwrap();
         let mut reporter = Reporter::new(Vec::new(), Format::Table);
-        let err = run("nope", Mode::Quick, &home, &mut reporter).unwrap_err();
+        let err = run(
+            "nope",
+            Mode::Quick,
+            &Options::default(),
+            &home,
+            &mut reporter,
+        )
+        .unwrap_err();
         assert!(
-            err.to_string().contains("suites: gpu, scan, store"),
+            err.to_string().contains("suites: cache, gpu, scan, store"),
             "{err}"
         );
     }

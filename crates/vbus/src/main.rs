@@ -63,6 +63,13 @@ enum Command {
         /// One JSON object per line instead of a table
         #[arg(long)]
         json: bool,
+        /// `cache` only: replay this access trace (one access per line: KEY or KEY SIZE_BYTES)
+        #[arg(long, value_name = "FILE")]
+        trace: Option<PathBuf>,
+        /// `cache --trace` only: the tier's capacity in bytes [default: a tenth of the trace's
+        /// distinct bytes]
+        #[arg(long, value_name = "BYTES")]
+        capacity: Option<u64>,
     },
 }
 
@@ -135,7 +142,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             write!(stdout, "{}", Config::default().to_json_pretty())?;
         }
-        Command::Bench { suite, quick, json } => {
+        Command::Bench {
+            suite,
+            quick,
+            json,
+            trace,
+            capacity,
+        } => {
             if suite == "list" {
                 for (name, what) in bench::SUITES {
                     writeln!(stdout, "{name:<10} {what}")?;
@@ -145,7 +158,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mode = if quick { Mode::Quick } else { Mode::Full };
             let format = if json { Format::Json } else { Format::Table };
             let mut reporter = Reporter::new(stdout, format);
-            bench::run(&suite, mode, &home, &mut reporter)
+            let options = bench::Options {
+                trace,
+                capacity_bytes: capacity,
+            };
+            bench::run(&suite, mode, &options, &home, &mut reporter)
                 .with_context(|| format!("bench {suite} failed"))?;
         }
     }

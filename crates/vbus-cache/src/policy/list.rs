@@ -40,6 +40,11 @@ impl SlotList {
         self.len
     }
 
+    /// Bytes its allocations take.
+    pub fn index_bytes(&self) -> usize {
+        self.links.capacity() * std::mem::size_of::<Link>()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

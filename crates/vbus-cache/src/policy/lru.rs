@@ -36,6 +36,10 @@ impl Lru {
         None
     }
 
+    pub(crate) fn index_bytes(&self) -> usize {
+        self.list.index_bytes()
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.list.len()
     }

@@ -113,6 +113,15 @@ impl Policy {
         }
     }
 
+    /// Bytes the policy's own structures take.
+    pub fn index_bytes(&self) -> usize {
+        match self {
+            Self::Lru(policy) => policy.index_bytes(),
+            Self::S3Fifo(policy) => policy.index_bytes(),
+            Self::Sieve(policy) => policy.index_bytes(),
+        }
+    }
+
     /// Entries the policy orders.
     pub fn len(&self) -> usize {
         match self {

@@ -170,6 +170,15 @@ impl S3Fifo {
         }
     }
 
+    pub(crate) fn index_bytes(&self) -> usize {
+        self.small.index_bytes()
+            + self.main.index_bytes()
+            + self.slots.capacity() * std::mem::size_of::<SlotState>()
+            + self.ghost.capacity() * std::mem::size_of::<(u64, u64)>()
+            // A hash map entry: key, value and one control byte.
+            + self.ghost_index.capacity() * (std::mem::size_of::<(u64, u64)>() + 1)
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.small.len() + self.main.len()
     }

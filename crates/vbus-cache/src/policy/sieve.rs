@@ -54,6 +54,10 @@ impl Sieve {
         None
     }
 
+    pub(crate) fn index_bytes(&self) -> usize {
+        self.list.index_bytes() + self.visited.capacity()
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.list.len()
     }

@@ -163,3 +163,90 @@ fn bench_gpu_quick_runs_on_the_simulated_device_and_says_so() {
         "bench left its file"
     );
 }
+
+#[test]
+fn bench_cache_quick_compares_with_quick_cache_and_moka() {
+    let dir = tempfile::tempdir().unwrap();
+    let result = run_ok(dir.path(), &["bench", "cache", "--quick", "--json"]);
+    let lines: Vec<serde_json::Value> = result
+        .stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
+        .collect();
+    let references: std::collections::BTreeSet<&str> = lines
+        .iter()
+        .map(|line| line["reference"].as_str().unwrap())
+        .collect();
+    assert!(
+        references.contains("quick_cache 0.7") && references.contains("moka 0.12 (sync)"),
+        "{references:?}"
+    );
+    for policy in ["lru", "s3fifo", "sieve"] {
+        for exponent in ["0.9", "1.0"] {
+            let metric = format!("hit_ratio_zipf{exponent}_{policy}");
+            let line = lines
+                .iter()
+                .find(|line| line["metric"] == metric.as_str())
+                .expect(&metric);
+            let ours = line["ours"].as_f64().unwrap();
+            assert!(ours > 0.3 && ours < 1.0, "{line}");
+        }
+    }
+    let index = lines
+        .iter()
+        .find(|line| line["metric"] == "index_bytes_per_entry_s3fifo_u64_keys")
+        .expect("index bytes are measured");
+    assert!(index["ours"].as_f64().unwrap() > 8.0, "{index}");
+}
+
+#[test]
+fn bench_cache_replays_a_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace.txt");
+    let mut text = String::new();
+    for round in 0..50 {
+        for key in 0..20 {
+            text.push_str(&format!("hot-{key} 100\n"));
+        }
+        text.push_str(&format!("cold-{round}\n"));
+    }
+    std::fs::write(&trace, text).unwrap();
+    let result = run_ok(
+        dir.path(),
+        &[
+            "bench",
+            "cache",
+            "--json",
+            "--trace",
+            trace.to_str().unwrap(),
+            "--capacity",
+            "3000",
+        ],
+    );
+    let lines: Vec<serde_json::Value> = result
+        .stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    for line in &lines {
+        // 20 hot keys of 100 bytes fit in 3000 bytes: all but their first access hit.
+        let ours = line["ours"].as_f64().unwrap();
+        assert!(ours > 0.9, "{line}");
+    }
+    std::fs::write(&trace, "key not-a-size\n").unwrap();
+    let bad = run(vbus(dir.path()).args(["bench", "cache", "--trace", trace.to_str().unwrap()]));
+    assert_eq!(bad.code, Some(1));
+    assert!(
+        bad.stderr
+            .contains("trace.txt:1: size \"not-a-size\" is not a byte count"),
+        "{}",
+        bad.stderr
+    );
+    let misplaced = run(vbus(dir.path()).args(["bench", "scan", "--capacity", "5"]));
+    assert!(
+        misplaced.stderr.contains("belong to `vbus bench cache`"),
+        "{}",
+        misplaced.stderr
+    );
+}

@@ -1,0 +1,437 @@
+//! A memory tier: values held in RAM (L2, or the host side of L1's accounting), sharded by key
+//! hash. Each shard is a key map, a slab of entries and an eviction policy under one mutex, so
+//! its counters are exact under contention.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash};
+use std::sync::{Mutex, MutexGuard};
+
+use crate::policy::{Policy, PolicyKind};
+
+/// Counters and gauges of a tier (summed over shards).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TierStats {
+    /// `get`s that found their key.
+    pub hits: u64,
+    /// `get`s that did not.
+    pub misses: u64,
+    /// Entries held.
+    pub n_entries: u64,
+    /// Bytes held (as the inserts weighed them).
+    pub used_bytes: u64,
+    /// The most bytes the tier holds.
+    pub capacity_bytes: u64,
+    /// Entries evicted to make room.
+    pub n_evictions: u64,
+    /// Their bytes.
+    pub evicted_bytes: u64,
+    /// Pinned entries.
+    pub n_pinned: u64,
+}
+
+impl TierStats {
+    /// Hits over gets, in percent (the seed reports `l1_hit_rate` and friends this way).
+    pub fn hit_rate_percent(&self) -> f64 {
+        let total = self.hits + self.misses;
+        if total == 0 {
+            0.0
+        } else {
+            100.0 * self.hits as f64 / total as f64
+        }
+    }
+}
+
+/// What an insert did.
+#[derive(Debug)]
+pub enum Inserted<K, V> {
+    /// The value is in the tier; these entries were evicted to make room (the caller demotes
+    /// them or lets them go).
+    Stored {
+        /// `(key, value, size_bytes)` of each victim.
+        evicted: Vec<(K, V, u64)>,
+    },
+    /// The value does not fit: it is larger than a shard, or everything else is pinned. The
+    /// tier is unchanged, and the value is handed back.
+    Refused(V),
+}
+
+#[derive(Debug)]
+struct Entry<K, V> {
+    key: K,
+    value: V,
+    size_bytes: u64,
+    pinned: bool,
+}
+
+#[derive(Debug)]
+struct Shard<K, V> {
+    slots_by_key: HashMap<K, u32, foldhash::fast::FixedState>,
+    entries: Vec<Option<Entry<K, V>>>,
+    free_slots: Vec<u32>,
+    policy: Policy,
+    capacity_bytes: u64,
+    used_bytes: u64,
+    pinned_bytes: u64,
+    stats: TierStats,
+}
+
+/// A sharded, byte-bounded map with an eviction policy.
+#[derive(Debug)]
+pub struct MemoryTier<K, V> {
+    shards: Box<[Mutex<Shard<K, V>>]>,
+    hasher: foldhash::fast::FixedState,
+    capacity_bytes: u64,
+}
+
+impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
+    /// A tier of `capacity_bytes` split into `n_shards` (rounded up to a power of two, at least
+    /// 1); each shard holds an equal share and runs its own `kind` policy.
+    pub fn new(kind: PolicyKind, capacity_bytes: u64, n_shards: usize) -> Self {
+        let n_shards = n_shards.max(1).next_power_of_two();
+        let shard_capacity = capacity_bytes / n_shards as u64;
+        let shards = (0..n_shards)
+            .map(|_| {
+                Mutex::new(Shard {
+                    slots_by_key: HashMap::with_hasher(foldhash::fast::FixedState::default()),
+                    entries: Vec::new(),
+                    free_slots: Vec::new(),
+                    policy: Policy::new(kind, shard_capacity),
+                    capacity_bytes: shard_capacity,
+                    used_bytes: 0,
+                    pinned_bytes: 0,
+                    stats: TierStats {
+                        capacity_bytes: shard_capacity,
+                        ..TierStats::default()
+                    },
+                })
+            })
+            .collect();
+        Self {
+            shards,
+            hasher: foldhash::fast::FixedState::with_seed(0x5eed_cafe),
+            capacity_bytes: shard_capacity * n_shards as u64,
+        }
+    }
+
+    fn shard(&self, key: &K) -> (MutexGuard<'_, Shard<K, V>>, u64) {
+        let hash = self.hasher.hash_one(key);
+        let shard_idx = (hash >> 40) as usize & (self.shards.len() - 1);
+        // A panic under the lock leaves the shard consistent (every change is completed before
+        // anything that can panic), so a poisoned lock is taken over.
+        let guard = self.shards[shard_idx]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        (guard, hash)
+    }
+
+    /// The value of `key`, counted as a hit or a miss and told to the policy.
+    pub fn get(&self, key: &K) -> Option<V> {
+        let (mut shard, _) = self.shard(key);
+        let Some(&slot) = shard.slots_by_key.get(key) else {
+            shard.stats.misses += 1;
+            return None;
+        };
+        shard.stats.hits += 1;
+        shard.policy.access(slot);
+        shard.entries[slot as usize]
+            .as_ref()
+            .map(|entry| entry.value.clone())
+    }
+
+    /// The value of `key` without counting or touching the policy.
+    pub fn peek(&self, key: &K) -> Option<V> {
+        let (shard, _) = self.shard(key);
+        let slot = *shard.slots_by_key.get(key)?;
+        shard.entries[slot as usize]
+            .as_ref()
+            .map(|entry| entry.value.clone())
+    }
+
+    /// True when `key` is held.
+    pub fn contains(&self, key: &K) -> bool {
+        self.shard(key).0.slots_by_key.contains_key(key)
+    }
+
+    /// Stores `value` under `key`, replacing any earlier value (a replaced value is not an
+    /// eviction), evicting unpinned entries until it fits.
+    pub fn insert(&self, key: K, value: V, size_bytes: u64) -> Inserted<K, V> {
+        let (mut shard, hash) = self.shard(&key);
+        let shard = &mut *shard;
+        if size_bytes > shard.capacity_bytes {
+            return Inserted::Refused(value);
+        }
+        let mut pinned = false;
+        if let Some(&slot) = shard.slots_by_key.get(&key) {
+            let old = shard.entries[slot as usize]
+                .as_ref()
+                .expect("mapped slots hold entries");
+            pinned = old.pinned;
+            // Replacing in place must still fit once the old bytes are gone.
+            let others = shard.used_bytes - old.size_bytes;
+            if !shard.can_make_room(others, size_bytes, slot) {
+                return Inserted::Refused(value);
+            }
+            shard.remove_slot(slot);
+        } else if !shard.can_make_room(shard.used_bytes, size_bytes, u32::MAX) {
+            return Inserted::Refused(value);
+        }
+        let mut evicted = Vec::new();
+        while shard.used_bytes + size_bytes > shard.capacity_bytes {
+            let entries = &shard.entries;
+            let victim = shard
+                .policy
+                .evict(&mut |slot| {
+                    entries[slot as usize]
+                        .as_ref()
+                        .is_some_and(|entry| entry.pinned)
+                })
+                .expect("can_make_room found enough unpinned bytes");
+            let entry = shard.take_slot(victim);
+            shard.stats.n_evictions += 1;
+            shard.stats.evicted_bytes += entry.size_bytes;
+            evicted.push((entry.key, entry.value, entry.size_bytes));
+        }
+        let slot = shard.free_slots.pop().unwrap_or_else(|| {
+            shard.entries.push(None);
+            (shard.entries.len() - 1) as u32
+        });
+        shard.entries[slot as usize] = Some(Entry {
+            key: key.clone(),
+            value,
+            size_bytes,
+            pinned,
+        });
+        shard.slots_by_key.insert(key, slot);
+        shard.used_bytes += size_bytes;
+        shard.stats.n_entries += 1;
+        shard.stats.used_bytes = shard.used_bytes;
+        if pinned {
+            shard.stats.n_pinned += 1;
+            shard.pinned_bytes += size_bytes;
+        }
+        shard.policy.insert(slot, hash, size_bytes);
+        Inserted::Stored { evicted }
+    }
+
+    /// Removes `key`; returns its value.
+    pub fn remove(&self, key: &K) -> Option<V> {
+        let (mut shard, _) = self.shard(key);
+        let slot = *shard.slots_by_key.get(key)?;
+        Some(shard.remove_slot(slot).value)
+    }
+
+    /// Pins or unpins `key` (a pinned entry is never evicted); false when it is not held.
+    pub fn set_pinned(&self, key: &K, pinned: bool) -> bool {
+        let (mut shard, _) = self.shard(key);
+        let Some(&slot) = shard.slots_by_key.get(key) else {
+            return false;
+        };
+        let shard = &mut *shard;
+        let entry = shard.entries[slot as usize]
+            .as_mut()
+            .expect("mapped slots hold entries");
+        let was = std::mem::replace(&mut entry.pinned, pinned);
+        match (was, pinned) {
+            (false, true) => {
+                shard.stats.n_pinned += 1;
+                shard.pinned_bytes += entry.size_bytes;
+            }
+            (true, false) => {
+                shard.stats.n_pinned -= 1;
+                shard.pinned_bytes -= entry.size_bytes;
+            }
+            _ => {}
+        }
+        true
+    }
+
+    /// The counters of every shard, summed.
+    pub fn stats(&self) -> TierStats {
+        let mut total = TierStats::default();
+        for shard in self.shards.iter() {
+            let stats = shard.lock().unwrap_or_else(|p| p.into_inner()).stats;
+            total.hits += stats.hits;
+            total.misses += stats.misses;
+            total.n_entries += stats.n_entries;
+            total.used_bytes += stats.used_bytes;
+            total.capacity_bytes += stats.capacity_bytes;
+            total.n_evictions += stats.n_evictions;
+            total.evicted_bytes += stats.evicted_bytes;
+            total.n_pinned += stats.n_pinned;
+        }
+        total
+    }
+
+    /// Bytes the tier's own structures take (key map, entry slab with keys, free list, policy),
+    /// from their allocated capacities, values included; subtract `size_of::<V>()` per entry for
+    /// the index overhead. Keys that own heap memory add it on top.
+    pub fn index_bytes(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|shard| {
+                let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+                shard.slots_by_key.capacity() * (std::mem::size_of::<(K, u32)>() + 1)
+                    + shard.entries.capacity() * std::mem::size_of::<Option<Entry<K, V>>>()
+                    + shard.free_slots.capacity() * std::mem::size_of::<u32>()
+                    + shard.policy.index_bytes()
+            })
+            .sum()
+    }
+
+    /// The tier's capacity: the shards' shares summed.
+    pub fn capacity_bytes(&self) -> u64 {
+        self.capacity_bytes
+    }
+}
+
+impl<K: Hash + Eq + Clone, V> Shard<K, V> {
+    /// Whether evicting unpinned entries (other than `except`) can free room for `size_bytes`
+    /// when `used_bytes` are in use.
+    fn can_make_room(&self, used_bytes: u64, size_bytes: u64, except: u32) -> bool {
+        if used_bytes + size_bytes <= self.capacity_bytes {
+            return true;
+        }
+        let except_pinned_bytes = self
+            .entries
+            .get(except as usize)
+            .and_then(Option::as_ref)
+            .filter(|entry| entry.pinned)
+            .map_or(0, |entry| entry.size_bytes);
+        self.pinned_bytes - except_pinned_bytes + size_bytes <= self.capacity_bytes
+    }
+
+    /// Removes a slot's entry from map, policy and accounting.
+    fn remove_slot(&mut self, slot: u32) -> Entry<K, V> {
+        self.policy.remove(slot);
+        self.take_slot(slot)
+    }
+
+    /// Removes a slot's entry from map and accounting (the policy already let it go).
+    fn take_slot(&mut self, slot: u32) -> Entry<K, V> {
+        let entry = self.entries[slot as usize]
+            .take()
+            .expect("the slot holds an entry");
+        self.slots_by_key.remove(&entry.key);
+        self.free_slots.push(slot);
+        self.used_bytes -= entry.size_bytes;
+        self.stats.used_bytes = self.used_bytes;
+        self.stats.n_entries -= 1;
+        if entry.pinned {
+            self.stats.n_pinned -= 1;
+            self.pinned_bytes -= entry.size_bytes;
+        }
+        entry
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    /// Random inserts, gets, removes and pins against a map: every get returns the latest value
+    /// or nothing, no shard exceeds its share, pinned entries never leave, and every value that
+    /// left was either removed, replaced or reported as evicted.
+    #[test]
+    fn agrees_with_a_map_and_keeps_its_bounds() {
+        for kind in PolicyKind::ALL {
+            let mut rng = fastrand::Rng::with_seed(11);
+            let tier: MemoryTier<u32, u64> = MemoryTier::new(kind, 8 * 4000, 8);
+            let mut model: HashMap<u32, (u64, u64, bool)> = HashMap::new();
+            for op_idx in 0..50_000u64 {
+                let key = rng.u32(..3000);
+                match rng.u32(..10) {
+                    0..=3 => {
+                        let size = rng.u64(1..200);
+                        match tier.insert(key, op_idx, size) {
+                            Inserted::Stored { evicted } => {
+                                let pinned = model.get(&key).is_some_and(|m| m.2);
+                                for (victim, value, victim_size) in evicted {
+                                    let modelled =
+                                        model.remove(&victim).expect("victims were held");
+                                    assert_eq!((value, victim_size), (modelled.0, modelled.1));
+                                    assert!(
+                                        !modelled.2,
+                                        "{}: a pinned entry was evicted",
+                                        kind.as_str()
+                                    );
+                                }
+                                model.insert(key, (op_idx, size, pinned));
+                            }
+                            Inserted::Refused(value) => assert_eq!(value, op_idx),
+                        }
+                    }
+                    4..=7 => assert_eq!(
+                        tier.get(&key),
+                        model.get(&key).map(|m| m.0),
+                        "{} op {op_idx}",
+                        kind.as_str()
+                    ),
+                    8 => assert_eq!(tier.remove(&key), model.remove(&key).map(|m| m.0)),
+                    _ => {
+                        let pinned = rng.u32(..4) == 0;
+                        assert_eq!(tier.set_pinned(&key, pinned), model.contains_key(&key));
+                        if let Some(modelled) = model.get_mut(&key) {
+                            modelled.2 = pinned;
+                        }
+                    }
+                }
+                let stats = tier.stats();
+                assert_eq!(stats.n_entries, model.len() as u64);
+                assert_eq!(stats.used_bytes, model.values().map(|m| m.1).sum::<u64>());
+                assert!(stats.used_bytes <= stats.capacity_bytes);
+                assert_eq!(
+                    stats.n_pinned,
+                    model.values().filter(|m| m.2).count() as u64
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn counters_are_exact_under_contention() {
+        let tier: MemoryTier<u64, u64> = MemoryTier::new(PolicyKind::S3Fifo, 1 << 20, 16);
+        std::thread::scope(|scope| {
+            for thread_idx in 0..4u64 {
+                let tier = &tier;
+                scope.spawn(move || {
+                    for op_idx in 0..20_000u64 {
+                        let key = (op_idx * 7 + thread_idx) % 5000;
+                        if tier.get(&key).is_none() {
+                            let _ = tier.insert(key, op_idx, 64);
+                        }
+                    }
+                });
+            }
+        });
+        let stats = tier.stats();
+        assert_eq!(stats.hits + stats.misses, 80_000);
+        assert!(stats.used_bytes <= stats.capacity_bytes);
+        assert_eq!(stats.used_bytes, stats.n_entries * 64);
+    }
+
+    #[test]
+    fn too_large_and_all_pinned_are_refused() {
+        let tier: MemoryTier<u32, &str> = MemoryTier::new(PolicyKind::Lru, 100, 1);
+        assert!(matches!(
+            tier.insert(1, "big", 101),
+            Inserted::Refused("big")
+        ));
+        assert!(matches!(tier.insert(1, "a", 60), Inserted::Stored { .. }));
+        assert!(tier.set_pinned(&1, true));
+        assert!(matches!(tier.insert(2, "b", 60), Inserted::Refused("b")));
+        assert_eq!(tier.get(&1), Some("a"));
+        assert!(tier.set_pinned(&1, false));
+        match tier.insert(2, "b", 60) {
+            Inserted::Stored { evicted } => assert_eq!(evicted, [(1, "a", 60)]),
+            Inserted::Refused(_) => panic!("room could be made"),
+        }
+        let stats = tier.stats();
+        assert_eq!(
+            (stats.hits, stats.n_evictions, stats.evicted_bytes),
+            (1, 1, 60)
+        );
+        assert!((stats.hit_rate_percent() - 100.0).abs() < 1e-9);
+    }
+}

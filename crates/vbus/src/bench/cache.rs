@@ -1,0 +1,306 @@
+//! `vbus bench cache`: the memory tier (L2) against `quick_cache` and `moka` on the same key
+//! streams: operations per second, hit ratio per policy, and index bytes per entry. With
+//! `--trace FILE`, a replay of a recorded access trace through each policy.
+
+use std::io::{BufRead as _, Write};
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use vbus_cache::replay::Zipf;
+use vbus_cache::{MemoryTier, PolicyKind};
+
+use super::{Better, Device, Measurement, Mode, Reporter};
+
+const SUITE: &str = "cache";
+
+/// Shards of the memory tier in this bench (as the daemon would use on a small machine).
+const N_SHARDS: usize = 64;
+/// DESIGN.md: index overhead at most this many bytes per entry beyond the value.
+const INDEX_BYTES_PER_ENTRY_MAX: f64 = 256.0;
+
+/// One of the caches compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Contender {
+    Ours(PolicyKind),
+    QuickCache,
+    Moka,
+}
+
+impl Contender {
+    fn name(self) -> String {
+        match self {
+            Self::Ours(kind) => format!("vbus {}", kind.as_str()),
+            Self::QuickCache => "quick_cache 0.7".to_owned(),
+            Self::Moka => "moka 0.12 (sync)".to_owned(),
+        }
+    }
+}
+
+/// A cache behind the get-then-insert-on-miss loop.
+enum Built {
+    Ours(MemoryTier<u64, u64>),
+    QuickCache(quick_cache::sync::Cache<u64, u64>),
+    Moka(moka::sync::Cache<u64, u64>),
+}
+
+impl Built {
+    fn new(contender: Contender, capacity_entries: u64) -> Self {
+        match contender {
+            Contender::Ours(kind) => Self::Ours(MemoryTier::new(kind, capacity_entries, N_SHARDS)),
+            Contender::QuickCache => {
+                Self::QuickCache(quick_cache::sync::Cache::new(capacity_entries as usize))
+            }
+            Contender::Moka => Self::Moka(moka::sync::Cache::new(capacity_entries)),
+        }
+    }
+
+    /// Get, and insert on a miss; returns whether it hit.
+    #[inline]
+    fn get_or_insert(&self, key: u64) -> bool {
+        match self {
+            Self::Ours(tier) => {
+                if tier.get(&key).is_some() {
+                    return true;
+                }
+                let _ = tier.insert(key, key, 1);
+                false
+            }
+            Self::QuickCache(cache) => {
+                if cache.get(&key).is_some() {
+                    return true;
+                }
+                cache.insert(key, key);
+                false
+            }
+            Self::Moka(cache) => {
+                if cache.get(&key).is_some() {
+                    return true;
+                }
+                cache.insert(key, key);
+                false
+            }
+        }
+    }
+}
+
+pub(super) fn run<W: Write>(
+    mode: Mode,
+    trace: Option<(&Path, Option<u64>)>,
+    reporter: &mut Reporter<W>,
+) -> anyhow::Result<()> {
+    if let Some((path, capacity)) = trace {
+        return replay_trace(path, capacity, reporter);
+    }
+    // Full: DESIGN.md's 1 M keys and 100 k capacity. Quick: ten times smaller, so the short
+    // stream still cycles the cache many times.
+    let (n_keys, capacity_entries, n_ops_per_thread): (u64, u64, usize) = match mode {
+        Mode::Full => (1_000_000, 100_000, 4_000_000),
+        Mode::Quick => (100_000, 10_000, 400_000),
+    };
+    reporter.note(&format!(
+        "bench cache: Zipf over {n_keys} keys, capacity {capacity_entries} entries, get then insert on a miss, \
+         {n_ops_per_thread} operations per thread; ours is the L2 memory tier ({N_SHARDS} shards)"
+    ))?;
+
+    // Operations per second, Zipf 1.0, 1 and 2 threads.
+    let streams: Vec<Vec<u64>> = (0..2)
+        .map(|thread_idx| {
+            let mut zipf = Zipf::new(n_keys, 1.0, 17 + thread_idx);
+            (0..n_ops_per_thread).map(|_| zipf.next_key()).collect()
+        })
+        .collect();
+    for n_threads in [1usize, 2] {
+        let ours = ops_per_s(
+            Contender::Ours(PolicyKind::S3Fifo),
+            capacity_entries,
+            &streams[..n_threads],
+        );
+        for (reference, target) in [(Contender::QuickCache, 1.0), (Contender::Moka, 5.0)] {
+            let reference_ops = ops_per_s(reference, capacity_entries, &streams[..n_threads]);
+            reporter.report(Measurement::new(
+                SUITE,
+                &format!(
+                    "ops_per_s_zipf1.0_{n_threads}_thread{}",
+                    if n_threads > 1 { "s" } else { "" }
+                ),
+                "ops/s",
+                Better::Higher,
+                ours,
+                &reference.name(),
+                reference_ops,
+                Some(target),
+                Device::Cpu,
+            ))?;
+        }
+    }
+
+    // Hit ratio of each policy beside each reference, on the same single-threaded streams.
+    for exponent in [0.9, 1.0] {
+        let mut zipf = Zipf::new(n_keys, exponent, 5);
+        let stream: Vec<u64> = (0..n_ops_per_thread).map(|_| zipf.next_key()).collect();
+        let references: Vec<(Contender, f64)> = [Contender::QuickCache, Contender::Moka]
+            .into_iter()
+            .map(|contender| (contender, hit_ratio(contender, capacity_entries, &stream)))
+            .collect();
+        for kind in PolicyKind::ALL {
+            let ours = hit_ratio(Contender::Ours(kind), capacity_entries, &stream);
+            for (reference, reference_ratio) in &references {
+                reporter.report(Measurement::new(
+                    SUITE,
+                    &format!("hit_ratio_zipf{exponent:.1}_{}", kind.as_str()),
+                    "hit ratio",
+                    Better::Higher,
+                    ours,
+                    &reference.name(),
+                    *reference_ratio,
+                    None,
+                    Device::Cpu,
+                ))?;
+            }
+        }
+    }
+
+    // Index bytes per entry: what the tier's structures allocate per entry beyond the value.
+    let n_entries = match mode {
+        Mode::Full => 1_000_000u64,
+        Mode::Quick => 100_000,
+    };
+    let tier: MemoryTier<u64, u64> = MemoryTier::new(PolicyKind::S3Fifo, n_entries, N_SHARDS);
+    let mut zipf = Zipf::new(n_entries * 10, 0.9, 3);
+    for _ in 0..n_entries * 3 {
+        let key = zipf.next_key();
+        let _ = tier.insert(key, key, 1);
+    }
+    let held = tier.stats().n_entries.max(1);
+    let bytes_per_entry =
+        tier.index_bytes() as f64 / held as f64 - std::mem::size_of::<u64>() as f64;
+    reporter.report(Measurement::new(
+        SUITE,
+        "index_bytes_per_entry_s3fifo_u64_keys",
+        "bytes",
+        Better::Lower,
+        bytes_per_entry,
+        "DESIGN.md limit",
+        INDEX_BYTES_PER_ENTRY_MAX,
+        Some(1.0),
+        Device::Cpu,
+    ))?;
+    Ok(())
+}
+
+/// Total operations per second of `streams.len()` threads running get-then-insert-on-miss.
+fn ops_per_s(contender: Contender, capacity_entries: u64, streams: &[Vec<u64>]) -> f64 {
+    let cache = Built::new(contender, capacity_entries);
+    // Warm the cache with the first stream once, so every contender starts full.
+    for &key in &streams[0] {
+        cache.get_or_insert(key);
+    }
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for stream in streams {
+            let cache = &cache;
+            scope.spawn(move || {
+                let mut hits = 0u64;
+                for &key in stream {
+                    hits += u64::from(cache.get_or_insert(key));
+                }
+                std::hint::black_box(hits);
+            });
+        }
+    });
+    let n_ops: usize = streams.iter().map(Vec::len).sum();
+    n_ops as f64 / started.elapsed().as_secs_f64().max(1e-9)
+}
+
+/// Hits over accesses after a warm-up pass of the same stream.
+fn hit_ratio(contender: Contender, capacity_entries: u64, stream: &[u64]) -> f64 {
+    let cache = Built::new(contender, capacity_entries);
+    let warm_up = stream.len() / 4;
+    for &key in &stream[..warm_up] {
+        cache.get_or_insert(key);
+        if let Built::Moka(moka) = &cache {
+            moka.run_pending_tasks();
+        }
+    }
+    let mut hits = 0u64;
+    for &key in &stream[warm_up..] {
+        hits += u64::from(cache.get_or_insert(key));
+        // moka applies evictions in batches; running them keeps its hit ratio its own, not an
+        // artefact of a temporarily oversized cache.
+        if let Built::Moka(moka) = &cache {
+            moka.run_pending_tasks();
+        }
+    }
+    hits as f64 / (stream.len() - warm_up) as f64
+}
+
+/// Replays a trace (one access per line: `KEY` or `KEY SIZE_BYTES`) through each policy of the
+/// memory tier, at `capacity` (bytes; default a tenth of the distinct keys' bytes).
+fn replay_trace<W: Write>(
+    path: &Path,
+    capacity: Option<u64>,
+    reporter: &mut Reporter<W>,
+) -> anyhow::Result<()> {
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("cannot open the trace {}", path.display()))?;
+    let mut accesses: Vec<(u64, u64)> = Vec::new();
+    let mut sizes = std::collections::HashMap::new();
+    let hasher =
+        std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default();
+    for (line_idx, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.with_context(|| format!("cannot read {}", path.display()))?;
+        let mut fields = line.split_whitespace();
+        let Some(key) = fields.next() else { continue };
+        let size_bytes = match fields.next() {
+            Some(size) => size.parse::<u64>().with_context(|| {
+                format!(
+                    "{}:{}: size {size:?} is not a byte count",
+                    path.display(),
+                    line_idx + 1
+                )
+            })?,
+            None => 1,
+        };
+        anyhow::ensure!(
+            fields.next().is_none(),
+            "{}:{}: expected `KEY` or `KEY SIZE_BYTES`",
+            path.display(),
+            line_idx + 1
+        );
+        let key = std::hash::BuildHasher::hash_one(&hasher, key);
+        sizes.insert(key, size_bytes);
+        accesses.push((key, size_bytes));
+    }
+    anyhow::ensure!(
+        !accesses.is_empty(),
+        "the trace {} holds no access",
+        path.display()
+    );
+    let distinct_bytes: u64 = sizes.values().sum();
+    let capacity = capacity.unwrap_or((distinct_bytes / 10).max(1));
+    reporter.note(&format!(
+        "bench cache --trace {}: {} accesses, {} distinct keys ({} bytes), capacity {capacity} bytes",
+        path.display(),
+        accesses.len(),
+        sizes.len(),
+        distinct_bytes
+    ))?;
+    let lru =
+        vbus_cache::replay::replay(PolicyKind::Lru, capacity, accesses.iter().copied()).hit_ratio();
+    for kind in PolicyKind::ALL {
+        let stats = vbus_cache::replay::replay(kind, capacity, accesses.iter().copied());
+        reporter.report(Measurement::new(
+            SUITE,
+            &format!("trace_hit_ratio_{}", kind.as_str()),
+            "hit ratio",
+            Better::Higher,
+            stats.hit_ratio(),
+            "vbus lru on the same trace",
+            lru,
+            None,
+            Device::Cpu,
+        ))?;
+    }
+    Ok(())
+}
