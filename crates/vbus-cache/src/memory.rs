@@ -1,10 +1,13 @@
 //! A memory tier: values held in RAM (L2, or the host side of L1's accounting), sharded by key
-//! hash. Each shard is a key map, a slab of entries and an eviction policy under one mutex, so
-//! its counters are exact under contention.
+//! hash. Each shard is a hash table of slots, a slab of entries and an eviction policy under one
+//! read-write lock. A hit takes the shared lock (S3-FIFO and SIEVE only bump atomic state; LRU
+//! retakes the lock exclusively to reorder); inserts, removals and evictions take it exclusively.
+//! Hit and miss counters are atomics beside the lock, the rest is changed under it, so every
+//! counter is exact under contention. A key is hashed once per operation.
 
-use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::policy::{Policy, PolicyKind};
 
@@ -58,14 +61,24 @@ pub enum Inserted<K, V> {
 #[derive(Debug)]
 struct Entry<K, V> {
     key: K,
+    hash: u64,
     value: V,
     size_bytes: u64,
     pinned: bool,
 }
 
+/// One shard: the lock-protected state, and the hit and miss counters beside it.
 #[derive(Debug)]
 struct Shard<K, V> {
-    slots_by_key: HashMap<K, u32, foldhash::fast::FixedState>,
+    state: RwLock<ShardState<K, V>>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+#[derive(Debug)]
+struct ShardState<K, V> {
+    /// Slots of the entry slab, found by the key's hash and compared by key.
+    slots_by_key: hashbrown::HashTable<u32>,
     entries: Vec<Option<Entry<K, V>>>,
     free_slots: Vec<u32>,
     policy: Policy,
@@ -78,7 +91,7 @@ struct Shard<K, V> {
 /// A sharded, byte-bounded map with an eviction policy.
 #[derive(Debug)]
 pub struct MemoryTier<K, V> {
-    shards: Box<[Mutex<Shard<K, V>>]>,
+    shards: Box<[Shard<K, V>]>,
     hasher: foldhash::fast::FixedState,
     capacity_bytes: u64,
 }
@@ -90,9 +103,11 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
         let n_shards = n_shards.max(1).next_power_of_two();
         let shard_capacity = capacity_bytes / n_shards as u64;
         let shards = (0..n_shards)
-            .map(|_| {
-                Mutex::new(Shard {
-                    slots_by_key: HashMap::with_hasher(foldhash::fast::FixedState::default()),
+            .map(|_| Shard {
+                hits: AtomicU64::new(0),
+                misses: AtomicU64::new(0),
+                state: RwLock::new(ShardState {
+                    slots_by_key: hashbrown::HashTable::new(),
                     entries: Vec::new(),
                     free_slots: Vec::new(),
                     policy: Policy::new(kind, shard_capacity),
@@ -103,7 +118,7 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
                         capacity_bytes: shard_capacity,
                         ..TierStats::default()
                     },
-                })
+                }),
             })
             .collect();
         Self {
@@ -113,55 +128,68 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
         }
     }
 
-    fn shard(&self, key: &K) -> (MutexGuard<'_, Shard<K, V>>, u64) {
+    fn shard(&self, key: &K) -> (&Shard<K, V>, u64) {
         let hash = self.hasher.hash_one(key);
         let shard_idx = (hash >> 40) as usize & (self.shards.len() - 1);
-        // A panic under the lock leaves the shard consistent (every change is completed before
-        // anything that can panic), so a poisoned lock is taken over.
-        let guard = self.shards[shard_idx]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        (guard, hash)
+        (&self.shards[shard_idx], hash)
     }
 
     /// The value of `key`, counted as a hit or a miss and told to the policy.
     pub fn get(&self, key: &K) -> Option<V> {
-        let (mut shard, _) = self.shard(key);
-        let Some(&slot) = shard.slots_by_key.get(key) else {
-            shard.stats.misses += 1;
+        let (shard, hash) = self.shard(key);
+        {
+            let state = shard.read();
+            let Some(slot) = state.find(hash, key) else {
+                shard.misses.fetch_add(1, Ordering::Relaxed);
+                return None;
+            };
+            if state.policy.access_shared(slot) {
+                shard.hits.fetch_add(1, Ordering::Relaxed);
+                return state.entries[slot as usize]
+                    .as_ref()
+                    .map(|entry| entry.value.clone());
+            }
+        }
+        // LRU reorders on a hit: exclusive lock, and look again (the key may have left).
+        let mut state = shard.write();
+        let Some(slot) = state.find(hash, key) else {
+            shard.misses.fetch_add(1, Ordering::Relaxed);
             return None;
         };
-        shard.stats.hits += 1;
-        shard.policy.access(slot);
-        shard.entries[slot as usize]
+        state.policy.access(slot);
+        shard.hits.fetch_add(1, Ordering::Relaxed);
+        state.entries[slot as usize]
             .as_ref()
             .map(|entry| entry.value.clone())
     }
 
     /// The value of `key` without counting or touching the policy.
     pub fn peek(&self, key: &K) -> Option<V> {
-        let (shard, _) = self.shard(key);
-        let slot = *shard.slots_by_key.get(key)?;
-        shard.entries[slot as usize]
+        let (shard, hash) = self.shard(key);
+        let state = shard.read();
+        let slot = state.find(hash, key)?;
+        state.entries[slot as usize]
             .as_ref()
             .map(|entry| entry.value.clone())
     }
 
     /// True when `key` is held.
     pub fn contains(&self, key: &K) -> bool {
-        self.shard(key).0.slots_by_key.contains_key(key)
+        let (shard, hash) = self.shard(key);
+        shard.read().find(hash, key).is_some()
     }
 
     /// Stores `value` under `key`, replacing any earlier value (a replaced value is not an
     /// eviction), evicting unpinned entries until it fits.
     pub fn insert(&self, key: K, value: V, size_bytes: u64) -> Inserted<K, V> {
-        let (mut shard, hash) = self.shard(&key);
-        let shard = &mut *shard;
+        let (shard, hash) = self.shard(&key);
+        let mut guard = shard.write();
+        let shard = &mut *guard;
         if size_bytes > shard.capacity_bytes {
             return Inserted::Refused(value);
         }
         let mut pinned = false;
-        if let Some(&slot) = shard.slots_by_key.get(&key) {
+        if let Some(slot) = shard.find(hash, &key) {
             let old = shard.entries[slot as usize]
                 .as_ref()
                 .expect("mapped slots hold entries");
@@ -196,12 +224,18 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
             (shard.entries.len() - 1) as u32
         });
         shard.entries[slot as usize] = Some(Entry {
-            key: key.clone(),
+            key,
+            hash,
             value,
             size_bytes,
             pinned,
         });
-        shard.slots_by_key.insert(key, slot);
+        let entries = &shard.entries;
+        shard.slots_by_key.insert_unique(hash, slot, |&slot| {
+            entries[slot as usize]
+                .as_ref()
+                .map_or(0, |entry| entry.hash)
+        });
         shard.used_bytes += size_bytes;
         shard.stats.n_entries += 1;
         shard.stats.used_bytes = shard.used_bytes;
@@ -215,18 +249,20 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
 
     /// Removes `key`; returns its value.
     pub fn remove(&self, key: &K) -> Option<V> {
-        let (mut shard, _) = self.shard(key);
-        let slot = *shard.slots_by_key.get(key)?;
-        Some(shard.remove_slot(slot).value)
+        let (shard, hash) = self.shard(key);
+        let mut state = shard.write();
+        let slot = state.find(hash, key)?;
+        Some(state.remove_slot(slot).value)
     }
 
     /// Pins or unpins `key` (a pinned entry is never evicted); false when it is not held.
     pub fn set_pinned(&self, key: &K, pinned: bool) -> bool {
-        let (mut shard, _) = self.shard(key);
-        let Some(&slot) = shard.slots_by_key.get(key) else {
+        let (shard, hash) = self.shard(key);
+        let mut state = shard.write();
+        let Some(slot) = state.find(hash, key) else {
             return false;
         };
-        let shard = &mut *shard;
+        let shard = &mut *state;
         let entry = shard.entries[slot as usize]
             .as_mut()
             .expect("mapped slots hold entries");
@@ -249,9 +285,9 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
     pub fn stats(&self) -> TierStats {
         let mut total = TierStats::default();
         for shard in self.shards.iter() {
-            let stats = shard.lock().unwrap_or_else(|p| p.into_inner()).stats;
-            total.hits += stats.hits;
-            total.misses += stats.misses;
+            let stats = shard.read().stats;
+            total.hits += shard.hits.load(Ordering::Relaxed);
+            total.misses += shard.misses.load(Ordering::Relaxed);
             total.n_entries += stats.n_entries;
             total.used_bytes += stats.used_bytes;
             total.capacity_bytes += stats.capacity_bytes;
@@ -269,8 +305,8 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
         self.shards
             .iter()
             .map(|shard| {
-                let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
-                shard.slots_by_key.capacity() * (std::mem::size_of::<(K, u32)>() + 1)
+                let shard = shard.read();
+                shard.slots_by_key.capacity() * (std::mem::size_of::<u32>() + 1)
                     + shard.entries.capacity() * std::mem::size_of::<Option<Entry<K, V>>>()
                     + shard.free_slots.capacity() * std::mem::size_of::<u32>()
                     + shard.policy.index_bytes()
@@ -284,7 +320,29 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
     }
 }
 
-impl<K: Hash + Eq + Clone, V> Shard<K, V> {
+impl<K, V> Shard<K, V> {
+    // A panic under the lock leaves the shard consistent (each change completes before anything
+    // that can panic), so a poisoned lock is taken over.
+    fn read(&self) -> RwLockReadGuard<'_, ShardState<K, V>> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, ShardState<K, V>> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl<K: Eq, V> ShardState<K, V> {
+    /// The slot holding `key`.
+    fn find(&self, hash: u64, key: &K) -> Option<u32> {
+        self.slots_by_key
+            .find(hash, |&slot| {
+                self.entries[slot as usize]
+                    .as_ref()
+                    .is_some_and(|entry| entry.key == *key)
+            })
+            .copied()
+    }
     /// Whether evicting unpinned entries (other than `except`) can free room for `size_bytes`
     /// when `used_bytes` are in use.
     fn can_make_room(&self, used_bytes: u64, size_bytes: u64, except: u32) -> bool {
@@ -311,7 +369,12 @@ impl<K: Hash + Eq + Clone, V> Shard<K, V> {
         let entry = self.entries[slot as usize]
             .take()
             .expect("the slot holds an entry");
-        self.slots_by_key.remove(&entry.key);
+        if let Ok(found) = self
+            .slots_by_key
+            .find_entry(entry.hash, |&other| other == slot)
+        {
+            found.remove();
+        }
         self.free_slots.push(slot);
         self.used_bytes -= entry.size_bytes;
         self.stats.used_bytes = self.used_bytes;

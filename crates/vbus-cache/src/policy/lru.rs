@@ -3,7 +3,7 @@
 use super::SlotList;
 
 /// Slots by recency: a hit moves a slot to the head, eviction takes the tail.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct Lru {
     list: SlotList,
 }

@@ -47,7 +47,7 @@ impl PolicyKind {
 }
 
 /// One policy instance over the slots of a tier of `capacity_bytes`.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum Policy {
     /// See [`Lru`].
     Lru(Lru),
@@ -91,6 +91,22 @@ impl Policy {
             Self::Lru(policy) => policy.access(slot),
             Self::S3Fifo(policy) => policy.access(slot),
             Self::Sieve(policy) => policy.access(slot),
+        }
+    }
+
+    /// A hit on `slot` under a shared lock: S3-FIFO and SIEVE only bump atomic state; LRU must
+    /// reorder and returns false (take the exclusive lock and call [`Policy::access`]).
+    pub fn access_shared(&self, slot: u32) -> bool {
+        match self {
+            Self::Lru(_) => false,
+            Self::S3Fifo(policy) => {
+                policy.access(slot);
+                true
+            }
+            Self::Sieve(policy) => {
+                policy.access(slot);
+                true
+            }
         }
     }
 

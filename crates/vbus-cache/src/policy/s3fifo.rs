@@ -1,6 +1,7 @@
 //! S3-FIFO: a small probationary FIFO, a main FIFO with reinsertion, and a ghost FIFO of hashes.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use super::SlotList;
 
@@ -22,7 +23,6 @@ enum Queue {
 #[derive(Debug, Clone, Copy, Default)]
 struct SlotState {
     queue: Queue,
-    freq: u8,
     size_bytes: u64,
     key_hash: u64,
 }
@@ -31,13 +31,15 @@ struct SlotState {
 /// takes from small while it holds more than 10% of the bytes: an entry hit twice or more there
 /// moves to main, the others leave and their hashes go to the ghost queue. In main, an entry hit
 /// since its last pass is reinserted with one hit fewer; the others leave.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct S3Fifo {
     small: SlotList,
     main: SlotList,
     small_target_bytes: u64,
     small_bytes: u64,
     slots: Vec<SlotState>,
+    /// Hit counters, bumped under a shared lock, so atomic (a lost race loses one count).
+    freq: Vec<AtomicU8>,
     ghost: VecDeque<(u64, u64)>,
     ghost_index: HashMap<u64, u64>,
     ghost_seq: u64,
@@ -51,6 +53,7 @@ impl S3Fifo {
             small_target_bytes: ((capacity_bytes as f64) * SMALL_SHARE) as u64,
             small_bytes: 0,
             slots: Vec::new(),
+            freq: Vec::new(),
             ghost: VecDeque::new(),
             ghost_index: HashMap::new(),
             ghost_seq: 0,
@@ -61,12 +64,13 @@ impl S3Fifo {
         let idx = slot as usize;
         if self.slots.len() <= idx {
             self.slots.resize(idx + 1, SlotState::default());
+            self.freq.resize_with(idx + 1, || AtomicU8::new(0));
         }
+        self.freq[idx].store(0, Ordering::Relaxed);
         let returning = self.ghost_index.remove(&key_hash).is_some();
         let queue = if returning { Queue::Main } else { Queue::Small };
         self.slots[idx] = SlotState {
             queue,
-            freq: 0,
             size_bytes,
             key_hash,
         };
@@ -79,9 +83,12 @@ impl S3Fifo {
         }
     }
 
-    pub(crate) fn access(&mut self, slot: u32) {
-        if let Some(state) = self.slots.get_mut(slot as usize) {
-            state.freq = (state.freq + 1).min(FREQ_MAX);
+    pub(crate) fn access(&self, slot: u32) {
+        if let Some(freq) = self.freq.get(slot as usize) {
+            let seen = freq.load(Ordering::Relaxed);
+            if seen < FREQ_MAX {
+                freq.store(seen + 1, Ordering::Relaxed);
+            }
         }
     }
 
@@ -120,9 +127,9 @@ impl S3Fifo {
                 let state = self.slots[slot as usize];
                 self.small.unlink(slot);
                 self.small_bytes -= state.size_bytes;
-                if state.freq > 1 || keep(slot) {
+                if self.freq[slot as usize].load(Ordering::Relaxed) > 1 || keep(slot) {
                     self.slots[slot as usize].queue = Queue::Main;
-                    self.slots[slot as usize].freq = 0;
+                    self.freq[slot as usize].store(0, Ordering::Relaxed);
                     self.main.push_head(slot);
                     continue;
                 }
@@ -131,9 +138,9 @@ impl S3Fifo {
                 return Some(slot);
             }
             let slot = self.main.tail()?;
-            let state = self.slots[slot as usize];
-            if state.freq > 0 {
-                self.slots[slot as usize].freq = state.freq - 1;
+            let freq = self.freq[slot as usize].load(Ordering::Relaxed);
+            if freq > 0 {
+                self.freq[slot as usize].store(freq - 1, Ordering::Relaxed);
                 self.main.move_to_head(slot);
                 continue;
             }
@@ -174,6 +181,7 @@ impl S3Fifo {
         self.small.index_bytes()
             + self.main.index_bytes()
             + self.slots.capacity() * std::mem::size_of::<SlotState>()
+            + self.freq.capacity()
             + self.ghost.capacity() * std::mem::size_of::<(u64, u64)>()
             // A hash map entry: key, value and one control byte.
             + self.ghost_index.capacity() * (std::mem::size_of::<(u64, u64)>() + 1)

@@ -1,14 +1,17 @@
 //! SIEVE: one FIFO, a visited bit per entry, and a hand sweeping from old to new.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use super::SlotList;
 
 /// New entries enter at the head; a hit only sets the visited bit. Eviction moves the hand from
 /// where it stopped toward the head, clearing visited bits, and evicts the first unvisited entry;
 /// past the head the hand wraps to the tail.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct Sieve {
     list: SlotList,
-    visited: Vec<bool>,
+    /// Set by hits under a shared lock, so atomic; cleared by the sweep.
+    visited: Vec<AtomicBool>,
     /// Where the next sweep starts; `None` means the tail.
     hand: Option<u32>,
 }
@@ -17,15 +20,15 @@ impl Sieve {
     pub(crate) fn insert(&mut self, slot: u32) {
         let idx = slot as usize;
         if self.visited.len() <= idx {
-            self.visited.resize(idx + 1, false);
+            self.visited.resize_with(idx + 1, || AtomicBool::new(false));
         }
-        self.visited[idx] = false;
+        self.visited[idx].store(false, Ordering::Relaxed);
         self.list.push_head(slot);
     }
 
-    pub(crate) fn access(&mut self, slot: u32) {
-        if let Some(visited) = self.visited.get_mut(slot as usize) {
-            *visited = true;
+    pub(crate) fn access(&self, slot: u32) {
+        if let Some(visited) = self.visited.get(slot as usize) {
+            visited.store(true, Ordering::Relaxed);
         }
     }
 
@@ -42,8 +45,8 @@ impl Sieve {
         let mut current = self.hand.or_else(|| self.list.tail())?;
         for _ in 0..=2 * self.list.len() {
             let idx = current as usize;
-            if self.visited[idx] || keep(current) {
-                self.visited[idx] = false;
+            if self.visited[idx].load(Ordering::Relaxed) || keep(current) {
+                self.visited[idx].store(false, Ordering::Relaxed);
                 current = self.list.prev(current).or_else(|| self.list.tail())?;
                 continue;
             }
@@ -55,7 +58,7 @@ impl Sieve {
     }
 
     pub(crate) fn index_bytes(&self) -> usize {
-        self.list.index_bytes() + self.visited.capacity()
+        self.list.index_bytes() + self.visited.capacity() * std::mem::size_of::<AtomicBool>()
     }
 
     pub(crate) fn len(&self) -> usize {
