@@ -41,7 +41,7 @@ pub struct S3Fifo {
     /// Hit counters, bumped under a shared lock, so atomic (a lost race loses one count).
     freq: Vec<AtomicU8>,
     ghost: VecDeque<(u64, u64)>,
-    ghost_index: HashMap<u64, u64>,
+    ghost_index: HashMap<u64, u64, foldhash::fast::FixedState>,
     ghost_seq: u64,
 }
 
@@ -55,7 +55,7 @@ impl S3Fifo {
             slots: Vec::new(),
             freq: Vec::new(),
             ghost: VecDeque::new(),
-            ghost_index: HashMap::new(),
+            ghost_index: HashMap::with_hasher(foldhash::fast::FixedState::default()),
             ghost_seq: 0,
         }
     }
