@@ -182,9 +182,28 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
     /// Stores `value` under `key`, replacing any earlier value (a replaced value is not an
     /// eviction), evicting unpinned entries until it fits.
     pub fn insert(&self, key: K, value: V, size_bytes: u64) -> Inserted<K, V> {
+        self.insert_unless(key, value, size_bytes, |_| false)
+    }
+
+    /// Like [`MemoryTier::insert`], but when the key is held and `keep(existing)` says so, the
+    /// tier is left unchanged and the new value refused (a load never replaces a newer put).
+    pub fn insert_unless(
+        &self,
+        key: K,
+        value: V,
+        size_bytes: u64,
+        keep: impl FnOnce(&V) -> bool,
+    ) -> Inserted<K, V> {
         let (shard, hash) = self.shard(&key);
         let mut guard = shard.write();
         let shard = &mut *guard;
+        if let Some(slot) = shard.find(hash, &key)
+            && shard.entries[slot as usize]
+                .as_ref()
+                .is_some_and(|entry| keep(&entry.value))
+        {
+            return Inserted::Refused(value);
+        }
         if size_bytes > shard.capacity_bytes {
             return Inserted::Refused(value);
         }

@@ -196,8 +196,9 @@ struct State {
 /// What a read needs from the index, copied out so the lock is not held during I/O.
 struct Lookup {
     key: String,
-    inode: u64,
-    size_bytes: u64,
+    /// The entry as it was: the file opened must be its inode, so its version and hash describe
+    /// exactly the bytes read.
+    entry: Entry,
     needs_check: bool,
 }
 
@@ -408,6 +409,18 @@ impl FileStore {
 
     /// The whole file, verified as [`Verify`] says; `None` when it is not in the store.
     pub fn get_file_by_path(&self, dataset: &str, path: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .get_file_with_meta(dataset, path)?
+            .map(|(bytes, _)| bytes))
+    }
+
+    /// The whole file and the metadata of exactly that version (a publish racing the read cannot
+    /// pair old bytes with a new version).
+    pub fn get_file_with_meta(
+        &self,
+        dataset: &str,
+        path: &str,
+    ) -> Result<Option<(Vec<u8>, FileMeta)>> {
         let key = name::key(dataset, path)?;
         for _ in 0..OPEN_ATTEMPTS_MAX {
             let Some(lookup) = self.inner.lookup(&key) else {
@@ -417,16 +430,19 @@ impl FileStore {
                 continue;
             };
             let final_path = self.inner.root.join(&key);
-            let mut bytes = Vec::with_capacity(usize::try_from(lookup.size_bytes).unwrap_or(0));
+            let mut bytes =
+                Vec::with_capacity(usize::try_from(lookup.entry.size_bytes).unwrap_or(0));
             file.read_to_end(&mut bytes)
                 .map_err(Error::io("read", &final_path))?;
+            let mut entry = lookup.entry.clone();
             if lookup.needs_check {
                 let hash = hash_bytes(&bytes);
                 if !self.inner.record_check(&lookup, hash, bytes.len() as u64)? {
                     continue;
                 }
+                entry.hash = Some(hash);
             }
-            return Ok(Some(bytes));
+            return Ok(Some((bytes, FileMeta::new(&key, &entry))));
         }
         Err(contended(&key))
     }
@@ -443,16 +459,17 @@ impl FileStore {
                 continue;
             };
             let final_path = self.inner.root.join(&key);
+            let mut entry = lookup.entry.clone();
             if lookup.needs_check {
                 let (hash, size_bytes) =
                     hash_file(&mut file).map_err(Error::io("read", &final_path))?;
                 if !self.inner.record_check(&lookup, hash, size_bytes)? {
                     continue;
                 }
+                entry.hash = Some(hash);
                 io::Seek::rewind(&mut file).map_err(Error::io("seek", &final_path))?;
             }
-            let meta = self.meta(dataset, path)?;
-            return Ok(meta.map(|meta| FileReader::new(file, meta)));
+            return Ok(Some(FileReader::new(file, FileMeta::new(&key, &entry))));
         }
         Err(contended(&key))
     }
@@ -647,11 +664,10 @@ impl Inner {
         state.index.touch(key, now_ms());
         Some(Lookup {
             key: key.to_owned(),
-            inode: entry.inode,
-            size_bytes: entry.size_bytes,
             needs_check: entry.hash.is_none()
                 || !entry.verified
                 || self.verify == Verify::EveryRead,
+            entry,
         })
     }
 
@@ -665,7 +681,7 @@ impl Inner {
             Err(err) => return Err(Error::io("open", &final_path)(err)),
         };
         let metadata = file.metadata().map_err(Error::io("stat", &final_path))?;
-        Ok((metadata.ino() == lookup.inode).then_some(file))
+        Ok((metadata.ino() == lookup.entry.inode).then_some(file))
     }
 
     /// Records the hash of what was read: adopts it when the index had none, marks the entry
@@ -676,7 +692,7 @@ impl Inner {
         let Some(entry) = state.index.get(&lookup.key).cloned() else {
             return Ok(false);
         };
-        if entry.inode != lookup.inode {
+        if entry.inode != lookup.entry.inode {
             return Ok(false);
         }
         match entry.hash {

@@ -1,0 +1,35 @@
+//! Errors of `vbus-cache`.
+
+/// What can go wrong in the cache.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The L3 store refused or failed (bad name, no room, checksum mismatch, I/O).
+    #[error(transparent)]
+    Store(#[from] vbus_store::Error),
+    /// The source a miss went to failed.
+    #[error("source {source_name} failed for {dataset}/{path}: {message}")]
+    Source {
+        /// The source's name.
+        source_name: String,
+        /// The dataset.
+        dataset: String,
+        /// The path.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A concurrent load of the same key failed; this get shares its outcome.
+    #[error("the load of {dataset}/{path} this get waited for failed: {message}")]
+    SharedLoad {
+        /// The dataset.
+        dataset: String,
+        /// The path.
+        path: String,
+        /// The other load's error.
+        message: String,
+    },
+}
+
+/// `Result` with [`Error`] as the default error type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

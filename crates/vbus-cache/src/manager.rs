@@ -1,0 +1,472 @@
+//! `CacheManager`: the seed's `put`, `get` and `get_stats` over the tiers.
+//!
+//! This first version runs L2 (the memory tier) over L3 (the `vbus-store` file store), write-
+//! through: a `put` is durable in L3 before it is acknowledged, then kept in L2. A `get` tries L2,
+//! then L3 (promoting the value into L2), then the [`Source`] (storing the value in L3 and L2).
+//! Concurrent gets of one missing key load it once. L1 (VRAM through `vbus-gpu`) and write-back
+//! are not wired yet.
+//!
+//! Nothing is dropped while it is the only copy: every value in L2 is also in L3, so L2 may
+//! evict freely; L3 evicts only values it loaded from the source (which can fetch them again),
+//! never a put's value, never a pinned one.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak, mpsc};
+
+use vbus_store::{EvictionHook, FileStore};
+
+use crate::memory::{Inserted, MemoryTier, TierStats};
+use crate::policy::PolicyKind;
+use crate::{CacheKey, Error, Result, Source, Value};
+
+/// Key stripes serialising puts, removes and the L2 half of loads of one key.
+const N_STRIPES: usize = 64;
+/// Prefetch requests waiting at most; more are dropped (and counted).
+const PREFETCH_QUEUE_MAX: usize = 1024;
+
+/// Builds a [`CacheManager`]; every setter says its default.
+#[derive(Clone)]
+pub struct CacheBuilder {
+    l2_capacity_bytes: u64,
+    l2_policy: PolicyKind,
+    l2_shards: usize,
+    l3_dir: Option<PathBuf>,
+    l3_capacity_bytes: u64,
+    source: Option<Arc<dyn Source>>,
+}
+
+impl std::fmt::Debug for CacheBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheBuilder")
+            .field("l2_capacity_bytes", &self.l2_capacity_bytes)
+            .field("l2_policy", &self.l2_policy)
+            .field("l3_dir", &self.l3_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CacheBuilder {
+    /// L2's capacity in bytes; 0 turns L2 off. Default 1 GiB.
+    pub fn l2_capacity_bytes(mut self, l2_capacity_bytes: u64) -> Self {
+        self.l2_capacity_bytes = l2_capacity_bytes;
+        self
+    }
+
+    /// L2's eviction policy. Default [`PolicyKind::Lru`] (the seed's).
+    pub fn l2_policy(mut self, l2_policy: PolicyKind) -> Self {
+        self.l2_policy = l2_policy;
+        self
+    }
+
+    /// L2's shards, rounded up to a power of two. Default four per core.
+    pub fn l2_shards(mut self, l2_shards: usize) -> Self {
+        self.l2_shards = l2_shards.max(1);
+        self
+    }
+
+    /// L3's directory (`CACHE/L3_DISK` in a home). Required.
+    pub fn l3_dir(mut self, l3_dir: impl Into<PathBuf>) -> Self {
+        self.l3_dir = Some(l3_dir.into());
+        self
+    }
+
+    /// L3's capacity in bytes. Default unlimited.
+    pub fn l3_capacity_bytes(mut self, l3_capacity_bytes: u64) -> Self {
+        self.l3_capacity_bytes = l3_capacity_bytes;
+        self
+    }
+
+    /// Where a miss in every tier goes. Default none (a miss is a miss).
+    pub fn source(mut self, source: Arc<dyn Source>) -> Self {
+        self.source = Some(source);
+        self
+    }
+
+    /// Opens L3 (reconciling it with its directory) and starts the prefetch worker.
+    pub fn build(self) -> Result<CacheManager> {
+        let l3_dir = self.l3_dir.ok_or_else(|| {
+            Error::Store(vbus_store::Error::InvalidName {
+                what: "dataset",
+                name: String::new(),
+                reason: "the cache needs an L3 directory (CacheBuilder::l3_dir)".to_owned(),
+            })
+        })?;
+        let refetchable = Arc::new(Mutex::new(HashSet::new()));
+        let l3 = FileStore::builder(&l3_dir)
+            .capacity_bytes(self.l3_capacity_bytes)
+            .open()?;
+        l3.set_eviction_hook(Arc::new(RefetchableOnly {
+            refetchable: Arc::clone(&refetchable),
+        }));
+        let l2 = (self.l2_capacity_bytes > 0)
+            .then(|| MemoryTier::new(self.l2_policy, self.l2_capacity_bytes, self.l2_shards));
+        let (prefetch_tx, prefetch_rx) = mpsc::sync_channel::<CacheKey>(PREFETCH_QUEUE_MAX);
+        let inner = Arc::new(Inner {
+            l2,
+            l3,
+            source: self.source,
+            refetchable,
+            loads: Mutex::new(HashMap::new()),
+            stripes: (0..N_STRIPES).map(|_| Mutex::new(())).collect(),
+            counters: Counters::default(),
+            prefetch_tx,
+        });
+        let weak = Arc::downgrade(&inner);
+        std::thread::Builder::new()
+            .name("vbus-prefetch".to_owned())
+            .spawn(move || prefetch_worker(weak, prefetch_rx))
+            .map_err(|err| {
+                Error::Store(vbus_store::Error::Io {
+                    op: "spawn the prefetch thread for",
+                    path: l3_dir.clone(),
+                    source: err,
+                })
+            })?;
+        Ok(CacheManager { inner })
+    }
+}
+
+/// L3's eviction hook: only values that came from the source may go.
+struct RefetchableOnly {
+    refetchable: Arc<Mutex<HashSet<CacheKey>>>,
+}
+
+impl EvictionHook for RefetchableOnly {
+    fn may_evict(&self, dataset: &str, path: &str, _version: u64) -> bool {
+        lock(&self.refetchable).contains(&CacheKey::new(dataset, path))
+    }
+}
+
+/// Per-tier figures, and the seed's hit rates in percent.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct CacheStats {
+    /// L1 (VRAM): not wired yet, all zero.
+    pub l1: TierStats,
+    /// L2 (RAM).
+    pub l2: TierStats,
+    /// L3 (disk): hits and misses are the gets that reached it.
+    pub l3: TierStats,
+    /// Values fetched from the source.
+    pub source_fetches: u64,
+    /// Values promoted from L3 into L2.
+    pub promotions: u64,
+    /// Bytes moved L3 → L2.
+    pub bytes_l3_to_l2: u64,
+    /// Prefetch requests dropped because the queue was full.
+    pub prefetch_dropped: u64,
+    /// The seed's `l1_hit_rate`, percent.
+    pub l1_hit_rate: f64,
+    /// The seed's `l2_hit_rate`, percent.
+    pub l2_hit_rate: f64,
+    /// The seed's `l3_hit_rate`, percent.
+    pub l3_hit_rate: f64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    l3_hits: AtomicU64,
+    l3_misses: AtomicU64,
+    source_fetches: AtomicU64,
+    promotions: AtomicU64,
+    bytes_l3_to_l2: AtomicU64,
+    prefetch_dropped: AtomicU64,
+}
+
+/// One load in flight: the first get does it, the others wait for its outcome.
+#[derive(Default)]
+struct Load {
+    outcome: Mutex<Option<Result<Option<Value>, String>>>,
+    done: Condvar,
+}
+
+struct Inner {
+    l2: Option<MemoryTier<CacheKey, Value>>,
+    l3: FileStore,
+    source: Option<Arc<dyn Source>>,
+    refetchable: Arc<Mutex<HashSet<CacheKey>>>,
+    loads: Mutex<HashMap<CacheKey, Arc<Load>>>,
+    stripes: Box<[Mutex<()>]>,
+    counters: Counters,
+    prefetch_tx: mpsc::SyncSender<CacheKey>,
+}
+
+/// The tiered cache. Cheap to clone.
+#[derive(Clone)]
+pub struct CacheManager {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for CacheManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheManager")
+            .field("l3", &self.inner.l3.root())
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl CacheManager {
+    /// A builder with the defaults.
+    pub fn builder() -> CacheBuilder {
+        let cores = std::thread::available_parallelism().map_or(2, usize::from);
+        CacheBuilder {
+            l2_capacity_bytes: 1 << 30,
+            l2_policy: PolicyKind::Lru,
+            l2_shards: 4 * cores,
+            l3_dir: None,
+            l3_capacity_bytes: u64::MAX,
+            source: None,
+        }
+    }
+
+    /// Stores `bytes` under `key`: durable in L3 when this returns, and kept in L2 when it fits.
+    /// Returns the new value (its version rises with every put of the key).
+    pub fn put(&self, key: impl Into<CacheKey>, bytes: &[u8]) -> Result<Value> {
+        let key = key.into();
+        let meta = self.inner.l3.store_file(key.dataset(), key.path(), bytes)?;
+        let value = Value::new(Arc::from(bytes), meta.version);
+        let _stripe = self.inner.stripe(&key);
+        // A put's value has no other copy: L3 must never evict it.
+        lock(&self.inner.refetchable).remove(&key);
+        self.inner.fill_l2(&key, &value);
+        Ok(value)
+    }
+
+    /// The value of `key` from the fastest tier that holds it, or from the source; `None` when
+    /// nothing has it.
+    pub fn get(&self, key: impl Into<CacheKey>) -> Result<Option<Value>> {
+        let key = key.into();
+        if let Some(value) = self.inner.l2.as_ref().and_then(|l2| l2.get(&key)) {
+            return Ok(Some(value));
+        }
+        self.inner.load(&key)
+    }
+
+    /// True when L2 or L3 holds `key` (the source is not asked).
+    pub fn contains(&self, key: impl Into<CacheKey>) -> bool {
+        let key = key.into();
+        self.inner.l2.as_ref().is_some_and(|l2| l2.contains(&key))
+            || self.inner.l3.has_file_by_path(key.dataset(), key.path())
+    }
+
+    /// Removes `key` from every tier; returns whether any held it.
+    pub fn remove(&self, key: impl Into<CacheKey>) -> Result<bool> {
+        let key = key.into();
+        let _stripe = self.inner.stripe(&key);
+        let in_l2 = self
+            .inner
+            .l2
+            .as_ref()
+            .and_then(|l2| l2.remove(&key))
+            .is_some();
+        let in_l3 = self.inner.l3.remove(key.dataset(), key.path())?;
+        lock(&self.inner.refetchable).remove(&key);
+        Ok(in_l2 || in_l3)
+    }
+
+    /// Pins `key` in every tier that holds it (never evicted); returns whether any holds it.
+    pub fn pin(&self, key: impl Into<CacheKey>) -> Result<bool> {
+        self.set_pinned(key.into(), true)
+    }
+
+    /// Unpins `key`; returns whether any tier holds it.
+    pub fn unpin(&self, key: impl Into<CacheKey>) -> Result<bool> {
+        self.set_pinned(key.into(), false)
+    }
+
+    fn set_pinned(&self, key: CacheKey, pinned: bool) -> Result<bool> {
+        let _stripe = self.inner.stripe(&key);
+        let in_l2 = self
+            .inner
+            .l2
+            .as_ref()
+            .is_some_and(|l2| l2.set_pinned(&key, pinned));
+        let in_l3 = if pinned {
+            self.inner.l3.pin(key.dataset(), key.path())?
+        } else {
+            self.inner.l3.unpin(key.dataset(), key.path())?
+        };
+        Ok(in_l2 || in_l3)
+    }
+
+    /// Asks for `keys` to be loaded into L2 in the background (the hook the access-pattern router
+    /// uses). Returns how many were queued; the rest are dropped when the queue is full.
+    pub fn prefetch<K: Into<CacheKey>>(&self, keys: impl IntoIterator<Item = K>) -> usize {
+        let mut queued = 0;
+        for key in keys {
+            match self.inner.prefetch_tx.try_send(key.into()) {
+                Ok(()) => queued += 1,
+                Err(_) => {
+                    self.inner
+                        .counters
+                        .prefetch_dropped
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        queued
+    }
+
+    /// Per-tier figures with the seed's `l1_hit_rate`, `l2_hit_rate`, `l3_hit_rate`.
+    pub fn get_stats(&self) -> CacheStats {
+        let counters = &self.inner.counters;
+        let l2 = self
+            .inner
+            .l2
+            .as_ref()
+            .map(MemoryTier::stats)
+            .unwrap_or_default();
+        let store = self.inner.l3.stats();
+        let l3 = TierStats {
+            hits: counters.l3_hits.load(Ordering::Relaxed),
+            misses: counters.l3_misses.load(Ordering::Relaxed),
+            n_entries: store.n_files,
+            used_bytes: store.used_bytes,
+            capacity_bytes: store.capacity_bytes,
+            n_evictions: store.n_evictions,
+            evicted_bytes: store.evicted_bytes,
+            n_pinned: store.n_pinned,
+        };
+        CacheStats {
+            l1: TierStats::default(),
+            l2,
+            l3,
+            source_fetches: counters.source_fetches.load(Ordering::Relaxed),
+            promotions: counters.promotions.load(Ordering::Relaxed),
+            bytes_l3_to_l2: counters.bytes_l3_to_l2.load(Ordering::Relaxed),
+            prefetch_dropped: counters.prefetch_dropped.load(Ordering::Relaxed),
+            l1_hit_rate: 0.0,
+            l2_hit_rate: l2.hit_rate_percent(),
+            l3_hit_rate: l3.hit_rate_percent(),
+        }
+    }
+
+    /// The L3 store underneath (for the daemon's listing and streaming of large values).
+    pub fn store(&self) -> &FileStore {
+        &self.inner.l3
+    }
+}
+
+impl Inner {
+    fn stripe(&self, key: &CacheKey) -> MutexGuard<'_, ()> {
+        let hash = foldhash::fast::FixedState::default().hash_one(key);
+        lock(&self.stripes[hash as usize % self.stripes.len()])
+    }
+
+    /// Puts `value` in L2 unless L3 has moved on (a newer put, or a remove) or L2 holds a newer
+    /// value. Called with the key's stripe held.
+    fn fill_l2(&self, key: &CacheKey, value: &Value) -> bool {
+        let Some(l2) = &self.l2 else { return false };
+        let current = self.l3.meta(key.dataset(), key.path()).ok().flatten();
+        if current.is_none_or(|meta| meta.version != value.version()) {
+            return false;
+        }
+        // Victims need no demotion: every value in L2 is also in L3.
+        let version = value.version();
+        match l2.insert_unless(key.clone(), value.clone(), value.len() as u64, |held| {
+            held.version() >= version
+        }) {
+            Inserted::Stored { .. } => true,
+            Inserted::Refused(_) => false,
+        }
+    }
+
+    /// Loads `key` from L3 or the source, once for all concurrent callers.
+    fn load(&self, key: &CacheKey) -> Result<Option<Value>> {
+        let (load, leader) = {
+            let mut loads = lock(&self.loads);
+            match loads.get(key) {
+                Some(load) => (Arc::clone(load), false),
+                None => {
+                    let load = Arc::new(Load::default());
+                    loads.insert(key.clone(), Arc::clone(&load));
+                    (load, true)
+                }
+            }
+        };
+        if !leader {
+            let mut outcome = lock(&load.outcome);
+            while outcome.is_none() {
+                outcome = load.done.wait(outcome).unwrap_or_else(|p| p.into_inner());
+            }
+            return outcome
+                .clone()
+                .expect("checked")
+                .map_err(|message| Error::SharedLoad {
+                    dataset: key.dataset().to_owned(),
+                    path: key.path().to_owned(),
+                    message,
+                });
+        }
+        let result = self.load_uncached(key);
+        *lock(&load.outcome) = Some(
+            result
+                .as_ref()
+                .map(Clone::clone)
+                .map_err(ToString::to_string),
+        );
+        load.done.notify_all();
+        lock(&self.loads).remove(key);
+        result
+    }
+
+    fn load_uncached(&self, key: &CacheKey) -> Result<Option<Value>> {
+        if let Some((bytes, meta)) = self.l3.get_file_with_meta(key.dataset(), key.path())? {
+            self.counters.l3_hits.fetch_add(1, Ordering::Relaxed);
+            let value = Value::new(Arc::from(bytes), meta.version);
+            let _stripe = self.stripe(key);
+            if self.fill_l2(key, &value) {
+                self.counters.promotions.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .bytes_l3_to_l2
+                    .fetch_add(value.len() as u64, Ordering::Relaxed);
+            }
+            return Ok(Some(value));
+        }
+        self.counters.l3_misses.fetch_add(1, Ordering::Relaxed);
+        let Some(source) = &self.source else {
+            return Ok(None);
+        };
+        let fetched = source.fetch(key).map_err(|message| Error::Source {
+            source_name: source.name().to_owned(),
+            dataset: key.dataset().to_owned(),
+            path: key.path().to_owned(),
+            message,
+        })?;
+        let Some(bytes) = fetched else {
+            return Ok(None);
+        };
+        self.counters.source_fetches.fetch_add(1, Ordering::Relaxed);
+        let _stripe = self.stripe(key);
+        // A put that landed meanwhile wins: keep its value.
+        if self.l3.has_file_by_path(key.dataset(), key.path()) {
+            drop(_stripe);
+            return Ok(self
+                .l3
+                .get_file_with_meta(key.dataset(), key.path())?
+                .map(|(bytes, meta)| Value::new(Arc::from(bytes), meta.version)));
+        }
+        let meta = self.l3.store_file(key.dataset(), key.path(), &bytes)?;
+        lock(&self.refetchable).insert(key.clone());
+        let value = Value::new(Arc::from(bytes), meta.version);
+        self.fill_l2(key, &value);
+        Ok(Some(value))
+    }
+}
+
+/// Loads prefetched keys until the cache is dropped.
+fn prefetch_worker(inner: Weak<Inner>, requests: mpsc::Receiver<CacheKey>) {
+    while let Ok(key) = requests.recv() {
+        let Some(inner) = inner.upgrade() else { return };
+        let cached = inner.l2.as_ref().is_some_and(|l2| l2.contains(&key));
+        if !cached && let Err(err) = inner.load(&key) {
+            tracing::debug!(key = %key, error = %err, "prefetch failed");
+        }
+    }
+}

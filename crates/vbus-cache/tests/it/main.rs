@@ -1,0 +1,5 @@
+//! `CacheManager` through its public API.
+
+mod manager;
+mod model;
+mod stress;

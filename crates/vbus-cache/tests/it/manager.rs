@@ -1,0 +1,258 @@
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use vbus_cache::{CacheKey, CacheManager, DirSource, Error, PolicyKind, Source};
+
+fn cache(dir: &std::path::Path) -> CacheManager {
+    CacheManager::builder()
+        .l3_dir(dir.join("L3_DISK"))
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn put_get_remove_and_the_seed_statistics() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = cache(dir.path());
+    let first = cache.put("model_weights", b"v1").unwrap();
+    // The value is durable at its final path in L3 and held in L2.
+    assert_eq!(
+        std::fs::read(dir.path().join("L3_DISK/default/model_weights")).unwrap(),
+        b"v1"
+    );
+    assert_eq!(cache.get("model_weights").unwrap().unwrap().bytes(), b"v1");
+    let second = cache.put("model_weights", b"v2").unwrap();
+    assert!(second.version() > first.version());
+    // A handle to the old value stays valid after the newer put.
+    assert_eq!(first.bytes(), b"v1");
+    assert_eq!(cache.get("model_weights").unwrap().unwrap().bytes(), b"v2");
+    assert_eq!(cache.get(CacheKey::new("llama", "missing")).unwrap(), None);
+    assert!(cache.contains("model_weights"));
+    assert!(cache.remove("model_weights").unwrap());
+    assert!(!cache.contains("model_weights"));
+    assert_eq!(cache.get("model_weights").unwrap(), None);
+    let stats = cache.get_stats();
+    assert_eq!((stats.l2.hits, stats.l2.misses), (2, 2));
+    assert!((stats.l2_hit_rate - 50.0).abs() < 1e-9, "{stats:?}");
+    assert_eq!(stats.l1_hit_rate, 0.0);
+}
+
+#[test]
+fn a_reopened_cache_serves_from_l3_and_promotes() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let cache = cache(dir.path());
+        cache
+            .put(CacheKey::new("llama", "weights.bin"), &[7u8; 10_000])
+            .unwrap();
+    }
+    let cache = cache(dir.path());
+    assert_eq!(
+        cache
+            .get(CacheKey::new("llama", "weights.bin"))
+            .unwrap()
+            .unwrap()
+            .len(),
+        10_000
+    );
+    assert_eq!(
+        cache
+            .get(CacheKey::new("llama", "weights.bin"))
+            .unwrap()
+            .unwrap()
+            .len(),
+        10_000
+    );
+    let stats = cache.get_stats();
+    assert_eq!(
+        (stats.l3.hits, stats.promotions, stats.bytes_l3_to_l2),
+        (1, 1, 10_000)
+    );
+    assert_eq!(stats.l2.hits, 1, "the second get is an L2 hit");
+    assert!((stats.l3_hit_rate - 100.0).abs() < 1e-9);
+}
+
+#[test]
+fn a_value_larger_than_l2_skips_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = CacheManager::builder()
+        .l3_dir(dir.path().join("L3"))
+        .l2_capacity_bytes(1000)
+        .l2_shards(1)
+        .build()
+        .unwrap();
+    cache.put("big", &[1u8; 5000]).unwrap();
+    assert_eq!(cache.get_stats().l2.n_entries, 0);
+    assert_eq!(cache.get("big").unwrap().unwrap().len(), 5000);
+}
+
+/// Counts fetches, slowly, so concurrent gets overlap.
+struct SlowSource {
+    inner: DirSource,
+    n_fetches: AtomicU64,
+}
+
+impl Source for SlowSource {
+    fn name(&self) -> &str {
+        "slow"
+    }
+    fn fetch(&self, key: &CacheKey) -> Result<Option<Vec<u8>>, String> {
+        self.n_fetches.fetch_add(1, Ordering::SeqCst);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        self.inner.fetch(key)
+    }
+}
+
+#[test]
+fn misses_go_to_the_source_once_for_concurrent_gets() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = dir.path().join("MASTER_DB");
+    std::fs::create_dir_all(origin.join("ds")).unwrap();
+    std::fs::write(origin.join("ds/shared.bin"), b"from the origin").unwrap();
+    let source = Arc::new(SlowSource {
+        inner: DirSource::new(&origin),
+        n_fetches: AtomicU64::new(0),
+    });
+    let cache = CacheManager::builder()
+        .l3_dir(dir.path().join("L3"))
+        .source(source.clone())
+        .build()
+        .unwrap();
+    std::thread::scope(|scope| {
+        for _ in 0..8 {
+            let cache = &cache;
+            scope.spawn(move || {
+                let value = cache
+                    .get(CacheKey::new("ds", "shared.bin"))
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(value.bytes(), b"from the origin");
+            });
+        }
+    });
+    assert_eq!(source.n_fetches.load(Ordering::SeqCst), 1, "single flight");
+    // Now in L3 at its final path, and later gets never reach the source.
+    assert_eq!(
+        std::fs::read(dir.path().join("L3/ds/shared.bin")).unwrap(),
+        b"from the origin"
+    );
+    cache
+        .get(CacheKey::new("ds", "shared.bin"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(source.n_fetches.load(Ordering::SeqCst), 1);
+    assert_eq!(cache.get(CacheKey::new("ds", "absent")).unwrap(), None);
+    assert_eq!(cache.get_stats().source_fetches, 1);
+}
+
+/// L3 evicts values the source can give again, never a put's value (its only copy).
+#[test]
+fn l3_evicts_refetchable_values_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = dir.path().join("origin");
+    std::fs::create_dir_all(origin.join("ds")).unwrap();
+    for file_idx in 0..4 {
+        std::fs::write(
+            origin.join(format!("ds/f{file_idx}")),
+            vec![file_idx as u8; 300],
+        )
+        .unwrap();
+    }
+    let cache = CacheManager::builder()
+        .l3_dir(dir.path().join("L3"))
+        .l3_capacity_bytes(1000)
+        .l2_capacity_bytes(0)
+        .source(Arc::new(DirSource::new(&origin)))
+        .build()
+        .unwrap();
+    cache.put("mine", &[9u8; 300]).unwrap();
+    for file_idx in 0..4 {
+        let value = cache
+            .get(CacheKey::new("ds", &format!("f{file_idx}")))
+            .unwrap()
+            .unwrap();
+        assert_eq!(value.bytes(), &[file_idx as u8; 300][..]);
+    }
+    assert!(
+        cache.store().has_file_by_path("default", "mine"),
+        "the put's only copy was evicted"
+    );
+    assert!(cache.get_stats().l3.n_evictions >= 2);
+    // Evicted source values come back from the source.
+    assert_eq!(
+        cache
+            .get(CacheKey::new("ds", "f0"))
+            .unwrap()
+            .unwrap()
+            .bytes(),
+        &[0u8; 300][..]
+    );
+    // Puts that would need the put's copy evicted are refused, cleanly.
+    cache.put("mine-2", &[1u8; 300]).unwrap();
+    cache.put("mine-3", &[1u8; 300]).unwrap();
+    let err = cache.put("mine-4", &[1u8; 300]).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Store(vbus_store::Error::CapacityExhausted { .. })
+        ),
+        "{err}"
+    );
+    for key in ["mine", "mine-2", "mine-3"] {
+        assert!(cache.get(key).unwrap().is_some(), "{key}");
+    }
+}
+
+#[test]
+fn pins_hold_in_l2() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = CacheManager::builder()
+        .l3_dir(dir.path().join("L3"))
+        .l2_capacity_bytes(1000)
+        .l2_shards(1)
+        .l2_policy(PolicyKind::S3Fifo)
+        .build()
+        .unwrap();
+    cache.put("keep", &[1u8; 400]).unwrap();
+    assert!(cache.pin("keep").unwrap());
+    for value_idx in 0..20 {
+        cache
+            .put(format!("other-{value_idx}").as_str(), &[2u8; 300])
+            .unwrap();
+    }
+    let stats = cache.get_stats();
+    assert_eq!(stats.l2.n_pinned, 1);
+    assert!(stats.l2.n_evictions > 0);
+    let hits_before = stats.l2.hits;
+    cache.get("keep").unwrap().unwrap();
+    assert_eq!(
+        cache.get_stats().l2.hits,
+        hits_before + 1,
+        "the pinned value stayed in L2"
+    );
+    assert!(cache.unpin("keep").unwrap());
+    assert!(!cache.pin("nothing").unwrap());
+}
+
+#[test]
+fn prefetch_loads_in_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let cache = cache(dir.path());
+        cache.put("a", b"aaa").unwrap();
+        cache.put("b", b"bbb").unwrap();
+    }
+    let cache = cache(dir.path());
+    assert_eq!(cache.prefetch(["a", "b", "absent"]), 3);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while cache.get_stats().l2.n_entries < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "prefetch did not load a and b"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let hits = cache.get_stats().l2.hits;
+    cache.get("a").unwrap().unwrap();
+    assert_eq!(cache.get_stats().l2.hits, hits + 1);
+}
