@@ -1,5 +1,6 @@
 //! `CacheManager` through its public API.
 
+mod crash;
 mod manager;
 mod model;
 mod stress;
