@@ -2,7 +2,7 @@
 //! child is this test binary run again with `VBUS_CACHE_CRASH_CHILD` set.
 
 use std::collections::HashMap;
-use std::io::{BufRead as _, BufReader, Write as _};
+use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
