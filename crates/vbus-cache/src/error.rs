@@ -19,6 +19,12 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+    /// Device memory or a copy to or from it failed.
+    #[error(transparent)]
+    Device(vbus_gpu::Error),
+    /// A device read was asked of a cache without L1.
+    #[error("this cache has no L1 (build it with CacheBuilder::l1_device)")]
+    NoL1,
     /// A concurrent load of the same key failed; this get shares its outcome.
     #[error("the load of {dataset}/{path} this get waited for failed: {message}")]
     SharedLoad {

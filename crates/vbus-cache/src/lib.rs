@@ -3,9 +3,9 @@
 //! loads. Knows nothing about the network: misses in every tier go to a [`Source`].
 //!
 //! Built so far: the eviction policies ([`policy`]), the sharded memory tier ([`memory`]), a
-//! single-tier replay of access traces ([`replay`]), and a first [`CacheManager`] running L2 over
-//! L3, write-through, with a source, single-flight loads, pins and the seed's statistics. L1 and
-//! write-back are not wired yet.
+//! single-tier replay of access traces ([`replay`]), and a [`CacheManager`] running L1 (device
+//! buffers through `vbus-gpu`), L2 and L3, write-through, with a source, single-flight loads, pins
+//! and the seed's statistics. Write-back is not wired yet.
 
 #![forbid(unsafe_code)]
 
@@ -19,7 +19,7 @@ mod source;
 
 pub use error::{Error, Result};
 pub use key::{CacheKey, DEFAULT_DATASET, Value};
-pub use manager::{CacheBuilder, CacheManager, CacheStats};
+pub use manager::{CacheBuilder, CacheManager, CacheStats, DeviceValue};
 pub use memory::{Inserted, MemoryTier, TierStats};
 pub use policy::{Policy, PolicyKind};
 pub use source::{DirSource, Source};

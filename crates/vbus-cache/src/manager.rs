@@ -1,10 +1,11 @@
 //! `CacheManager`: the seed's `put`, `get` and `get_stats` over the tiers.
 //!
-//! This first version runs L2 (the memory tier) over L3 (the `vbus-store` file store), write-
-//! through: a `put` is durable in L3 before it is acknowledged, then kept in L2. A `get` tries L2,
-//! then L3 (promoting the value into L2), then the [`Source`] (storing the value in L3 and L2).
-//! Concurrent gets of one missing key load it once. L1 (VRAM through `vbus-gpu`) and write-back
-//! are not wired yet.
+//! This first version is write-through: a `put` is durable in L3 (the `vbus-store` file store)
+//! before it is acknowledged, then kept in L2 (the memory tier). A `get` tries L2, then L1 (copying
+//! back from the device), then L3 (promoting into L2), then the [`Source`] (storing the value in L3
+//! and L2). `get_device` hands out the L1 buffer itself, copying the value to the device on a miss;
+//! L1 victims go back to L2 when it lacks them. Concurrent gets of one missing key load it once.
+//! Write-back is not wired yet.
 //!
 //! Nothing is dropped while it is the only copy: every value in L2 is also in L3, so L2 may
 //! evict freely; L3 evicts only values it loaded from the source (which can fetch them again),
@@ -30,6 +31,9 @@ const PREFETCH_QUEUE_MAX: usize = 1024;
 /// Builds a [`CacheManager`]; every setter says its default.
 #[derive(Clone)]
 pub struct CacheBuilder {
+    l1_device: Option<vbus_gpu::Device>,
+    l1_capacity_bytes: u64,
+    l1_policy: PolicyKind,
     l2_capacity_bytes: u64,
     l2_policy: PolicyKind,
     l2_shards: usize,
@@ -49,6 +53,24 @@ impl std::fmt::Debug for CacheBuilder {
 }
 
 impl CacheBuilder {
+    /// The device L1 lives on (a CUDA device, or the simulated one). Default none: no L1.
+    pub fn l1_device(mut self, device: vbus_gpu::Device) -> Self {
+        self.l1_device = Some(device);
+        self
+    }
+
+    /// L1's capacity in bytes (the device's pool must be at least as large). Default 1 GiB.
+    pub fn l1_capacity_bytes(mut self, l1_capacity_bytes: u64) -> Self {
+        self.l1_capacity_bytes = l1_capacity_bytes;
+        self
+    }
+
+    /// L1's eviction policy. Default [`PolicyKind::Lru`].
+    pub fn l1_policy(mut self, l1_policy: PolicyKind) -> Self {
+        self.l1_policy = l1_policy;
+        self
+    }
+
     /// L2's capacity in bytes; 0 turns L2 off. Default 1 GiB.
     pub fn l2_capacity_bytes(mut self, l2_capacity_bytes: u64) -> Self {
         self.l2_capacity_bytes = l2_capacity_bytes;
@@ -101,10 +123,18 @@ impl CacheBuilder {
         l3.set_eviction_hook(Arc::new(RefetchableOnly {
             refetchable: Arc::clone(&refetchable),
         }));
+        let l1 = self
+            .l1_device
+            .filter(|_| self.l1_capacity_bytes > 0)
+            .map(|device| L1 {
+                tier: MemoryTier::new(self.l1_policy, self.l1_capacity_bytes, 1),
+                device,
+            });
         let l2 = (self.l2_capacity_bytes > 0)
             .then(|| MemoryTier::new(self.l2_policy, self.l2_capacity_bytes, self.l2_shards));
         let (prefetch_tx, prefetch_rx) = mpsc::sync_channel::<CacheKey>(PREFETCH_QUEUE_MAX);
         let inner = Arc::new(Inner {
+            l1,
             l2,
             l3,
             source: self.source,
@@ -143,7 +173,7 @@ impl EvictionHook for RefetchableOnly {
 /// Per-tier figures, and the seed's hit rates in percent.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct CacheStats {
-    /// L1 (VRAM): not wired yet, all zero.
+    /// L1 (VRAM, or the simulated device): hits and misses of device and host gets.
     pub l1: TierStats,
     /// L2 (RAM).
     pub l2: TierStats,
@@ -155,6 +185,14 @@ pub struct CacheStats {
     pub promotions: u64,
     /// Bytes moved L3 → L2.
     pub bytes_l3_to_l2: u64,
+    /// Values copied host → device into L1.
+    pub promotions_to_l1: u64,
+    /// Bytes moved host → device.
+    pub bytes_to_l1: u64,
+    /// L1 victims copied back into L2 (they were not there).
+    pub demotions_from_l1: u64,
+    /// Bytes moved device → host (demotions and host reads of L1 values).
+    pub bytes_from_l1: u64,
     /// Prefetch requests dropped because the queue was full.
     pub prefetch_dropped: u64,
     /// The seed's `l1_hit_rate`, percent.
@@ -172,7 +210,37 @@ struct Counters {
     source_fetches: AtomicU64,
     promotions: AtomicU64,
     bytes_l3_to_l2: AtomicU64,
+    promotions_to_l1: AtomicU64,
+    bytes_to_l1: AtomicU64,
+    demotions_from_l1: AtomicU64,
+    bytes_from_l1: AtomicU64,
     prefetch_dropped: AtomicU64,
+}
+
+/// A value in device memory: the buffer, the version it holds. Shared: a handle stays valid after
+/// the value leaves L1 or a newer put replaces it.
+#[derive(Debug)]
+pub struct DeviceValue {
+    buffer: vbus_gpu::DeviceBuffer,
+    version: u64,
+}
+
+impl DeviceValue {
+    /// The device buffer (its raw pointer is [`vbus_gpu::DeviceBuffer::device_ptr`]).
+    pub fn buffer(&self) -> &vbus_gpu::DeviceBuffer {
+        &self.buffer
+    }
+
+    /// The version of the value it holds.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+}
+
+/// L1: the accounting and order of a memory tier over buffers of a device.
+struct L1 {
+    tier: MemoryTier<CacheKey, Arc<DeviceValue>>,
+    device: vbus_gpu::Device,
 }
 
 /// One load in flight: the first get does it, the others wait for its outcome.
@@ -183,6 +251,7 @@ struct Load {
 }
 
 struct Inner {
+    l1: Option<L1>,
     l2: Option<MemoryTier<CacheKey, Value>>,
     l3: FileStore,
     source: Option<Arc<dyn Source>>,
@@ -216,6 +285,9 @@ impl CacheManager {
     pub fn builder() -> CacheBuilder {
         let cores = std::thread::available_parallelism().map_or(2, usize::from);
         CacheBuilder {
+            l1_device: None,
+            l1_capacity_bytes: 1 << 30,
+            l1_policy: PolicyKind::Lru,
             l2_capacity_bytes: 1 << 30,
             l2_policy: PolicyKind::Lru,
             l2_shards: 4 * cores,
@@ -234,6 +306,16 @@ impl CacheManager {
         let _stripe = self.inner.stripe(&key);
         // A put's value has no other copy: L3 must never evict it.
         lock(&self.inner.refetchable).remove(&key);
+        // L1 holds device copies of whole values: an older one must go (`put_device` and the next
+        // `get_device` place the new one).
+        if let Some(l1) = &self.inner.l1
+            && l1
+                .tier
+                .peek(&key)
+                .is_some_and(|held| held.version < value.version())
+        {
+            l1.tier.remove(&key);
+        }
         self.inner.fill_l2(&key, &value);
         Ok(value)
     }
@@ -245,7 +327,49 @@ impl CacheManager {
         if let Some(value) = self.inner.l2.as_ref().and_then(|l2| l2.get(&key)) {
             return Ok(Some(value));
         }
+        if let Some(l1) = &self.inner.l1
+            && let Some(on_device) = l1.tier.get(&key)
+        {
+            // A host read of an L1 value copies it back (and keeps it in L2 when it fits).
+            let mut bytes = vec![0u8; on_device.buffer.len() as usize];
+            l1.device
+                .download(&on_device.buffer, 0, &mut bytes)
+                .map_err(Error::Device)?;
+            self.inner
+                .counters
+                .bytes_from_l1
+                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            let value = Value::new(Arc::from(bytes), on_device.version);
+            let _stripe = self.inner.stripe(&key);
+            self.inner.fill_l2(&key, &value);
+            return Ok(Some(value));
+        }
         self.inner.load(&key)
+    }
+
+    /// The value of `key` in device memory (L1): the L1 buffer itself on a hit, without a copy;
+    /// otherwise the value is read from the other tiers (or the source) and copied to the device
+    /// first. `None` when nothing has the key. Fails when the cache has no L1.
+    pub fn get_device(&self, key: impl Into<CacheKey>) -> Result<Option<Arc<DeviceValue>>> {
+        let key = key.into();
+        let l1 = self.inner.l1.as_ref().ok_or(Error::NoL1)?;
+        if let Some(on_device) = l1.tier.get(&key) {
+            return Ok(Some(on_device));
+        }
+        let Some(value) = (match self.inner.l2.as_ref().and_then(|l2| l2.peek(&key)) {
+            Some(value) => Some(value),
+            None => self.inner.load(&key)?,
+        }) else {
+            return Ok(None);
+        };
+        self.inner.fill_l1(&key, &value).map(Some)
+    }
+
+    /// Stores `bytes` under `key` like [`CacheManager::put`], and also places the value in L1.
+    pub fn put_device(&self, key: impl Into<CacheKey>, bytes: &[u8]) -> Result<Arc<DeviceValue>> {
+        let key = key.into();
+        let value = self.put(key.clone(), bytes)?;
+        self.inner.fill_l1(&key, &value)
     }
 
     /// True when L2 or L3 holds `key` (the source is not asked).
@@ -259,6 +383,12 @@ impl CacheManager {
     pub fn remove(&self, key: impl Into<CacheKey>) -> Result<bool> {
         let key = key.into();
         let _stripe = self.inner.stripe(&key);
+        let in_l1 = self
+            .inner
+            .l1
+            .as_ref()
+            .and_then(|l1| l1.tier.remove(&key))
+            .is_some();
         let in_l2 = self
             .inner
             .l2
@@ -267,7 +397,7 @@ impl CacheManager {
             .is_some();
         let in_l3 = self.inner.l3.remove(key.dataset(), key.path())?;
         lock(&self.inner.refetchable).remove(&key);
-        Ok(in_l2 || in_l3)
+        Ok(in_l1 || in_l2 || in_l3)
     }
 
     /// Pins `key` in every tier that holds it (never evicted); returns whether any holds it.
@@ -282,6 +412,11 @@ impl CacheManager {
 
     fn set_pinned(&self, key: CacheKey, pinned: bool) -> Result<bool> {
         let _stripe = self.inner.stripe(&key);
+        let in_l1 = self
+            .inner
+            .l1
+            .as_ref()
+            .is_some_and(|l1| l1.tier.set_pinned(&key, pinned));
         let in_l2 = self
             .inner
             .l2
@@ -292,7 +427,7 @@ impl CacheManager {
         } else {
             self.inner.l3.unpin(key.dataset(), key.path())?
         };
-        Ok(in_l2 || in_l3)
+        Ok(in_l1 || in_l2 || in_l3)
     }
 
     /// Asks for `keys` to be loaded into L2 in the background (the hook the access-pattern router
@@ -316,6 +451,12 @@ impl CacheManager {
     /// Per-tier figures with the seed's `l1_hit_rate`, `l2_hit_rate`, `l3_hit_rate`.
     pub fn get_stats(&self) -> CacheStats {
         let counters = &self.inner.counters;
+        let l1 = self
+            .inner
+            .l1
+            .as_ref()
+            .map(|l1| l1.tier.stats())
+            .unwrap_or_default();
         let l2 = self
             .inner
             .l2
@@ -334,14 +475,18 @@ impl CacheManager {
             n_pinned: store.n_pinned,
         };
         CacheStats {
-            l1: TierStats::default(),
+            l1,
             l2,
             l3,
             source_fetches: counters.source_fetches.load(Ordering::Relaxed),
             promotions: counters.promotions.load(Ordering::Relaxed),
             bytes_l3_to_l2: counters.bytes_l3_to_l2.load(Ordering::Relaxed),
+            promotions_to_l1: counters.promotions_to_l1.load(Ordering::Relaxed),
+            bytes_to_l1: counters.bytes_to_l1.load(Ordering::Relaxed),
+            demotions_from_l1: counters.demotions_from_l1.load(Ordering::Relaxed),
+            bytes_from_l1: counters.bytes_from_l1.load(Ordering::Relaxed),
             prefetch_dropped: counters.prefetch_dropped.load(Ordering::Relaxed),
-            l1_hit_rate: 0.0,
+            l1_hit_rate: l1.hit_rate_percent(),
             l2_hit_rate: l2.hit_rate_percent(),
             l3_hit_rate: l3.hit_rate_percent(),
         }
@@ -375,6 +520,70 @@ impl Inner {
             Inserted::Stored { .. } => true,
             Inserted::Refused(_) => false,
         }
+    }
+
+    /// Copies `value` to the device and keeps it in L1 (unless L3 has moved on, or L1 holds this
+    /// version or a newer one). L1 victims go back to L2 when L2 lacks them; none is ever the
+    /// only copy, as L3 holds every value. Returns the device value, kept in L1 or not.
+    fn fill_l1(&self, key: &CacheKey, value: &Value) -> Result<Arc<DeviceValue>> {
+        let l1 = self.l1.as_ref().ok_or(Error::NoL1)?;
+        let mut buffer = l1.device.alloc(value.len() as u64).map_err(Error::Device)?;
+        l1.device
+            .upload(value.bytes(), &mut buffer, 0)
+            .map_err(Error::Device)?;
+        self.counters
+            .promotions_to_l1
+            .fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .bytes_to_l1
+            .fetch_add(value.len() as u64, Ordering::Relaxed);
+        let on_device = Arc::new(DeviceValue {
+            buffer,
+            version: value.version(),
+        });
+        let _stripe = self.stripe(key);
+        let current = self.l3.meta(key.dataset(), key.path())?;
+        if current.is_none_or(|meta| meta.version != value.version()) {
+            return Ok(on_device);
+        }
+        let version = value.version();
+        let inserted = l1.tier.insert_unless(
+            key.clone(),
+            Arc::clone(&on_device),
+            value.len() as u64,
+            |held| held.version >= version,
+        );
+        if let Inserted::Stored { evicted } = inserted {
+            for (victim, victim_value, _) in evicted {
+                self.demote_from_l1(l1, &victim, &victim_value)?;
+            }
+        }
+        Ok(on_device)
+    }
+
+    /// Copies an L1 victim into L2 when L2 lacks it, never over a newer value.
+    fn demote_from_l1(&self, l1: &L1, key: &CacheKey, on_device: &DeviceValue) -> Result<()> {
+        let Some(l2) = &self.l2 else { return Ok(()) };
+        if l2.contains(key) || on_device.buffer.len() > l2.capacity_bytes() {
+            return Ok(());
+        }
+        let mut bytes = vec![0u8; on_device.buffer.len() as usize];
+        l1.device
+            .download(&on_device.buffer, 0, &mut bytes)
+            .map_err(Error::Device)?;
+        let value = Value::new(Arc::from(bytes), on_device.version);
+        let (version, size_bytes) = (value.version(), value.len() as u64);
+        if let Inserted::Stored { .. } = l2.insert_unless(key.clone(), value, size_bytes, |held| {
+            held.version() >= version
+        }) {
+            self.counters
+                .demotions_from_l1
+                .fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .bytes_from_l1
+                .fetch_add(size_bytes, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     /// Loads `key` from L3 or the source, once for all concurrent callers.

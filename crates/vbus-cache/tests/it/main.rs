@@ -1,6 +1,7 @@
 //! `CacheManager` through its public API.
 
 mod crash;
+mod l1;
 mod manager;
 mod model;
 mod stress;

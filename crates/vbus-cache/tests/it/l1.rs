@@ -1,0 +1,108 @@
+//! L1 on the simulated device (the same code runs on CUDA through `vbus-gpu`).
+
+use vbus_cache::{CacheManager, Error};
+use vbus_gpu::{BackendChoice, Device, DeviceOptions};
+
+fn device() -> Device {
+    Device::open(&DeviceOptions {
+        backend: BackendChoice::Simulated,
+        capacity_bytes: 64 << 20,
+        host_capacity_bytes: 64 << 20,
+        chunk_bytes: 8 << 20,
+        ..DeviceOptions::default()
+    })
+    .unwrap()
+}
+
+fn download(device: &Device, value: &vbus_cache::DeviceValue) -> Vec<u8> {
+    let mut bytes = vec![0u8; value.buffer().len() as usize];
+    device.download(value.buffer(), 0, &mut bytes).unwrap();
+    bytes
+}
+
+#[test]
+fn a_device_get_hands_out_the_l1_buffer() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = device();
+    let cache = CacheManager::builder()
+        .l3_dir(dir.path().join("L3"))
+        .l1_device(device.clone())
+        .l1_capacity_bytes(1 << 20)
+        .build()
+        .unwrap();
+    let placed = cache.put_device("weights", &[3u8; 5000]).unwrap();
+    let first = cache.get_device("weights").unwrap().unwrap();
+    let second = cache.get_device("weights").unwrap().unwrap();
+    // The same buffer, no copy.
+    assert!(std::sync::Arc::ptr_eq(&first, &second) && std::sync::Arc::ptr_eq(&placed, &first));
+    assert_eq!(download(&device, &first), vec![3u8; 5000]);
+    let stats = cache.get_stats();
+    assert_eq!((stats.l1.hits, stats.promotions_to_l1), (2, 1));
+    assert!((stats.l1_hit_rate - 100.0).abs() < 1e-9);
+
+    // A newer put replaces the device copy on the next device get; the old handle stays valid.
+    let newer = cache.put("weights", &[4u8; 5000]).unwrap();
+    let refreshed = cache.get_device("weights").unwrap().unwrap();
+    assert_eq!(refreshed.version(), newer.version());
+    assert_eq!(download(&device, &refreshed), vec![4u8; 5000]);
+    assert_eq!(download(&device, &first), vec![3u8; 5000]);
+
+    assert!(cache.remove("weights").unwrap());
+    assert!(cache.get_device("weights").unwrap().is_none());
+    assert_eq!(cache.get_stats().l1.n_entries, 0);
+}
+
+#[test]
+fn l1_victims_go_back_to_l2_and_host_reads_copy_back() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let cache = CacheManager::builder()
+            .l3_dir(dir.path().join("L3"))
+            .build()
+            .unwrap();
+        for name in ["a", "b", "c"] {
+            cache.put(name, &[name.as_bytes()[0]; 1000]).unwrap();
+        }
+    }
+    let device = device();
+    let cache = CacheManager::builder()
+        .l3_dir(dir.path().join("L3"))
+        .l1_device(device.clone())
+        .l1_capacity_bytes(2000)
+        .l2_capacity_bytes(1000)
+        .l2_shards(1)
+        .build()
+        .unwrap();
+    for name in ["a", "b", "c"] {
+        let on_device = cache.get_device(name).unwrap().unwrap();
+        assert_eq!(
+            download(&device, &on_device),
+            vec![name.as_bytes()[0]; 1000]
+        );
+    }
+    let stats = cache.get_stats();
+    assert_eq!(stats.l1.n_evictions, 1, "L1 holds two of the three");
+    assert_eq!(
+        stats.demotions_from_l1, 1,
+        "the victim went back to L2, which had lost it"
+    );
+    assert!(stats.l1.used_bytes <= 2000 && stats.l2.used_bytes <= 1000);
+    // "a" was demoted into L2: a host get hits there.
+    let l2_hits = stats.l2.hits;
+    assert_eq!(cache.get("a").unwrap().unwrap().bytes(), &[b'a'; 1000][..]);
+    assert_eq!(cache.get_stats().l2.hits, l2_hits + 1);
+    // "c" is in L1 and not in L2: a host get copies it back from the device.
+    let from_l1 = cache.get_stats().bytes_from_l1;
+    assert_eq!(cache.get("c").unwrap().unwrap().bytes(), &[b'c'; 1000][..]);
+    assert!(cache.get_stats().bytes_from_l1 >= from_l1 + 1000);
+}
+
+#[test]
+fn device_gets_need_l1() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = CacheManager::builder()
+        .l3_dir(dir.path().join("L3"))
+        .build()
+        .unwrap();
+    assert!(matches!(cache.get_device("x"), Err(Error::NoL1)));
+}
