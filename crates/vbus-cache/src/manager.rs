@@ -25,6 +25,8 @@ use crate::{CacheKey, Error, Result, Source, Value};
 
 /// Key stripes serialising puts, removes and the L2 half of loads of one key.
 const N_STRIPES: usize = 64;
+/// Times a get waits on other gets' loads of its key before loading on its own.
+const SHARED_LOAD_ATTEMPTS_MAX: usize = 4;
 /// Prefetch requests waiting at most; more are dropped (and counted).
 const PREFETCH_QUEUE_MAX: usize = 1024;
 
@@ -301,21 +303,20 @@ impl CacheManager {
     /// Returns the new value (its version rises with every put of the key).
     pub fn put(&self, key: impl Into<CacheKey>, bytes: &[u8]) -> Result<Value> {
         let key = key.into();
-        let meta = self.inner.l3.store_file(key.dataset(), key.path(), bytes)?;
-        let value = Value::new(Arc::from(bytes), meta.version);
+        // The whole put holds the key's stripe: the memory tiers drop their copies before L3
+        // moves on, and every fill checks L3 under the same stripe, so L1 and L2 only ever hold
+        // L3's current version and no reader sees a new value and then an old one.
         let _stripe = self.inner.stripe(&key);
-        // A put's value has no other copy: L3 must never evict it.
-        lock(&self.inner.refetchable).remove(&key);
-        // L1 holds device copies of whole values: an older one must go (`put_device` and the next
-        // `get_device` place the new one).
-        if let Some(l1) = &self.inner.l1
-            && l1
-                .tier
-                .peek(&key)
-                .is_some_and(|held| held.version < value.version())
-        {
+        if let Some(l1) = &self.inner.l1 {
             l1.tier.remove(&key);
         }
+        if let Some(l2) = &self.inner.l2 {
+            l2.remove(&key);
+        }
+        let meta = self.inner.l3.store_file(key.dataset(), key.path(), bytes)?;
+        // A put's value has no other copy: L3 must never evict it.
+        lock(&self.inner.refetchable).remove(&key);
+        let value = Value::new(Arc::from(bytes), meta.version);
         self.inner.fill_l2(&key, &value);
         Ok(value)
     }
@@ -329,6 +330,7 @@ impl CacheManager {
         }
         if let Some(l1) = &self.inner.l1
             && let Some(on_device) = l1.tier.get(&key)
+            && self.inner.is_current(&key, on_device.version)?
         {
             // A host read of an L1 value copies it back (and keeps it in L2 when it fits).
             let mut bytes = vec![0u8; on_device.buffer.len() as usize];
@@ -353,7 +355,9 @@ impl CacheManager {
     pub fn get_device(&self, key: impl Into<CacheKey>) -> Result<Option<Arc<DeviceValue>>> {
         let key = key.into();
         let l1 = self.inner.l1.as_ref().ok_or(Error::NoL1)?;
-        if let Some(on_device) = l1.tier.get(&key) {
+        if let Some(on_device) = l1.tier.get(&key)
+            && self.inner.is_current(&key, on_device.version)?
+        {
             return Ok(Some(on_device));
         }
         let Some(value) = (match self.inner.l2.as_ref().and_then(|l2| l2.peek(&key)) {
@@ -509,17 +513,30 @@ impl Inner {
     fn fill_l2(&self, key: &CacheKey, value: &Value) -> bool {
         let Some(l2) = &self.l2 else { return false };
         let current = self.l3.meta(key.dataset(), key.path()).ok().flatten();
-        if current.is_none_or(|meta| meta.version != value.version()) {
+        let Some(current) = current.filter(|meta| meta.version == value.version()) else {
             return false;
-        }
-        // Victims need no demotion: every value in L2 is also in L3.
+        };
+        // Victims need no demotion: every value in L2 is also in L3. Pins live in L3.
         let version = value.version();
-        match l2.insert_unless(key.clone(), value.clone(), value.len() as u64, |held| {
-            held.version() >= version
-        }) {
+        match l2.insert_unless(
+            key.clone(),
+            value.clone(),
+            value.len() as u64,
+            current.pinned,
+            |held| held.version() >= version,
+        ) {
             Inserted::Stored { .. } => true,
             Inserted::Refused(_) => false,
         }
+    }
+
+    /// True while L3 holds `version` of `key`. Puts keep L1 in step with L3 under the key's
+    /// stripe; this check on L1 hits is a second line of defence, cheap beside a device copy.
+    fn is_current(&self, key: &CacheKey, version: u64) -> Result<bool> {
+        Ok(self
+            .l3
+            .meta(key.dataset(), key.path())?
+            .is_some_and(|meta| meta.version == version))
     }
 
     /// Copies `value` to the device and keeps it in L1 (unless L3 has moved on, or L1 holds this
@@ -541,41 +558,55 @@ impl Inner {
             buffer,
             version: value.version(),
         });
-        let _stripe = self.stripe(key);
-        let current = self.l3.meta(key.dataset(), key.path())?;
-        if current.is_none_or(|meta| meta.version != value.version()) {
-            return Ok(on_device);
-        }
-        let version = value.version();
-        let inserted = l1.tier.insert_unless(
-            key.clone(),
-            Arc::clone(&on_device),
-            value.len() as u64,
-            |held| held.version >= version,
-        );
-        if let Inserted::Stored { evicted } = inserted {
-            for (victim, victim_value, _) in evicted {
-                self.demote_from_l1(l1, &victim, &victim_value)?;
+        let victims = {
+            let _stripe = self.stripe(key);
+            let current = self.l3.meta(key.dataset(), key.path())?;
+            let Some(current) = current.filter(|meta| meta.version == value.version()) else {
+                return Ok(on_device);
+            };
+            let version = value.version();
+            match l1.tier.insert_unless(
+                key.clone(),
+                Arc::clone(&on_device),
+                value.len() as u64,
+                current.pinned,
+                |held| held.version >= version,
+            ) {
+                Inserted::Stored { evicted } => evicted,
+                Inserted::Refused(_) => Vec::new(),
             }
+        };
+        // Each victim under its own stripe, after this key's is released (taking both at once
+        // could deadlock with a fill of the victim's key).
+        for (victim, victim_value, _) in victims {
+            self.demote_from_l1(l1, &victim, &victim_value)?;
         }
         Ok(on_device)
     }
 
-    /// Copies an L1 victim into L2 when L2 lacks it, never over a newer value.
+    /// Copies an L1 victim into L2 when L2 lacks it and L3 still holds its version (so a demotion
+    /// never brings back a value older than a completed put). Takes the victim's stripe.
     fn demote_from_l1(&self, l1: &L1, key: &CacheKey, on_device: &DeviceValue) -> Result<()> {
         let Some(l2) = &self.l2 else { return Ok(()) };
         if l2.contains(key) || on_device.buffer.len() > l2.capacity_bytes() {
             return Ok(());
         }
+        let _stripe = self.stripe(key);
+        let current = self.l3.meta(key.dataset(), key.path())?;
+        let Some(current) = current.filter(|meta| meta.version == on_device.version) else {
+            return Ok(());
+        };
         let mut bytes = vec![0u8; on_device.buffer.len() as usize];
         l1.device
             .download(&on_device.buffer, 0, &mut bytes)
             .map_err(Error::Device)?;
         let value = Value::new(Arc::from(bytes), on_device.version);
         let (version, size_bytes) = (value.version(), value.len() as u64);
-        if let Inserted::Stored { .. } = l2.insert_unless(key.clone(), value, size_bytes, |held| {
-            held.version() >= version
-        }) {
+        if let Inserted::Stored { .. } =
+            l2.insert_unless(key.clone(), value, size_bytes, current.pinned, |held| {
+                held.version() >= version
+            })
+        {
             self.counters
                 .demotions_from_l1
                 .fetch_add(1, Ordering::Relaxed);
@@ -588,41 +619,53 @@ impl Inner {
 
     /// Loads `key` from L3 or the source, once for all concurrent callers.
     fn load(&self, key: &CacheKey) -> Result<Option<Value>> {
-        let (load, leader) = {
-            let mut loads = lock(&self.loads);
-            match loads.get(key) {
-                Some(load) => (Arc::clone(load), false),
-                None => {
-                    let load = Arc::new(Load::default());
-                    loads.insert(key.clone(), Arc::clone(&load));
-                    (load, true)
+        for _ in 0..SHARED_LOAD_ATTEMPTS_MAX {
+            let (load, leader) = {
+                let mut loads = lock(&self.loads);
+                match loads.get(key) {
+                    Some(load) => (Arc::clone(load), false),
+                    None => {
+                        let load = Arc::new(Load::default());
+                        loads.insert(key.clone(), Arc::clone(&load));
+                        (load, true)
+                    }
                 }
+            };
+            if leader {
+                let result = self.load_uncached(key);
+                *lock(&load.outcome) = Some(
+                    result
+                        .as_ref()
+                        .map(Clone::clone)
+                        .map_err(ToString::to_string),
+                );
+                load.done.notify_all();
+                lock(&self.loads).remove(key);
+                return result;
             }
-        };
-        if !leader {
-            let mut outcome = lock(&load.outcome);
-            while outcome.is_none() {
-                outcome = load.done.wait(outcome).unwrap_or_else(|p| p.into_inner());
+            let shared = {
+                let mut outcome = lock(&load.outcome);
+                while outcome.is_none() {
+                    outcome = load.done.wait(outcome).unwrap_or_else(|p| p.into_inner());
+                }
+                outcome.clone().expect("checked")
+            };
+            let shared = shared.map_err(|message| Error::SharedLoad {
+                dataset: key.dataset().to_owned(),
+                path: key.path().to_owned(),
+                message,
+            })?;
+            // The load may have read L3 before this get began: use its outcome only if it still
+            // describes L3, else load again (a get never answers older than what preceded it).
+            let still_current = match &shared {
+                Some(value) => self.is_current(key, value.version())?,
+                None => !self.l3.has_file_by_path(key.dataset(), key.path()),
+            };
+            if still_current {
+                return Ok(shared);
             }
-            return outcome
-                .clone()
-                .expect("checked")
-                .map_err(|message| Error::SharedLoad {
-                    dataset: key.dataset().to_owned(),
-                    path: key.path().to_owned(),
-                    message,
-                });
         }
-        let result = self.load_uncached(key);
-        *lock(&load.outcome) = Some(
-            result
-                .as_ref()
-                .map(Clone::clone)
-                .map_err(ToString::to_string),
-        );
-        load.done.notify_all();
-        lock(&self.loads).remove(key);
-        result
+        self.load_uncached(key)
     }
 
     fn load_uncached(&self, key: &CacheKey) -> Result<Option<Value>> {

@@ -182,16 +182,18 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
     /// Stores `value` under `key`, replacing any earlier value (a replaced value is not an
     /// eviction), evicting unpinned entries until it fits.
     pub fn insert(&self, key: K, value: V, size_bytes: u64) -> Inserted<K, V> {
-        self.insert_unless(key, value, size_bytes, |_| false)
+        self.insert_unless(key, value, size_bytes, false, |_| false)
     }
 
-    /// Like [`MemoryTier::insert`], but when the key is held and `keep(existing)` says so, the
-    /// tier is left unchanged and the new value refused (a load never replaces a newer put).
+    /// Like [`MemoryTier::insert`], but the entry is pinned from the start when `pinned` (or when
+    /// the entry it replaces was), and when the key is held and `keep(existing)` says so, the tier
+    /// is left unchanged and the new value refused (a load never replaces a newer put).
     pub fn insert_unless(
         &self,
         key: K,
         value: V,
         size_bytes: u64,
+        pinned: bool,
         keep: impl FnOnce(&V) -> bool,
     ) -> Inserted<K, V> {
         let (shard, hash) = self.shard(&key);
@@ -207,12 +209,12 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
         if size_bytes > shard.capacity_bytes {
             return Inserted::Refused(value);
         }
-        let mut pinned = false;
+        let mut pinned = pinned;
         if let Some(slot) = shard.find(hash, &key) {
             let old = shard.entries[slot as usize]
                 .as_ref()
                 .expect("mapped slots hold entries");
-            pinned = old.pinned;
+            pinned |= old.pinned;
             // Replacing in place must still fit once the old bytes are gone.
             let others = shard.used_bytes - old.size_bytes;
             if !shard.can_make_room(others, size_bytes, slot) {
