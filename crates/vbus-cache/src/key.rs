@@ -58,13 +58,18 @@ impl fmt::Display for CacheKey {
 /// a handle stays valid after a newer put of the same key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Value {
-    bytes: Arc<[u8]>,
+    /// A `Vec` behind the `Arc`, so a value read from disk or the device is taken over without a
+    /// copy (`Arc<[u8]>` from a `Vec` would copy it).
+    bytes: Arc<Vec<u8>>,
     version: u64,
 }
 
 impl Value {
-    pub(crate) fn new(bytes: Arc<[u8]>, version: u64) -> Self {
-        Self { bytes, version }
+    pub(crate) fn new(bytes: Vec<u8>, version: u64) -> Self {
+        Self {
+            bytes: Arc::new(bytes),
+            version,
+        }
     }
 
     /// The bytes.

@@ -316,7 +316,7 @@ impl CacheManager {
         let meta = self.inner.l3.store_file(key.dataset(), key.path(), bytes)?;
         // A put's value has no other copy: L3 must never evict it.
         lock(&self.inner.refetchable).remove(&key);
-        let value = Value::new(Arc::from(bytes), meta.version);
+        let value = Value::new(bytes.to_vec(), meta.version);
         self.inner.fill_l2(&key, &value);
         Ok(value)
     }
@@ -341,7 +341,7 @@ impl CacheManager {
                 .counters
                 .bytes_from_l1
                 .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-            let value = Value::new(Arc::from(bytes), on_device.version);
+            let value = Value::new(bytes, on_device.version);
             let _stripe = self.inner.stripe(&key);
             self.inner.fill_l2(&key, &value);
             return Ok(Some(value));
@@ -600,7 +600,7 @@ impl Inner {
         l1.device
             .download(&on_device.buffer, 0, &mut bytes)
             .map_err(Error::Device)?;
-        let value = Value::new(Arc::from(bytes), on_device.version);
+        let value = Value::new(bytes, on_device.version);
         let (version, size_bytes) = (value.version(), value.len() as u64);
         if let Inserted::Stored { .. } =
             l2.insert_unless(key.clone(), value, size_bytes, current.pinned, |held| {
@@ -671,7 +671,7 @@ impl Inner {
     fn load_uncached(&self, key: &CacheKey) -> Result<Option<Value>> {
         if let Some((bytes, meta)) = self.l3.get_file_with_meta(key.dataset(), key.path())? {
             self.counters.l3_hits.fetch_add(1, Ordering::Relaxed);
-            let value = Value::new(Arc::from(bytes), meta.version);
+            let value = Value::new(bytes, meta.version);
             let _stripe = self.stripe(key);
             if self.fill_l2(key, &value) {
                 self.counters.promotions.fetch_add(1, Ordering::Relaxed);
@@ -702,11 +702,11 @@ impl Inner {
             return Ok(self
                 .l3
                 .get_file_with_meta(key.dataset(), key.path())?
-                .map(|(bytes, meta)| Value::new(Arc::from(bytes), meta.version)));
+                .map(|(bytes, meta)| Value::new(bytes, meta.version)));
         }
         let meta = self.l3.store_file(key.dataset(), key.path(), &bytes)?;
         lock(&self.refetchable).insert(key.clone());
-        let value = Value::new(Arc::from(bytes), meta.version);
+        let value = Value::new(bytes, meta.version);
         self.fill_l2(key, &value);
         Ok(Some(value))
     }

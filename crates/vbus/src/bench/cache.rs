@@ -182,6 +182,8 @@ pub(super) fn run<W: Write>(
         }
     }
 
+    movement(mode, reporter)?;
+
     // Index bytes per entry: what the tier's structures allocate per entry beyond the value.
     let n_entries = match mode {
         Mode::Full => 1_000_000u64,
@@ -207,6 +209,137 @@ pub(super) fn run<W: Write>(
         Some(1.0),
         Device::Cpu,
     ))?;
+    Ok(())
+}
+
+/// Moves values between the tiers of a `CacheManager` and times each move beside a plain copy
+/// of the same bytes: L3 → L2 (a get after a reopen, which also verifies BLAKE3) beside
+/// `std::fs::read` of the same files; L2 → L1 (a device get) beside a raw host→device copy; and
+/// L1 → host (a get that only L1 can answer) beside a raw device→host copy.
+fn movement<W: Write>(mode: Mode, reporter: &mut Reporter<W>) -> anyhow::Result<()> {
+    let (n_values, value_bytes) = match mode {
+        Mode::Full => (64u64, 16u64 << 20),
+        Mode::Quick => (16, 4 << 20),
+    };
+    let total_bytes = n_values * value_bytes;
+    let scratch = super::Scratch(
+        std::env::temp_dir().join(format!(".vbus-bench-cache-{}", std::process::id())),
+    );
+    let l3_dir = scratch.0.join("L3_DISK");
+    let device = vbus_gpu::Device::open(&vbus_gpu::DeviceOptions {
+        capacity_bytes: 2 * total_bytes + (64 << 20),
+        host_capacity_bytes: total_bytes + (64 << 20),
+        ..vbus_gpu::DeviceOptions::default()
+    })?;
+    let on = match device.kind() {
+        vbus_gpu::BackendKind::Cuda => Device::Cuda,
+        vbus_gpu::BackendKind::Simulated => Device::Simulated,
+    };
+    let keys: Vec<String> = (0..n_values)
+        .map(|value_idx| format!("bench/v{value_idx}"))
+        .collect();
+    {
+        let cache = vbus_cache::CacheManager::builder()
+            .l3_dir(&l3_dir)
+            .l2_capacity_bytes(0)
+            .build()?;
+        let bytes = crate::scan::pattern(value_bytes as usize);
+        for key in &keys {
+            cache.put(key.as_str(), &bytes)?;
+        }
+    }
+    let rate =
+        |started: Instant| total_bytes as f64 / started.elapsed().as_secs_f64().max(1e-9) / 1e9;
+    // Reference first: the page cache is as warm for both. It keeps what it reads, as a RAM tier
+    // must (dropping each buffer would let the allocator reuse warm pages the tier cannot).
+    let started = Instant::now();
+    let mut kept = Vec::with_capacity(keys.len());
+    for key in &keys {
+        kept.push(std::fs::read(l3_dir.join(key))?);
+    }
+    let plain_read = rate(started);
+    drop(kept);
+    let cache = vbus_cache::CacheManager::builder()
+        .l3_dir(&l3_dir)
+        .l2_capacity_bytes(total_bytes + (1 << 20))
+        .l2_shards(1)
+        .l1_device(device.clone())
+        .l1_capacity_bytes(total_bytes)
+        .build()?;
+    let started = Instant::now();
+    for key in &keys {
+        cache.get(key.as_str())?.context("a value vanished")?;
+    }
+    let l3_to_l2 = rate(started);
+    // The device pool takes its chunks once, as a running daemon's has long done.
+    drop(device.alloc(total_bytes)?);
+    let started = Instant::now();
+    for key in &keys {
+        cache
+            .get_device(key.as_str())?
+            .context("a value vanished")?;
+    }
+    let l2_to_l1 = rate(started);
+    drop(cache);
+    // L1 alone: L2 off, so a host get is answered by copying back from the device.
+    let cache = vbus_cache::CacheManager::builder()
+        .l3_dir(&l3_dir)
+        .l2_capacity_bytes(0)
+        .l1_device(device.clone())
+        .l1_capacity_bytes(total_bytes)
+        .build()?;
+    for key in &keys {
+        cache
+            .get_device(key.as_str())?
+            .context("a value vanished")?;
+    }
+    let started = Instant::now();
+    for key in &keys {
+        cache.get(key.as_str())?.context("a value vanished")?;
+    }
+    let l1_to_host = rate(started);
+    anyhow::ensure!(
+        cache.get_stats().l1.hits >= n_values,
+        "the host gets were not answered by L1"
+    );
+    drop(cache);
+    // The raw copies move as many bytes as the tiers did, not one buffer again and again.
+    let (raw_h2d, raw_d2h) = vbus_gpu::reference::raw_copy_gbps(&device, total_bytes, 2)?;
+    for (metric, ours, reference, reference_value) in [
+        (
+            "move_l3_to_l2",
+            l3_to_l2,
+            "std::fs::read of the L3 files (ours verifies BLAKE3)",
+            plain_read,
+        ),
+        ("move_l2_to_l1", l2_to_l1, "raw host→device copy", raw_h2d),
+        (
+            "move_l1_to_host",
+            l1_to_host,
+            "raw device→host copy",
+            raw_d2h,
+        ),
+    ] {
+        let metric = match on {
+            Device::Simulated if metric != "move_l3_to_l2" => format!("{metric} (simulated)"),
+            _ => metric.to_owned(),
+        };
+        reporter.report(Measurement::new(
+            SUITE,
+            &metric,
+            "GB/s",
+            Better::Higher,
+            ours,
+            reference,
+            reference_value,
+            None,
+            if metric.starts_with("move_l3") {
+                Device::Cpu
+            } else {
+                on
+            },
+        ))?;
+    }
     Ok(())
 }
 

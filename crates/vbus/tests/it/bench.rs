@@ -192,6 +192,16 @@ fn bench_cache_quick_compares_with_quick_cache_and_moka() {
             assert!(ours > 0.3 && ours < 1.0, "{line}");
         }
     }
+    for movement in ["move_l3_to_l2", "move_l2_to_l1", "move_l1_to_host"] {
+        let line = lines
+            .iter()
+            .find(|line| line["metric"].as_str().unwrap().starts_with(movement))
+            .unwrap_or_else(|| panic!("{movement} is not measured"));
+        assert!(
+            line["ours"].as_f64().unwrap() > 0.0 && line["reference_value"].as_f64().unwrap() > 0.0,
+            "{line}"
+        );
+    }
     let index = lines
         .iter()
         .find(|line| line["metric"] == "index_bytes_per_entry_s3fifo_u64_keys")
