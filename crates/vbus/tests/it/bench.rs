@@ -1,14 +1,18 @@
 use crate::support::{run, run_ok, vbus};
 
+/// `--json` output: one JSON object per line.
+fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
+    stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
+        .collect()
+}
+
 #[test]
 fn bench_scan_quick_prints_each_figure_beside_dd() {
     let dir = tempfile::tempdir().unwrap();
     let result = run_ok(dir.path(), &["bench", "scan", "--quick", "--json"]);
-    let lines: Vec<serde_json::Value> = result
-        .stdout
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
-        .collect();
+    let lines = json_lines(&result.stdout);
     let metrics: Vec<&str> = lines
         .iter()
         .map(|line| line["metric"].as_str().unwrap())
@@ -62,11 +66,7 @@ fn bench_table_and_unknown_suite() {
 fn bench_store_quick_prints_each_figure_beside_std_fs() {
     let dir = tempfile::tempdir().unwrap();
     let result = run_ok(dir.path(), &["bench", "store", "--quick", "--json"]);
-    let lines: Vec<serde_json::Value> = result
-        .stdout
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
-        .collect();
+    let lines = json_lines(&result.stdout);
     let metrics: Vec<&str> = lines
         .iter()
         .map(|line| line["metric"].as_str().unwrap())
@@ -107,11 +107,7 @@ fn bench_store_quick_prints_each_figure_beside_std_fs() {
 fn bench_gpu_quick_runs_on_the_simulated_device_and_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let result = run_ok(dir.path(), &["bench", "gpu", "--quick", "--json"]);
-    let lines: Vec<serde_json::Value> = result
-        .stdout
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
-        .collect();
+    let lines = json_lines(&result.stdout);
     let has_gpu = std::path::Path::new("/proc/driver/nvidia").exists();
     let metrics: Vec<String> = lines
         .iter()
@@ -168,11 +164,7 @@ fn bench_gpu_quick_runs_on_the_simulated_device_and_says_so() {
 fn bench_cache_quick_compares_with_quick_cache_and_moka() {
     let dir = tempfile::tempdir().unwrap();
     let result = run_ok(dir.path(), &["bench", "cache", "--quick", "--json"]);
-    let lines: Vec<serde_json::Value> = result
-        .stdout
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
-        .collect();
+    let lines = json_lines(&result.stdout);
     let references: std::collections::BTreeSet<&str> = lines
         .iter()
         .map(|line| line["reference"].as_str().unwrap())
@@ -233,11 +225,7 @@ fn bench_cache_replays_a_trace() {
             "3000",
         ],
     );
-    let lines: Vec<serde_json::Value> = result
-        .stdout
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect();
+    let lines = json_lines(&result.stdout);
     assert_eq!(lines.len(), 3);
     for line in &lines {
         // 20 hot keys of 100 bytes fit in 3000 bytes: all but their first access hit.
