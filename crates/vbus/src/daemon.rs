@@ -17,51 +17,9 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::config::{Config, GpuBackend};
+use crate::config::Config;
 use crate::home::{self, Home, Overwrite};
-
-/// Which device L1 runs on, decided once at start-up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum L1Device {
-    /// A CUDA device.
-    Cuda,
-    /// Host memory behind the device API.
-    Simulated,
-}
-
-impl L1Device {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Cuda => "cuda",
-            Self::Simulated => "simulated",
-        }
-    }
-
-    /// Applies `gpu.backend`: `auto` picks CUDA when the configured device exists.
-    fn choose(config: &Config) -> anyhow::Result<Self> {
-        let wanted = config.gpu.device_index as usize;
-        match config.gpu.backend {
-            GpuBackend::Simulated => Ok(Self::Simulated),
-            backend => {
-                let inventory = vbus_gpu::discover();
-                let present = inventory.devices.len() > wanted;
-                match (backend, present) {
-                    (_, true) => Ok(Self::Cuda),
-                    (GpuBackend::Cuda, false) => anyhow::bail!(
-                        "config key `gpu.backend` is \"cuda\" but GPU {wanted} does not exist ({} found{}); \
-                         use \"auto\" or \"simulated\"",
-                        inventory.devices.len(),
-                        inventory
-                            .problem
-                            .map(|p| format!(": {p}"))
-                            .unwrap_or_default()
-                    ),
-                    _ => Ok(Self::Simulated),
-                }
-            }
-        }
-    }
-}
+use crate::tiers::{self, Tiers};
 
 /// The daemon's shared state.
 #[derive(Debug)]
@@ -69,9 +27,7 @@ struct AppState {
     started: Instant,
     home: Home,
     config: Config,
-    l1_device: L1Device,
-    /// L3, when enabled.
-    store: Option<vbus_store::FileStore>,
+    tiers: Tiers,
 }
 
 /// Runs the daemon until SIGINT or SIGTERM. `listen` overrides `api.listen` (port 0 picks a free
@@ -88,18 +44,8 @@ pub fn up(home: &Home, listen: Option<&str>) -> anyhow::Result<()> {
     }
     let _lock = HomeLock::acquire(home)?;
     install_logging(home)?;
-    let l1_device = L1Device::choose(&config)?;
     let listen_addr = config.api.listen_addr()?;
-    let l3 = &config.cache_hierarchy.l3_disk;
-    let store = if l3.enabled {
-        let store = vbus_store::FileStore::builder(home.l3_dir())
-            .capacity_bytes(l3.capacity_bytes())
-            .open()
-            .with_context(|| format!("cannot open the L3 store at {}", home.l3_dir().display()))?;
-        Some(store)
-    } else {
-        None
-    };
+    let tiers = tiers::open(home, &config)?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -110,8 +56,7 @@ pub fn up(home: &Home, listen: Option<&str>) -> anyhow::Result<()> {
         started: Instant::now(),
         home: home.clone(),
         config,
-        l1_device,
-        store,
+        tiers,
     });
     runtime.block_on(serve(state, listen_addr))
 }
@@ -126,7 +71,7 @@ async fn serve(state: Arc<AppState>, listen_addr: std::net::SocketAddr) -> anyho
     let signals = ShutdownSignals::install()?;
     tracing::info!(
         home = %state.home.root().display(),
-        l1_device = state.l1_device.as_str(),
+        l1_backend = state.tiers.l1_backend.map_or("off", |kind| kind.as_str()),
         "vbus {} started", env!("CARGO_PKG_VERSION")
     );
     tracing::info!("listening on http://{local_addr}");
@@ -154,57 +99,68 @@ async fn health(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
     }))
 }
 
-/// Tier configuration and process figures. Per-tier usage and hit rates join when the
-/// `CacheManager` runs in the daemon.
+/// Every tier's configuration and figures, the seed's hit rates, and process figures.
 async fn stats(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
     let tiers = &state.config.cache_hierarchy;
-    let tier = |tier: &crate::config::TierConfig, extra: serde_json::Value| {
+    let cache = state.tiers.cache.get_stats();
+    let tier = |config: &crate::config::TierConfig,
+                stats: &vbus_cache::TierStats,
+                extra: serde_json::Value| {
         let mut value = json!({
-            "enabled": tier.enabled,
-            "capacity_bytes": tier.capacity_bytes(),
-            "eviction_policy": tier.eviction_policy.as_str(),
+            "enabled": config.enabled,
+            "capacity_bytes": config.capacity_bytes(),
+            "eviction_policy": config.eviction_policy.as_str(),
+            "hits": stats.hits,
+            "misses": stats.misses,
+            "hit_rate_percent": stats.hit_rate_percent(),
+            "n_entries": stats.n_entries,
+            "used_bytes": stats.used_bytes,
+            "n_evictions": stats.n_evictions,
+            "evicted_bytes": stats.evicted_bytes,
+            "n_pinned": stats.n_pinned,
         });
         if let (Some(object), serde_json::Value::Object(extra)) = (value.as_object_mut(), extra) {
             object.extend(extra);
         }
         value
     };
+    let l1_device = state.tiers.l1_backend.map_or("off", |kind| kind.as_str());
     Json(json!({
         "uptime_seconds": state.started.elapsed().as_secs_f64(),
         "home": state.home.root(),
+        "l1_hit_rate": cache.l1_hit_rate,
+        "l2_hit_rate": cache.l2_hit_rate,
+        "l3_hit_rate": cache.l3_hit_rate,
         "tiers": {
-            "L1_VRAM": tier(&tiers.l1_vram, json!({ "device": state.l1_device.as_str() })),
-            "L2_RAM": tier(&tiers.l2_ram, json!({ "page_locked": state.l1_device == L1Device::Cuda })),
-            "L3_DISK": tier(&tiers.l3_disk, l3_stats(&state)),
+            "L1_VRAM": tier(&tiers.l1_vram, &cache.l1, json!({ "device": l1_device })),
+            "L2_RAM": tier(&tiers.l2_ram, &cache.l2, json!({})),
+            "L3_DISK": tier(&tiers.l3_disk, &cache.l3, l3_extra(&state)),
+        },
+        "moves": {
+            "promotions_l3_to_l2": cache.promotions,
+            "bytes_l3_to_l2": cache.bytes_l3_to_l2,
+            "promotions_to_l1": cache.promotions_to_l1,
+            "bytes_to_l1": cache.bytes_to_l1,
+            "demotions_from_l1": cache.demotions_from_l1,
+            "bytes_from_l1": cache.bytes_from_l1,
+            "source_fetches": cache.source_fetches,
         },
         "process": { "rss_bytes": rss_bytes() },
     }))
 }
 
-/// What the L3 store holds, and what it did since the daemon started.
-fn l3_stats(state: &AppState) -> serde_json::Value {
-    let mut value = json!({ "path": state.home.l3_dir() });
-    if let (Some(store), Some(object)) = (&state.store, value.as_object_mut()) {
-        let stats = store.stats();
-        object.extend(
-            json!({
-                "n_files": stats.n_files,
-                "used_bytes": stats.used_bytes,
-                "n_pinned": stats.n_pinned,
-                "pinned_bytes": stats.pinned_bytes,
-                "n_evictions": stats.n_evictions,
-                "evicted_bytes": stats.evicted_bytes,
-                "n_checksum_failures": stats.n_checksum_failures,
-                "n_adopted_on_open": stats.n_adopted_on_open,
-                "n_dropped_on_open": stats.n_dropped_on_open,
-                "open_ms": stats.open_ms,
-            })
-            .as_object()
-            .cloned()
-            .unwrap_or_default(),
-        );
-    }
-    value
+/// What only the L3 store knows: its files, its start-up reconciliation, its checksum failures.
+fn l3_extra(state: &AppState) -> serde_json::Value {
+    let stats = state.tiers.cache.store().stats();
+    json!({
+        "path": state.home.l3_dir(),
+        "n_files": stats.n_files,
+        "pinned_bytes": stats.pinned_bytes,
+        "n_checksum_failures": stats.n_checksum_failures,
+        "n_adopted_on_open": stats.n_adopted_on_open,
+        "n_dropped_on_open": stats.n_dropped_on_open,
+        "open_ms": stats.open_ms,
+    })
 }
 
 async fn not_found(method: Method, uri: Uri) -> Response {

@@ -11,6 +11,7 @@ pub mod config;
 pub mod daemon;
 pub mod home;
 pub mod scan;
+pub mod tiers;
 
 pub use config::{Config, ConfigError};
 pub use home::Home;

@@ -1,0 +1,80 @@
+//! The tiers the daemon runs, built from the configuration: L1 on the device `gpu.backend` picks,
+//! L2 in RAM, L3 at `CACHE/L3_DISK`, under one `CacheManager`.
+
+use anyhow::Context as _;
+use vbus_cache::{CacheManager, PolicyKind};
+use vbus_gpu::{BackendChoice, BackendKind, Device, DeviceOptions};
+
+use crate::config::{Config, EvictionPolicy, GpuBackend};
+use crate::home::Home;
+
+/// Page-locked host memory the device may use for staging and host buffers.
+const L1_HOST_POOL_BYTES: u64 = 256 << 20;
+
+/// The cache a daemon serves, and where its L1 runs.
+#[derive(Debug, Clone)]
+pub struct Tiers {
+    /// The tiered cache.
+    pub cache: CacheManager,
+    /// Where L1 runs; `None` when `L1_VRAM` is disabled.
+    pub l1_backend: Option<BackendKind>,
+}
+
+/// The configuration's policy name as the cache knows it.
+pub fn policy_kind(policy: EvictionPolicy) -> PolicyKind {
+    match policy {
+        EvictionPolicy::Lru => PolicyKind::Lru,
+        EvictionPolicy::S3fifo => PolicyKind::S3Fifo,
+        EvictionPolicy::Sieve => PolicyKind::Sieve,
+    }
+}
+
+/// Opens the tiers of `config` at `home`. L3 is required by this version of the cache.
+pub fn open(home: &Home, config: &Config) -> anyhow::Result<Tiers> {
+    let hierarchy = &config.cache_hierarchy;
+    anyhow::ensure!(
+        hierarchy.l3_disk.enabled,
+        "config key `cache_hierarchy.L3_DISK.enabled` is false, but this version of the cache keeps \
+         every value in L3; set it to true"
+    );
+    let mut builder = CacheManager::builder()
+        .l3_dir(home.l3_dir())
+        .l3_capacity_bytes(hierarchy.l3_disk.capacity_bytes())
+        .l2_capacity_bytes(if hierarchy.l2_ram.enabled {
+            hierarchy.l2_ram.capacity_bytes()
+        } else {
+            0
+        })
+        .l2_policy(policy_kind(hierarchy.l2_ram.eviction_policy));
+    let mut l1_backend = None;
+    if hierarchy.l1_vram.enabled {
+        let backend = match config.gpu.backend {
+            GpuBackend::Auto => BackendChoice::Auto,
+            GpuBackend::Cuda => BackendChoice::Cuda,
+            GpuBackend::Simulated => BackendChoice::Simulated,
+        };
+        let device = Device::open(&DeviceOptions {
+            backend,
+            device_idx: config.gpu.device_index as usize,
+            capacity_bytes: hierarchy.l1_vram.capacity_bytes(),
+            reserve_bytes: config.gpu.reserve_mb * (1 << 20),
+            host_capacity_bytes: L1_HOST_POOL_BYTES,
+            ..DeviceOptions::default()
+        })
+        .with_context(|| {
+            format!(
+                "cannot open GPU {} for L1 (config key `gpu.backend`)",
+                config.gpu.device_index
+            )
+        })?;
+        l1_backend = Some(device.kind());
+        builder = builder
+            .l1_device(device)
+            .l1_capacity_bytes(hierarchy.l1_vram.capacity_bytes())
+            .l1_policy(policy_kind(hierarchy.l1_vram.eviction_policy));
+    }
+    let cache = builder
+        .build()
+        .with_context(|| format!("cannot open the cache at {}", home.l3_dir().display()))?;
+    Ok(Tiers { cache, l1_backend })
+}
