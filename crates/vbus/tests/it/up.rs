@@ -181,3 +181,31 @@ fn listening_beyond_loopback_needs_a_token() {
         result.stderr
     );
 }
+
+/// Start-up refusals name the config key: CUDA asked for where there is no driver, and L3 turned
+/// off (this cache keeps every value in L3).
+#[test]
+fn tier_configs_it_cannot_honour_are_refused_by_key() {
+    let cases: &[(&str, &str)] = &[
+        (
+            r#"{"cache_hierarchy": {"L3_DISK": {"enabled": false}}}"#,
+            "cache_hierarchy.L3_DISK.enabled",
+        ),
+        (r#"{"gpu": {"backend": "cuda"}}"#, "gpu.backend"),
+    ];
+    for (text, key) in cases {
+        if *key == "gpu.backend" && std::path::Path::new("/proc/driver/nvidia").exists() {
+            continue;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        crate::support::run_ok(dir.path(), &["init"]);
+        std::fs::write(dir.path().join("CONFIG/vbus_config.json"), text).unwrap();
+        let result = run(vbus(dir.path()).args(["up", "--listen", "127.0.0.1:0"]));
+        assert_eq!(result.code, Some(1), "{text}: {result:?}");
+        assert!(
+            result.stderr.contains(&format!("`{key}`")),
+            "{text}: {}",
+            result.stderr
+        );
+    }
+}
