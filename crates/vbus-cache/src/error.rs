@@ -19,6 +19,12 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+    /// The builder was given no L3 directory.
+    #[error("the cache needs an L3 directory (CacheBuilder::l3_dir)")]
+    NoL3Dir,
+    /// The prefetch thread could not be started.
+    #[error("cannot start the prefetch thread: {0}")]
+    Thread(#[source] std::io::Error),
     /// Device memory or a copy to or from it failed.
     #[error(transparent)]
     Device(vbus_gpu::Error),

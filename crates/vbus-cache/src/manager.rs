@@ -111,13 +111,7 @@ impl CacheBuilder {
 
     /// Opens L3 (reconciling it with its directory) and starts the prefetch worker.
     pub fn build(self) -> Result<CacheManager> {
-        let l3_dir = self.l3_dir.ok_or_else(|| {
-            Error::Store(vbus_store::Error::InvalidName {
-                what: "dataset",
-                name: String::new(),
-                reason: "the cache needs an L3 directory (CacheBuilder::l3_dir)".to_owned(),
-            })
-        })?;
+        let l3_dir = self.l3_dir.ok_or(Error::NoL3Dir)?;
         let refetchable = Arc::new(Mutex::new(HashSet::new()));
         let l3 = FileStore::builder(&l3_dir)
             .capacity_bytes(self.l3_capacity_bytes)
@@ -150,13 +144,7 @@ impl CacheBuilder {
         std::thread::Builder::new()
             .name("vbus-prefetch".to_owned())
             .spawn(move || prefetch_worker(weak, prefetch_rx))
-            .map_err(|err| {
-                Error::Store(vbus_store::Error::Io {
-                    op: "spawn the prefetch thread for",
-                    path: l3_dir.clone(),
-                    source: err,
-                })
-            })?;
+            .map_err(Error::Thread)?;
         Ok(CacheManager { inner })
     }
 }
@@ -317,7 +305,7 @@ impl CacheManager {
         // A put's value has no other copy: L3 must never evict it.
         lock(&self.inner.refetchable).remove(&key);
         let value = Value::new(bytes.to_vec(), meta.version);
-        self.inner.fill_l2(&key, &value);
+        self.inner.fill_l2_at(&key, &value, &meta);
         Ok(value)
     }
 
@@ -511,11 +499,18 @@ impl Inner {
     /// Puts `value` in L2 unless L3 has moved on (a newer put, or a remove) or L2 holds a newer
     /// value. Called with the key's stripe held.
     fn fill_l2(&self, key: &CacheKey, value: &Value) -> bool {
+        match self.l3.meta(key.dataset(), key.path()).ok().flatten() {
+            Some(current) if current.version == value.version() => {
+                self.fill_l2_at(key, value, &current)
+            }
+            _ => false,
+        }
+    }
+
+    /// [`Inner::fill_l2`] when the caller already holds L3's current metadata (a put, which got
+    /// it from the publish and holds the stripe).
+    fn fill_l2_at(&self, key: &CacheKey, value: &Value, current: &vbus_store::FileMeta) -> bool {
         let Some(l2) = &self.l2 else { return false };
-        let current = self.l3.meta(key.dataset(), key.path()).ok().flatten();
-        let Some(current) = current.filter(|meta| meta.version == value.version()) else {
-            return false;
-        };
         // Victims need no demotion: every value in L2 is also in L3. Pins live in L3.
         let version = value.version();
         match l2.insert_unless(

@@ -196,7 +196,7 @@ impl Device {
         };
         let file = File::open(path).map_err(file_error)?;
         let len = file.metadata().map_err(file_error)?.len();
-        let mut dst = self.alloc(len)?;
+        let dst = self.alloc(len)?;
         if len == 0 {
             return Ok(dst);
         }
@@ -299,7 +299,6 @@ impl Device {
         // Every transfer from the slots finished (or failed) before the slots are freed here.
         drop(slots);
         result?;
-        let _ = &mut dst;
         Ok(dst)
     }
 

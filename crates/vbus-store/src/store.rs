@@ -422,56 +422,63 @@ impl FileStore {
         path: &str,
     ) -> Result<Option<(Vec<u8>, FileMeta)>> {
         let key = name::key(dataset, path)?;
-        for _ in 0..OPEN_ATTEMPTS_MAX {
-            let Some(lookup) = self.inner.lookup(&key) else {
-                return Ok(None);
-            };
-            let Some(mut file) = self.inner.open_checked(&lookup)? else {
-                continue;
-            };
-            let final_path = self.inner.root.join(&key);
+        self.read_current(&key, |mut file, lookup, final_path| {
             let mut bytes =
                 Vec::with_capacity(usize::try_from(lookup.entry.size_bytes).unwrap_or(0));
             file.read_to_end(&mut bytes)
-                .map_err(Error::io("read", &final_path))?;
+                .map_err(Error::io("read", final_path))?;
             let mut entry = lookup.entry.clone();
             if lookup.needs_check {
                 let hash = hash_bytes(&bytes);
-                if !self.inner.record_check(&lookup, hash, bytes.len() as u64)? {
-                    continue;
+                if !self.inner.record_check(lookup, hash, bytes.len() as u64)? {
+                    return Ok(None);
                 }
                 entry.hash = Some(hash);
             }
-            return Ok(Some((bytes, FileMeta::new(&key, &entry))));
-        }
-        Err(contended(&key))
+            Ok(Some((bytes, FileMeta::new(&key, &entry))))
+        })
     }
 
     /// A reader (Read + Seek) of the file as it is now; a later publish does not change what it
     /// reads. When the file needs checking, it is hashed in full before the reader is returned.
     pub fn file_reader(&self, dataset: &str, path: &str) -> Result<Option<FileReader>> {
         let key = name::key(dataset, path)?;
-        for _ in 0..OPEN_ATTEMPTS_MAX {
-            let Some(lookup) = self.inner.lookup(&key) else {
-                return Ok(None);
-            };
-            let Some(mut file) = self.inner.open_checked(&lookup)? else {
-                continue;
-            };
-            let final_path = self.inner.root.join(&key);
+        self.read_current(&key, |mut file, lookup, final_path| {
             let mut entry = lookup.entry.clone();
             if lookup.needs_check {
                 let (hash, size_bytes) =
-                    hash_file(&mut file).map_err(Error::io("read", &final_path))?;
-                if !self.inner.record_check(&lookup, hash, size_bytes)? {
-                    continue;
+                    hash_file(&mut file).map_err(Error::io("read", final_path))?;
+                if !self.inner.record_check(lookup, hash, size_bytes)? {
+                    return Ok(None);
                 }
                 entry.hash = Some(hash);
-                io::Seek::rewind(&mut file).map_err(Error::io("seek", &final_path))?;
+                io::Seek::rewind(&mut file).map_err(Error::io("seek", final_path))?;
             }
-            return Ok(Some(FileReader::new(file, FileMeta::new(&key, &entry))));
+            Ok(Some(FileReader::new(file, FileMeta::new(&key, &entry))))
+        })
+    }
+
+    /// Opens the version of `key` the index describes and hands it to `read`, which returns
+    /// `None` when the entry changed under it (a publish or a removal raced the read); then the
+    /// key is looked up and opened again, a bounded number of times. `None` when the key is absent.
+    fn read_current<T>(
+        &self,
+        key: &str,
+        mut read: impl FnMut(File, &Lookup, &Path) -> Result<Option<T>>,
+    ) -> Result<Option<T>> {
+        let final_path = self.inner.root.join(key);
+        for _ in 0..OPEN_ATTEMPTS_MAX {
+            let Some(lookup) = self.inner.lookup(key) else {
+                return Ok(None);
+            };
+            let Some(file) = self.inner.open_checked(&lookup)? else {
+                continue;
+            };
+            if let Some(value) = read(file, &lookup, &final_path)? {
+                return Ok(Some(value));
+            }
         }
-        Err(contended(&key))
+        Err(contended(key))
     }
 
     /// True when `dataset/path` is in the store.

@@ -278,9 +278,14 @@ pub(crate) fn time_dd(args: &[&str], n_bytes: u64) -> anyhow::Result<f64> {
         .stderr(Stdio::null())
         .status()
         .context("cannot run dd, a reference of `vbus bench` (install coreutils)")?;
-    let elapsed = started.elapsed();
+    let rate = gbps(n_bytes, started);
     anyhow::ensure!(status.success(), "dd {} failed: {status}", args.join(" "));
-    Ok(n_bytes as f64 / elapsed.as_secs_f64().max(1e-9) / 1e9)
+    Ok(rate)
+}
+
+/// `n_bytes` moved since `started`, in GB/s (10^9 bytes per second).
+pub(crate) fn gbps(n_bytes: u64, started: Instant) -> f64 {
+    n_bytes as f64 / started.elapsed().as_secs_f64().max(1e-9) / 1e9
 }
 
 /// The median of some samples (upper median for an even count); 0 for none.

@@ -256,3 +256,10 @@ fn prefetch_loads_in_the_background() {
     cache.get("a").unwrap().unwrap();
     assert_eq!(cache.get_stats().l2.hits, hits + 1);
 }
+
+#[test]
+fn a_cache_without_l3_is_refused() {
+    let err = CacheManager::builder().build().unwrap_err();
+    assert!(matches!(err, Error::NoL3Dir), "{err}");
+    assert!(err.to_string().contains("CacheBuilder::l3_dir"), "{err}");
+}

@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use vbus_cache::replay::Zipf;
 use vbus_cache::{MemoryTier, PolicyKind};
 
-use super::{Better, Device, Measurement, Mode, Reporter, median};
+use super::{Better, Device, Measurement, Mode, Reporter, gbps, median};
 
 const SUITE: &str = "cache";
 
@@ -248,8 +248,7 @@ fn movement<W: Write>(mode: Mode, reporter: &mut Reporter<W>) -> anyhow::Result<
             cache.put(key.as_str(), &bytes)?;
         }
     }
-    let rate =
-        |started: Instant| total_bytes as f64 / started.elapsed().as_secs_f64().max(1e-9) / 1e9;
+    let rate = |started: Instant| gbps(total_bytes, started);
     // Reference first: the page cache is as warm for both. It keeps what it reads, as a RAM tier
     // must (dropping each buffer would let the allocator reuse warm pages the tier cannot).
     let started = Instant::now();

@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::Context as _;
 use vbus_gpu::{BackendChoice, BackendKind, DeviceOptions, reference};
 
-use super::{Better, Device, Measurement, Mode, Reporter, Scratch, median, time_dd};
+use super::{Better, Device, Measurement, Mode, Reporter, Scratch, gbps, median, time_dd};
 use crate::home::Home;
 use crate::scan::{self, IO_BLOCK_BYTES};
 
@@ -137,12 +137,12 @@ fn round_trips(
     for round in 0..=n_rounds {
         let started = Instant::now();
         device.upload(host, on_device, 0)?;
-        let up = rate(n_bytes, started);
+        let up = gbps(n_bytes, started);
         let started = Instant::now();
         device.download(on_device, 0, host)?;
         if round > 0 {
             h2d.push(up);
-            d2h.push(rate(n_bytes, started));
+            d2h.push(gbps(n_bytes, started));
         }
     }
     Ok((median(&mut h2d), median(&mut d2h)))
@@ -189,7 +189,7 @@ fn file_to_vram<W: Write>(
             }
             let started = Instant::now();
             let loaded = device.load_file(&file.0)?;
-            ours.push(rate(file_bytes, started));
+            ours.push(gbps(file_bytes, started));
             drop(loaded);
             if cold {
                 drop_cache(&file.0)?;
@@ -312,8 +312,4 @@ fn safetensors_load_s(path: &Path) -> anyhow::Result<f64> {
         .parse()
         .context("the safetensors reference printed no time")?;
     Ok(seconds.max(1e-9))
-}
-
-fn rate(n_bytes: u64, started: Instant) -> f64 {
-    n_bytes as f64 / started.elapsed().as_secs_f64().max(1e-9) / 1e9
 }

@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::Context as _;
 use vbus_store::FileStore;
 
-use super::{Better, Device, Measurement, Mode, Reporter, Scratch, median};
+use super::{Better, Device, Measurement, Mode, Reporter, Scratch, gbps, median};
 use crate::home::Home;
 use crate::scan;
 
@@ -162,10 +162,10 @@ fn alternate(
         for side in order {
             let started = Instant::now();
             work(side, files.clone())?;
-            let gbps = rate((files.end - files.start) * size_bytes, started);
+            let rate = gbps((files.end - files.start) * size_bytes, started);
             match side {
-                Side::Ours => ours.push(gbps),
-                Side::Plain => plain.push(gbps),
+                Side::Ours => ours.push(rate),
+                Side::Plain => plain.push(rate),
             }
         }
     }
@@ -262,8 +262,4 @@ fn walk_and_stat(root: &Path) -> anyhow::Result<u64> {
         }
     }
     Ok(n_files)
-}
-
-fn rate(n_bytes: u64, started: Instant) -> f64 {
-    n_bytes as f64 / started.elapsed().as_secs_f64().max(1e-9) / 1e9
 }
