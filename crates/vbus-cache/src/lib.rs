@@ -4,8 +4,8 @@
 //!
 //! Built so far: the eviction policies ([`policy`]), the sharded memory tier ([`memory`]), a
 //! single-tier replay of access traces ([`replay`]), and a [`CacheManager`] running L1 (device
-//! buffers through `vbus-gpu`), L2 and L3, write-through, with a source, single-flight loads, pins
-//! and the seed's statistics. Write-back is not wired yet.
+//! buffers through `vbus-gpu`), L2 and L3, write-through or write-back, with a source,
+//! single-flight loads, pins and the seed's statistics.
 
 #![forbid(unsafe_code)]
 
@@ -19,7 +19,7 @@ mod source;
 
 pub use error::{Error, Result};
 pub use key::{CacheKey, DEFAULT_DATASET, Value};
-pub use manager::{CacheBuilder, CacheManager, CacheStats, DeviceValue};
+pub use manager::{CacheBuilder, CacheManager, CacheStats, DeviceValue, WriteMode};
 pub use memory::{Inserted, MemoryTier, TierStats};
 pub use policy::{Policy, PolicyKind};
 pub use source::{DirSource, Source};

@@ -1,15 +1,18 @@
 //! `CacheManager`: the seed's `put`, `get` and `get_stats` over the tiers.
 //!
-//! This first version is write-through: a `put` is durable in L3 (the `vbus-store` file store)
-//! before it is acknowledged, then kept in L2 (the memory tier). A `get` tries L2, then L1 (copying
-//! back from the device), then L3 (promoting into L2), then the [`Source`] (storing the value in L3
-//! and L2). `get_device` hands out the L1 buffer itself, copying the value to the device on a miss;
-//! L1 victims go back to L2 when it lacks them. Concurrent gets of one missing key load it once.
-//! Write-back is not wired yet.
+//! Write-through (the default): a `put` is durable in L3 (the `vbus-store` file store) before it
+//! is acknowledged, then kept in L2 (the memory tier). Write-back: a `put` is kept in L2 and
+//! recorded as dirty; it reaches L3 when L2 evicts it, on [`CacheManager::flush`], or when the
+//! cache is dropped. A `get` tries L2, then L1 (copying back from the device), then the dirty
+//! values being written back, then L3 (promoting into L2), then the [`Source`] (storing the value
+//! in L3 and L2). `get_device` hands out the L1 buffer itself, copying the value to the device on
+//! a miss; L1 victims go back to L2 when it lacks them. Concurrent gets of one missing key load it
+//! once.
 //!
-//! Nothing is dropped while it is the only copy: every value in L2 is also in L3, so L2 may
-//! evict freely; L3 evicts only values it loaded from the source (which can fetch them again),
-//! never a put's value, never a pinned one.
+//! Nothing is dropped while it is the only copy: a value is in L3, or it is dirty, and a dirty
+//! value stays in its key's stripe map (readable) until L3 holds it, whatever L2 evicts. L3 evicts
+//! only values it loaded from the source (which can fetch them again), never a put's value, never
+//! a pinned one.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
@@ -30,6 +33,29 @@ const SHARED_LOAD_ATTEMPTS_MAX: usize = 4;
 /// Prefetch requests waiting at most; more are dropped (and counted).
 const PREFETCH_QUEUE_MAX: usize = 1024;
 
+/// When a put reaches L3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WriteMode {
+    /// Published to L3 before `put` returns (the default).
+    #[default]
+    Through,
+    /// Kept in L2 and published to L3 when L2 evicts it, on `flush`, or when the cache is dropped.
+    /// A put that does not fit in L2, or would take the dirty bytes past twice L2's capacity
+    /// (when write-backs fail), is written through. Dirty values are lost if the process dies
+    /// before they are written.
+    Back,
+}
+
+impl WriteMode {
+    /// The name used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Through => "write_through",
+            Self::Back => "write_back",
+        }
+    }
+}
+
 /// Builds a [`CacheManager`]; every setter says its default.
 #[derive(Clone)]
 pub struct CacheBuilder {
@@ -42,6 +68,7 @@ pub struct CacheBuilder {
     l3_dir: Option<PathBuf>,
     l3_capacity_bytes: u64,
     source: Option<Arc<dyn Source>>,
+    write_mode: WriteMode,
 }
 
 impl std::fmt::Debug for CacheBuilder {
@@ -50,6 +77,7 @@ impl std::fmt::Debug for CacheBuilder {
             .field("l2_capacity_bytes", &self.l2_capacity_bytes)
             .field("l2_policy", &self.l2_policy)
             .field("l3_dir", &self.l3_dir)
+            .field("write_mode", &self.write_mode)
             .finish_non_exhaustive()
     }
 }
@@ -109,6 +137,12 @@ impl CacheBuilder {
         self
     }
 
+    /// When a put reaches L3. Default [`WriteMode::Through`].
+    pub fn write_mode(mut self, write_mode: WriteMode) -> Self {
+        self.write_mode = write_mode;
+        self
+    }
+
     /// Opens L3 (reconciling it with its directory) and starts the prefetch worker.
     pub fn build(self) -> Result<CacheManager> {
         let l3_dir = self.l3_dir.ok_or(Error::NoL3Dir)?;
@@ -136,7 +170,8 @@ impl CacheBuilder {
             source: self.source,
             refetchable,
             loads: Mutex::new(HashMap::new()),
-            stripes: (0..N_STRIPES).map(|_| Mutex::new(())).collect(),
+            stripes: (0..N_STRIPES).map(|_| Mutex::new(HashMap::new())).collect(),
+            write_mode: self.write_mode,
             counters: Counters::default(),
             prefetch_tx,
         });
@@ -185,6 +220,17 @@ pub struct CacheStats {
     pub bytes_from_l1: u64,
     /// Prefetch requests dropped because the queue was full.
     pub prefetch_dropped: u64,
+    /// Write-back values not yet in L3.
+    pub dirty_entries: u64,
+    /// Their bytes: at most L2's capacity in L2, and as much again outside it (being written
+    /// back, or failed to write).
+    pub dirty_bytes: u64,
+    /// Dirty values published to L3 (demoted out of L2, or flushed).
+    pub write_backs: u64,
+    /// Bytes moved L2 → L3 by write-backs.
+    pub bytes_written_back: u64,
+    /// Write-backs that failed; the value stays dirty and readable, and `flush` tries again.
+    pub write_back_failures: u64,
     /// The seed's `l1_hit_rate`, percent.
     pub l1_hit_rate: f64,
     /// The seed's `l2_hit_rate`, percent.
@@ -205,6 +251,11 @@ struct Counters {
     demotions_from_l1: AtomicU64,
     bytes_from_l1: AtomicU64,
     prefetch_dropped: AtomicU64,
+    dirty_entries: AtomicU64,
+    dirty_bytes: AtomicU64,
+    write_backs: AtomicU64,
+    bytes_written_back: AtomicU64,
+    write_back_failures: AtomicU64,
 }
 
 /// A value in device memory: the buffer, the version it holds. Shared: a handle stays valid after
@@ -240,6 +291,26 @@ struct Load {
     done: Condvar,
 }
 
+/// A write-back value not yet in L3, and whether it is pinned (applied to L3 when it is written).
+#[derive(Clone)]
+struct Dirty {
+    value: Value,
+    pinned: bool,
+}
+
+/// One key stripe: held to change a key, and the dirty values of the keys it covers.
+type Stripe<'a> = MutexGuard<'a, HashMap<CacheKey, Dirty>>;
+
+/// L2 victims: written to L3 when they were dirty, after the stripe that evicted them is released.
+type Victims = Vec<(CacheKey, Value, u64)>;
+
+/// The newest version of a key anywhere (dirty, else in L3), and whether it is pinned.
+#[derive(Debug, Clone, Copy)]
+struct Current {
+    version: u64,
+    pinned: bool,
+}
+
 struct Inner {
     l1: Option<L1>,
     l2: Option<MemoryTier<CacheKey, Value>>,
@@ -247,7 +318,8 @@ struct Inner {
     source: Option<Arc<dyn Source>>,
     refetchable: Arc<Mutex<HashSet<CacheKey>>>,
     loads: Mutex<HashMap<CacheKey, Arc<Load>>>,
-    stripes: Box<[Mutex<()>]>,
+    stripes: Box<[Mutex<HashMap<CacheKey, Dirty>>]>,
+    write_mode: WriteMode,
     counters: Counters,
     prefetch_tx: mpsc::SyncSender<CacheKey>,
 }
@@ -284,29 +356,44 @@ impl CacheManager {
             l3_dir: None,
             l3_capacity_bytes: u64::MAX,
             source: None,
+            write_mode: WriteMode::Through,
         }
     }
 
-    /// Stores `bytes` under `key`: durable in L3 when this returns, and kept in L2 when it fits.
+    /// Stores `bytes` under `key`. Write-through: durable in L3 when this returns, and kept in L2
+    /// when it fits. Write-back: kept in L2 as dirty (or written through when it cannot be).
     /// Returns the new value (its version rises with every put of the key).
     pub fn put(&self, key: impl Into<CacheKey>, bytes: &[u8]) -> Result<Value> {
         let key = key.into();
-        // The whole put holds the key's stripe: the memory tiers drop their copies before L3
-        // moves on, and every fill checks L3 under the same stripe, so L1 and L2 only ever hold
-        // L3's current version and no reader sees a new value and then an old one.
-        let _stripe = self.inner.stripe(&key);
-        if let Some(l1) = &self.inner.l1 {
-            l1.tier.remove(&key);
-        }
-        if let Some(l2) = &self.inner.l2 {
-            l2.remove(&key);
-        }
-        let meta = self.inner.l3.store_file(key.dataset(), key.path(), bytes)?;
-        // A put's value has no other copy: L3 must never evict it.
-        lock(&self.inner.refetchable).remove(&key);
-        let value = Value::new(bytes.to_vec(), meta.version);
-        self.inner.fill_l2_at(&key, &value, &meta);
+        let (value, victims) = {
+            // The whole put holds the key's stripe: the memory tiers drop their copies before
+            // the key's newest version moves on, and every fill checks that version under the
+            // same stripe, so L1 and L2 only ever hold it and no reader sees a new value and then
+            // an old one.
+            let mut stripe = self.inner.stripe(&key);
+            if let Some(l1) = &self.inner.l1 {
+                l1.tier.remove(&key);
+            }
+            if let Some(l2) = &self.inner.l2 {
+                l2.remove(&key);
+            }
+            let written_back = match self.inner.write_mode {
+                WriteMode::Back => self.inner.put_dirty(&mut stripe, &key, bytes)?,
+                WriteMode::Through => None,
+            };
+            match written_back {
+                Some(put) => put,
+                None => self.inner.put_through(&mut stripe, &key, bytes)?,
+            }
+        };
+        self.inner.write_back_victims(victims);
         Ok(value)
+    }
+
+    /// Writes every dirty value to L3 (write-back mode); the values stay in L2. Returns the first
+    /// error after trying them all; those that failed stay dirty.
+    pub fn flush(&self) -> Result<()> {
+        self.inner.flush()
     }
 
     /// The value of `key` from the fastest tier that holds it, or from the source; `None` when
@@ -330,8 +417,11 @@ impl CacheManager {
                 .bytes_from_l1
                 .fetch_add(bytes.len() as u64, Ordering::Relaxed);
             let value = Value::new(bytes, on_device.version);
-            let _stripe = self.inner.stripe(&key);
-            self.inner.fill_l2(&key, &value);
+            let victims = {
+                let stripe = self.inner.stripe(&key);
+                self.inner.fill_l2(&stripe, &key, &value)?
+            };
+            self.inner.write_back_victims(victims.unwrap_or_default());
             return Ok(Some(value));
         }
         self.inner.load(&key)
@@ -364,23 +454,25 @@ impl CacheManager {
         self.inner.fill_l1(&key, &value)
     }
 
-    /// True when L2 or L3 holds `key` (the source is not asked).
+    /// True when L2, the dirty values or L3 hold `key` (the source is not asked).
     pub fn contains(&self, key: impl Into<CacheKey>) -> bool {
         let key = key.into();
         self.inner.l2.as_ref().is_some_and(|l2| l2.contains(&key))
+            || self.inner.stripe(&key).contains_key(&key)
             || self.inner.l3.has_file_by_path(key.dataset(), key.path())
     }
 
     /// Removes `key` from every tier; returns whether any held it.
     pub fn remove(&self, key: impl Into<CacheKey>) -> Result<bool> {
         let key = key.into();
-        let _stripe = self.inner.stripe(&key);
+        let mut stripe = self.inner.stripe(&key);
         let in_l1 = self
             .inner
             .l1
             .as_ref()
             .and_then(|l1| l1.tier.remove(&key))
             .is_some();
+        let dirty = self.inner.forget_dirty(&mut stripe, &key).is_some();
         let in_l2 = self
             .inner
             .l2
@@ -389,7 +481,7 @@ impl CacheManager {
             .is_some();
         let in_l3 = self.inner.l3.remove(key.dataset(), key.path())?;
         lock(&self.inner.refetchable).remove(&key);
-        Ok(in_l1 || in_l2 || in_l3)
+        Ok(in_l1 || in_l2 || dirty || in_l3)
     }
 
     /// Pins `key` in every tier that holds it (never evicted); returns whether any holds it.
@@ -403,7 +495,11 @@ impl CacheManager {
     }
 
     fn set_pinned(&self, key: CacheKey, pinned: bool) -> Result<bool> {
-        let _stripe = self.inner.stripe(&key);
+        let mut stripe = self.inner.stripe(&key);
+        let dirty = stripe
+            .get_mut(&key)
+            .map(|dirty| dirty.pinned = pinned)
+            .is_some();
         let in_l1 = self
             .inner
             .l1
@@ -419,7 +515,7 @@ impl CacheManager {
         } else {
             self.inner.l3.unpin(key.dataset(), key.path())?
         };
-        Ok(in_l1 || in_l2 || in_l3)
+        Ok(in_l1 || in_l2 || dirty || in_l3)
     }
 
     /// Asks for `keys` to be loaded into L2 in the background (the hook the access-pattern router
@@ -478,6 +574,11 @@ impl CacheManager {
             demotions_from_l1: counters.demotions_from_l1.load(Ordering::Relaxed),
             bytes_from_l1: counters.bytes_from_l1.load(Ordering::Relaxed),
             prefetch_dropped: counters.prefetch_dropped.load(Ordering::Relaxed),
+            dirty_entries: counters.dirty_entries.load(Ordering::Relaxed),
+            dirty_bytes: counters.dirty_bytes.load(Ordering::Relaxed),
+            write_backs: counters.write_backs.load(Ordering::Relaxed),
+            bytes_written_back: counters.bytes_written_back.load(Ordering::Relaxed),
+            write_back_failures: counters.write_back_failures.load(Ordering::Relaxed),
             l1_hit_rate: l1.hit_rate_percent(),
             l2_hit_rate: l2.hit_rate_percent(),
             l3_hit_rate: l3.hit_rate_percent(),
@@ -491,27 +592,207 @@ impl CacheManager {
 }
 
 impl Inner {
-    fn stripe(&self, key: &CacheKey) -> MutexGuard<'_, ()> {
+    fn stripe(&self, key: &CacheKey) -> Stripe<'_> {
         let hash = foldhash::fast::FixedState::default().hash_one(key);
         lock(&self.stripes[hash as usize % self.stripes.len()])
     }
 
-    /// Puts `value` in L2 unless L3 has moved on (a newer put, or a remove) or L2 holds a newer
-    /// value. Called with the key's stripe held.
-    fn fill_l2(&self, key: &CacheKey, value: &Value) -> bool {
-        match self.l3.meta(key.dataset(), key.path()).ok().flatten() {
-            Some(current) if current.version == value.version() => {
-                self.fill_l2_at(key, value, &current)
+    /// The key's newest version: its dirty value, else L3's file. Called with its stripe held.
+    fn current(&self, stripe: &Stripe<'_>, key: &CacheKey) -> Result<Option<Current>> {
+        if let Some(dirty) = stripe.get(key) {
+            return Ok(Some(Current {
+                version: dirty.value.version(),
+                pinned: dirty.pinned,
+            }));
+        }
+        Ok(self
+            .l3
+            .meta(key.dataset(), key.path())?
+            .map(|meta| Current {
+                version: meta.version,
+                pinned: meta.pinned,
+            }))
+    }
+
+    /// True while `version` is the key's newest. Puts keep L1 in step under the key's stripe;
+    /// this check on L1 hits is a second line of defence, cheap beside a device copy.
+    fn is_current(&self, key: &CacheKey, version: u64) -> Result<bool> {
+        let stripe = self.stripe(key);
+        Ok(self
+            .current(&stripe, key)?
+            .is_some_and(|current| current.version == version))
+    }
+
+    /// A write-through put: publishes to L3, then keeps the value in L2. A dirty value of the
+    /// key is superseded only once L3 holds the new one (it stays readable if the publish fails).
+    fn put_through(
+        &self,
+        stripe: &mut Stripe<'_>,
+        key: &CacheKey,
+        bytes: &[u8],
+    ) -> Result<(Value, Victims)> {
+        let dirty_pinned = stripe.get(key).is_some_and(|dirty| dirty.pinned);
+        let mut meta = self.l3.store_file(key.dataset(), key.path(), bytes)?;
+        self.forget_dirty(stripe, key);
+        if dirty_pinned && !meta.pinned {
+            self.l3.pin(key.dataset(), key.path())?;
+            meta.pinned = true;
+        }
+        // A put's value has no other copy: L3 must never evict it.
+        lock(&self.refetchable).remove(key);
+        let value = Value::new(bytes.to_vec(), meta.version);
+        let current = Current {
+            version: meta.version,
+            pinned: meta.pinned,
+        };
+        let victims = self.fill_l2_at(key, &value, current).unwrap_or_default();
+        Ok((value, victims))
+    }
+
+    /// A write-back put: keeps the value in L2 and records it as dirty, at a version reserved in
+    /// L3. `None` when it cannot stay in memory alone (no L2, too large, L2 full of pinned values,
+    /// or the dirty bytes would pass twice L2's capacity): the caller writes it through.
+    fn put_dirty(
+        &self,
+        stripe: &mut Stripe<'_>,
+        key: &CacheKey,
+        bytes: &[u8],
+    ) -> Result<Option<(Value, Victims)>> {
+        let Some(l2) = &self.l2 else { return Ok(None) };
+        let size_bytes = bytes.len() as u64;
+        let replaced_bytes = stripe.get(key).map_or(0, |dirty| dirty.value.len() as u64);
+        let dirty_bytes =
+            (self.counters.dirty_bytes.load(Ordering::Relaxed)).saturating_sub(replaced_bytes);
+        // Dirty values in L2 take at most its capacity; those outside it (being written back, or
+        // whose write-back failed) may take as much again, and no more.
+        if size_bytes > l2.capacity_bytes()
+            || dirty_bytes + size_bytes > l2.capacity_bytes().saturating_mul(2)
+        {
+            return Ok(None);
+        }
+        let pinned = self.current(stripe, key)?.is_some_and(|c| c.pinned);
+        let version = self.l3.reserve_version();
+        let value = Value::new(bytes.to_vec(), version);
+        let evicted =
+            match l2.insert_unless(key.clone(), value.clone(), size_bytes, pinned, |held| {
+                held.version() >= version
+            }) {
+                Inserted::Stored { evicted } => evicted,
+                Inserted::Refused(_) => return Ok(None),
+            };
+        self.forget_dirty(stripe, key);
+        stripe.insert(
+            key.clone(),
+            Dirty {
+                value: value.clone(),
+                pinned,
+            },
+        );
+        self.counters.dirty_entries.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .dirty_bytes
+            .fetch_add(size_bytes, Ordering::Relaxed);
+        Ok(Some((value, evicted)))
+    }
+
+    /// Drops the key's dirty value (superseded or removed); returns it.
+    fn forget_dirty(&self, stripe: &mut Stripe<'_>, key: &CacheKey) -> Option<Dirty> {
+        let dirty = stripe.remove(key)?;
+        self.counters.dirty_entries.fetch_sub(1, Ordering::Relaxed);
+        self.counters
+            .dirty_bytes
+            .fetch_sub(dirty.value.len() as u64, Ordering::Relaxed);
+        Some(dirty)
+    }
+
+    /// Publishes the key's dirty value to L3 at its version; it stays dirty if that fails.
+    fn publish_dirty(&self, stripe: &mut Stripe<'_>, key: &CacheKey) -> Result<()> {
+        let Some(dirty) = stripe.get(key).cloned() else {
+            return Ok(());
+        };
+        let meta = self.l3.store_file_as(
+            key.dataset(),
+            key.path(),
+            dirty.value.bytes(),
+            dirty.value.version(),
+        )?;
+        if dirty.pinned && !meta.pinned {
+            self.l3.pin(key.dataset(), key.path())?;
+        }
+        lock(&self.refetchable).remove(key);
+        self.forget_dirty(stripe, key);
+        self.counters.write_backs.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .bytes_written_back
+            .fetch_add(dirty.value.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Writes L2 victims that are dirty to L3, each under its own stripe (taken after the
+    /// evicting key's stripe is released: holding both could deadlock). Until then a victim
+    /// stays readable from its stripe map. A failure is logged and counted; the value stays dirty.
+    fn write_back_victims(&self, victims: Victims) {
+        if self.write_mode == WriteMode::Through {
+            return;
+        }
+        for (key, value, _) in victims {
+            let mut stripe = self.stripe(&key);
+            // A newer put of the key is in L2 (dirty or not): nothing to write.
+            if stripe
+                .get(&key)
+                .is_none_or(|dirty| dirty.value.version() != value.version())
+            {
+                continue;
             }
-            _ => false,
+            if let Err(err) = self.publish_dirty(&mut stripe, &key) {
+                self.counters
+                    .write_back_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(key = %key, error = %err, "write-back to L3 failed; the value stays dirty in memory");
+            }
         }
     }
 
-    /// [`Inner::fill_l2`] when the caller already holds L3's current metadata (a put, which got
-    /// it from the publish and holds the stripe).
-    fn fill_l2_at(&self, key: &CacheKey, value: &Value, current: &vbus_store::FileMeta) -> bool {
-        let Some(l2) = &self.l2 else { return false };
-        // Victims need no demotion: every value in L2 is also in L3. Pins live in L3.
+    /// Writes every dirty value, stripe by stripe. (Several threads were tried: on this 2-core
+    /// machine they were slower, the BLAKE3 hashing competing for the cores.)
+    fn flush(&self) -> Result<()> {
+        let mut first_err = None;
+        for stripe in self.stripes.iter() {
+            let mut stripe = lock(stripe);
+            let keys: Vec<CacheKey> = stripe.keys().cloned().collect();
+            for key in keys {
+                if let Err(err) = self.publish_dirty(&mut stripe, &key) {
+                    self.counters
+                        .write_back_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    first_err.get_or_insert(err);
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Puts `value` in L2 unless the key has moved on (a newer put, or a remove) or L2 holds a
+    /// newer value. Called with the key's stripe held. `None` when it was not stored; the victims
+    /// when it was.
+    fn fill_l2(
+        &self,
+        stripe: &Stripe<'_>,
+        key: &CacheKey,
+        value: &Value,
+    ) -> Result<Option<Victims>> {
+        Ok(match self.current(stripe, key)? {
+            Some(current) if current.version == value.version() => {
+                self.fill_l2_at(key, value, current)
+            }
+            _ => None,
+        })
+    }
+
+    /// [`Inner::fill_l2`] when the caller already knows the key's newest version (a put, which
+    /// got it from the publish and holds the stripe).
+    fn fill_l2_at(&self, key: &CacheKey, value: &Value, current: Current) -> Option<Victims> {
+        let l2 = self.l2.as_ref()?;
         let version = value.version();
         match l2.insert_unless(
             key.clone(),
@@ -520,23 +801,15 @@ impl Inner {
             current.pinned,
             |held| held.version() >= version,
         ) {
-            Inserted::Stored { .. } => true,
-            Inserted::Refused(_) => false,
+            Inserted::Stored { evicted } => Some(evicted),
+            Inserted::Refused(_) => None,
         }
     }
 
-    /// True while L3 holds `version` of `key`. Puts keep L1 in step with L3 under the key's
-    /// stripe; this check on L1 hits is a second line of defence, cheap beside a device copy.
-    fn is_current(&self, key: &CacheKey, version: u64) -> Result<bool> {
-        Ok(self
-            .l3
-            .meta(key.dataset(), key.path())?
-            .is_some_and(|meta| meta.version == version))
-    }
-
-    /// Copies `value` to the device and keeps it in L1 (unless L3 has moved on, or L1 holds this
-    /// version or a newer one). L1 victims go back to L2 when L2 lacks them; none is ever the
-    /// only copy, as L3 holds every value. Returns the device value, kept in L1 or not.
+    /// Copies `value` to the device and keeps it in L1 (unless the key has moved on, or L1 holds
+    /// this version or a newer one). L1 victims go back to L2 when L2 lacks them; none is ever
+    /// the only copy, as L3 or the dirty values hold every value. Returns the device value, kept
+    /// in L1 or not.
     fn fill_l1(&self, key: &CacheKey, value: &Value) -> Result<Arc<DeviceValue>> {
         let l1 = self.l1.as_ref().ok_or(Error::NoL1)?;
         let mut buffer = l1.device.alloc(value.len() as u64).map_err(Error::Device)?;
@@ -554,9 +827,11 @@ impl Inner {
             version: value.version(),
         });
         let victims = {
-            let _stripe = self.stripe(key);
-            let current = self.l3.meta(key.dataset(), key.path())?;
-            let Some(current) = current.filter(|meta| meta.version == value.version()) else {
+            let stripe = self.stripe(key);
+            let Some(current) = self
+                .current(&stripe, key)?
+                .filter(|current| current.version == value.version())
+            else {
                 return Ok(on_device);
             };
             let version = value.version();
@@ -574,45 +849,47 @@ impl Inner {
         // Each victim under its own stripe, after this key's is released (taking both at once
         // could deadlock with a fill of the victim's key).
         for (victim, victim_value, _) in victims {
-            self.demote_from_l1(l1, &victim, &victim_value)?;
+            let l2_victims = self.demote_from_l1(l1, &victim, &victim_value)?;
+            self.write_back_victims(l2_victims);
         }
         Ok(on_device)
     }
 
-    /// Copies an L1 victim into L2 when L2 lacks it and L3 still holds its version (so a demotion
-    /// never brings back a value older than a completed put). Takes the victim's stripe.
-    fn demote_from_l1(&self, l1: &L1, key: &CacheKey, on_device: &DeviceValue) -> Result<()> {
-        let Some(l2) = &self.l2 else { return Ok(()) };
+    /// Copies an L1 victim into L2 when L2 lacks it and it is still the key's newest version (so
+    /// a demotion never brings back a value older than a completed put). Takes the victim's
+    /// stripe; returns L2's victims.
+    fn demote_from_l1(&self, l1: &L1, key: &CacheKey, on_device: &DeviceValue) -> Result<Victims> {
+        let Some(l2) = &self.l2 else {
+            return Ok(Vec::new());
+        };
         if l2.contains(key) || on_device.buffer.len() > l2.capacity_bytes() {
-            return Ok(());
+            return Ok(Vec::new());
         }
-        let _stripe = self.stripe(key);
-        let current = self.l3.meta(key.dataset(), key.path())?;
-        let Some(current) = current.filter(|meta| meta.version == on_device.version) else {
-            return Ok(());
+        let stripe = self.stripe(key);
+        let Some(current) = self
+            .current(&stripe, key)?
+            .filter(|current| current.version == on_device.version)
+        else {
+            return Ok(Vec::new());
         };
         let mut bytes = vec![0u8; on_device.buffer.len() as usize];
         l1.device
             .download(&on_device.buffer, 0, &mut bytes)
             .map_err(Error::Device)?;
         let value = Value::new(bytes, on_device.version);
-        let (version, size_bytes) = (value.version(), value.len() as u64);
-        if let Inserted::Stored { .. } =
-            l2.insert_unless(key.clone(), value, size_bytes, current.pinned, |held| {
-                held.version() >= version
-            })
-        {
-            self.counters
-                .demotions_from_l1
-                .fetch_add(1, Ordering::Relaxed);
-            self.counters
-                .bytes_from_l1
-                .fetch_add(size_bytes, Ordering::Relaxed);
-        }
-        Ok(())
+        let Some(victims) = self.fill_l2_at(key, &value, current) else {
+            return Ok(Vec::new());
+        };
+        self.counters
+            .demotions_from_l1
+            .fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .bytes_from_l1
+            .fetch_add(value.len() as u64, Ordering::Relaxed);
+        Ok(victims)
     }
 
-    /// Loads `key` from L3 or the source, once for all concurrent callers.
+    /// Loads `key` from the dirty values, L3 or the source, once for all concurrent callers.
     fn load(&self, key: &CacheKey) -> Result<Option<Value>> {
         for _ in 0..SHARED_LOAD_ATTEMPTS_MAX {
             let (load, leader) = {
@@ -651,10 +928,16 @@ impl Inner {
                 message,
             })?;
             // The load may have read L3 before this get began: use its outcome only if it still
-            // describes L3, else load again (a get never answers older than what preceded it).
-            let still_current = match &shared {
-                Some(value) => self.is_current(key, value.version())?,
-                None => !self.l3.has_file_by_path(key.dataset(), key.path()),
+            // describes the key, else load again (a get never answers older than what preceded
+            // it).
+            let current = {
+                let stripe = self.stripe(key);
+                self.current(&stripe, key)?
+            };
+            let still_current = match (&shared, current) {
+                (Some(value), Some(current)) => value.version() == current.version,
+                (None, None) => true,
+                _ => false,
             };
             if still_current {
                 return Ok(shared);
@@ -664,15 +947,23 @@ impl Inner {
     }
 
     fn load_uncached(&self, key: &CacheKey) -> Result<Option<Value>> {
+        // A dirty value L2 evicted and a write-back has not finished with.
+        if let Some(dirty) = self.stripe(key).get(key) {
+            return Ok(Some(dirty.value.clone()));
+        }
         if let Some((bytes, meta)) = self.l3.get_file_with_meta(key.dataset(), key.path())? {
             self.counters.l3_hits.fetch_add(1, Ordering::Relaxed);
             let value = Value::new(bytes, meta.version);
-            let _stripe = self.stripe(key);
-            if self.fill_l2(key, &value) {
+            let victims = {
+                let stripe = self.stripe(key);
+                self.fill_l2(&stripe, key, &value)?
+            };
+            if let Some(victims) = victims {
                 self.counters.promotions.fetch_add(1, Ordering::Relaxed);
                 self.counters
                     .bytes_l3_to_l2
                     .fetch_add(value.len() as u64, Ordering::Relaxed);
+                self.write_back_victims(victims);
             }
             return Ok(Some(value));
         }
@@ -690,20 +981,36 @@ impl Inner {
             return Ok(None);
         };
         self.counters.source_fetches.fetch_add(1, Ordering::Relaxed);
-        let _stripe = self.stripe(key);
-        // A put that landed meanwhile wins: keep its value.
-        if self.l3.has_file_by_path(key.dataset(), key.path()) {
-            drop(_stripe);
-            return Ok(self
-                .l3
-                .get_file_with_meta(key.dataset(), key.path())?
-                .map(|(bytes, meta)| Value::new(bytes, meta.version)));
-        }
-        let meta = self.l3.store_file(key.dataset(), key.path(), &bytes)?;
-        lock(&self.refetchable).insert(key.clone());
-        let value = Value::new(bytes, meta.version);
-        self.fill_l2(key, &value);
+        let (value, victims) = {
+            let stripe = self.stripe(key);
+            // A put that landed meanwhile wins: keep its value.
+            if let Some(dirty) = stripe.get(key) {
+                return Ok(Some(dirty.value.clone()));
+            }
+            if self.l3.has_file_by_path(key.dataset(), key.path()) {
+                drop(stripe);
+                return Ok(self
+                    .l3
+                    .get_file_with_meta(key.dataset(), key.path())?
+                    .map(|(bytes, meta)| Value::new(bytes, meta.version)));
+            }
+            let meta = self.l3.store_file(key.dataset(), key.path(), &bytes)?;
+            lock(&self.refetchable).insert(key.clone());
+            let value = Value::new(bytes, meta.version);
+            let victims = self.fill_l2(&stripe, key, &value)?;
+            (value, victims)
+        };
+        self.write_back_victims(victims.unwrap_or_default());
         Ok(Some(value))
+    }
+}
+
+impl Drop for Inner {
+    /// Dirty values reach L3 when the last handle goes.
+    fn drop(&mut self) {
+        if let Err(err) = self.flush() {
+            tracing::error!(error = %err, "write-back at close failed; dirty values were lost");
+        }
     }
 }
 

@@ -227,12 +227,15 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
         let mut evicted = Vec::new();
         while shard.used_bytes + size_bytes > shard.capacity_bytes {
             let entries = &shard.entries;
+            // Without pins the policy's choice stands: no entry is looked at.
+            let any_pinned = shard.pinned_bytes > 0;
             let victim = shard
                 .policy
                 .evict(&mut |slot| {
-                    entries[slot as usize]
-                        .as_ref()
-                        .is_some_and(|entry| entry.pinned)
+                    any_pinned
+                        && entries[slot as usize]
+                            .as_ref()
+                            .is_some_and(|entry| entry.pinned)
                 })
                 .expect("can_make_room found enough unpinned bytes");
             let entry = shard.take_slot(victim);

@@ -59,6 +59,20 @@ pub enum Error {
         /// The store's capacity.
         capacity_bytes: u64,
     },
+    /// A publish at a reserved version found that version or a newer one already published.
+    #[error(
+        "{dataset}/{path}: cannot publish version {version}, the store holds version {held_version}"
+    )]
+    StaleVersion {
+        /// The dataset.
+        dataset: String,
+        /// The path inside the dataset.
+        path: String,
+        /// The version asked for.
+        version: u64,
+        /// The version the store holds.
+        held_version: u64,
+    },
     /// The file is not in the store.
     #[error("{dataset}/{path} is not in the store")]
     NotFound {

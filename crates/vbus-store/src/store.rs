@@ -353,7 +353,43 @@ impl FileStore {
 
     /// Publishes `bytes` as `dataset/path`; returns its metadata once it is durable.
     pub fn store_file(&self, dataset: &str, path: &str, bytes: &[u8]) -> Result<FileMeta> {
+        self.store_file_versioned(dataset, path, bytes, None)
+    }
+
+    /// [`FileStore::store_file`] publishing as `version`, taken earlier from
+    /// [`FileStore::reserve_version`] (a write-back cache gives a value its version when it
+    /// accepts it and publishes it later). Fails with [`Error::StaleVersion`] when the store
+    /// already holds that version of the file or a newer one.
+    pub fn store_file_as(
+        &self,
+        dataset: &str,
+        path: &str,
+        bytes: &[u8],
+        version: u64,
+    ) -> Result<FileMeta> {
+        self.store_file_versioned(dataset, path, bytes, Some(version))
+    }
+
+    /// A version no publish has used or will use by itself: every later publish without a
+    /// version gets a higher one.
+    pub fn reserve_version(&self) -> u64 {
+        let mut state = self.inner.lock();
+        let version = state.next_version;
+        state.next_version += 1;
+        version
+    }
+
+    fn store_file_versioned(
+        &self,
+        dataset: &str,
+        path: &str,
+        bytes: &[u8],
+        version: Option<u64>,
+    ) -> Result<FileMeta> {
         let mut writer = self.file_writer(dataset, path)?;
+        if let Some(version) = version {
+            writer.set_version(version);
+        }
         if bytes.len() < PARALLEL_HASH_BYTES_MIN {
             io::Write::write_all(&mut writer, bytes)
                 .map_err(Error::io("write", writer.staging_path()))?;
@@ -604,6 +640,7 @@ impl FileStore {
         final_path: &Path,
         size_bytes: u64,
         hash: [u8; 32],
+        version: Option<u64>,
     ) -> Result<FileMeta> {
         let (dataset, path) = name::split_key(key);
         if size_bytes > self.inner.capacity_bytes {
@@ -622,6 +659,17 @@ impl FileStore {
         let meta = {
             let mut state = self.inner.lock();
             let replaced_bytes = state.index.get(key).map_or(0, |entry| entry.size_bytes);
+            let held_version = state.index.get(key).map(|entry| entry.version);
+            if let (Some(version), Some(held_version)) = (version, held_version)
+                && held_version >= version
+            {
+                return Err(Error::StaleVersion {
+                    dataset: dataset.to_owned(),
+                    path: path.to_owned(),
+                    version,
+                    held_version,
+                });
+            }
             self.inner
                 .make_room(&mut state, key, size_bytes, replaced_bytes)?;
             if let Err(err) = fs::rename(staging_path, final_path) {
@@ -633,8 +681,9 @@ impl FileStore {
                 fs::rename(staging_path, final_path).map_err(Error::io("rename", final_path))?;
             }
             let pinned = state.index.get(key).is_some_and(|entry| entry.pinned);
+            let version = version.unwrap_or(state.next_version);
             let entry = Entry {
-                version: state.next_version,
+                version,
                 size_bytes,
                 hash: Some(hash),
                 inode: staged.ino(),
@@ -644,7 +693,7 @@ impl FileStore {
                 verified: true,
                 tick: 0,
             };
-            state.next_version += 1;
+            state.next_version = state.next_version.max(version + 1);
             state.journal.append(&put_record(key, &entry))?;
             let meta = FileMeta::new(key, &entry);
             state.index.insert(key, entry);

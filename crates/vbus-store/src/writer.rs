@@ -21,6 +21,8 @@ pub struct FileWriter {
     size_bytes: u64,
     /// Bytes were written without hashing; the caller supplies the hash at the commit.
     prehashed: bool,
+    /// The version to publish as, from [`FileStore::reserve_version`]; `None` takes the next.
+    version: Option<u64>,
 }
 
 impl FileWriter {
@@ -40,6 +42,7 @@ impl FileWriter {
             hasher: blake3::Hasher::new(),
             size_bytes: 0,
             prehashed: false,
+            version: None,
         })
     }
 
@@ -56,6 +59,13 @@ impl FileWriter {
     /// Where the file will be published.
     pub fn final_path(&self) -> &Path {
         &self.final_path
+    }
+
+    /// Publishes as `version`, taken earlier from [`FileStore::reserve_version`], instead of the
+    /// next version. The commit fails with [`Error::StaleVersion`] when the store already holds
+    /// this version of the file or a newer one.
+    pub fn set_version(&mut self, version: u64) {
+        self.version = Some(version);
     }
 
     /// Flushes and fsyncs the staged file, then publishes it: readers see the old version or this
@@ -98,6 +108,7 @@ impl FileWriter {
             &self.final_path,
             self.size_bytes,
             hash,
+            self.version,
         );
         // On success the staging file was renamed away; on failure `Drop` removes it.
         result

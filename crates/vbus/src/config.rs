@@ -60,6 +60,8 @@ pub struct CacheHierarchy {
     /// L3, complete files on disk. Default: enabled, 10240 MiB, `lru`.
     #[serde(rename = "L3_DISK")]
     pub l3_disk: TierConfig,
+    /// When a put reaches L3. Default `write_through`.
+    pub write_mode: WriteMode,
 }
 
 impl Default for CacheHierarchy {
@@ -68,8 +70,21 @@ impl Default for CacheHierarchy {
             l1_vram: TierConfig::with_size_mb(1024),
             l2_ram: TierConfig::with_size_mb(4096),
             l3_disk: TierConfig::with_size_mb(10_240),
+            write_mode: WriteMode::WriteThrough,
         }
     }
+}
+
+/// When a put reaches L3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum WriteMode {
+    /// Durable in L3 before the put is acknowledged (the default).
+    #[default]
+    WriteThrough,
+    /// Kept in RAM and written to L3 when L2 evicts it, on a flush, or at shutdown; lost if the
+    /// process is killed first.
+    WriteBack,
 }
 
 /// `cache_hierarchy` as written: every key optional.
@@ -82,6 +97,7 @@ struct CacheHierarchyPatch {
     l2_ram: TierPatch,
     #[serde(rename = "L3_DISK")]
     l3_disk: TierPatch,
+    write_mode: Option<WriteMode>,
 }
 
 #[derive(Deserialize, Default)]
@@ -109,6 +125,7 @@ impl From<CacheHierarchyPatch> for CacheHierarchy {
             l1_vram: patch.l1_vram.over(default.l1_vram),
             l2_ram: patch.l2_ram.over(default.l2_ram),
             l3_disk: patch.l3_disk.over(default.l3_disk),
+            write_mode: patch.write_mode.unwrap_or(default.write_mode),
         }
     }
 }
@@ -601,6 +618,13 @@ mod tests {
         assert_eq!(tiers.l2_ram.eviction_policy, EvictionPolicy::Sieve);
         assert_eq!(tiers.l2_ram.max_size_mb, defaults.l2_ram.max_size_mb);
         assert_eq!(tiers.l3_disk, defaults.l3_disk);
+        assert_eq!(tiers.write_mode, WriteMode::WriteThrough);
+        let text = r#"{"cache_hierarchy": {"write_mode": "write_back"}}"#;
+        let tiers = Config::from_json_str(text, "<input>")
+            .unwrap()
+            .cache_hierarchy;
+        assert_eq!(tiers.write_mode, WriteMode::WriteBack);
+        assert_eq!(tiers.l2_ram, defaults.l2_ram);
     }
 
     #[test]
@@ -642,6 +666,11 @@ mod tests {
             r#"{"cache_hierarchy": {"L1_VRAM": {"max_size_mb": 10, "eviction_policy": "fifo"}}}"#,
             "cache_hierarchy.L1_VRAM.eviction_policy",
             "`fifo`, expected one of `lru`, `s3fifo`, `sieve`",
+        );
+        check(
+            r#"{"cache_hierarchy": {"write_mode": "write_around"}}"#,
+            "cache_hierarchy.write_mode",
+            "`write_around`, expected `write_through` or `write_back`",
         );
         check(
             r#"{"cache_hierarchy": {"L2_RAM": {"max_size_mb": 0}}}"#,

@@ -75,11 +75,17 @@ async fn serve(state: Arc<AppState>, listen_addr: std::net::SocketAddr) -> anyho
         "vbus {} started", env!("CARGO_PKG_VERSION")
     );
     tracing::info!("listening on http://{local_addr}");
-    axum::serve(listener, router(state))
+    axum::serve(listener, router(Arc::clone(&state)))
         .with_graceful_shutdown(signals.recv())
         .await
         .context("the HTTP server failed")?;
-    tracing::info!("stopped cleanly");
+    let dirty = state.tiers.cache.get_stats().dirty_entries;
+    state
+        .tiers
+        .cache
+        .flush()
+        .context("cannot write the write-back values to L3")?;
+    tracing::info!(written_back = dirty, "stopped cleanly");
     Ok(())
 }
 
@@ -144,7 +150,12 @@ async fn stats(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
             "demotions_from_l1": cache.demotions_from_l1,
             "bytes_from_l1": cache.bytes_from_l1,
             "source_fetches": cache.source_fetches,
+            "write_backs": cache.write_backs,
+            "bytes_written_back": cache.bytes_written_back,
+            "write_back_failures": cache.write_back_failures,
         },
+        "write_mode": tiers.write_mode,
+        "dirty": { "entries": cache.dirty_entries, "bytes": cache.dirty_bytes },
         "process": { "rss_bytes": rss_bytes() },
     }))
 }

@@ -2,10 +2,10 @@
 //! L2 in RAM, L3 at `CACHE/L3_DISK`, under one `CacheManager`.
 
 use anyhow::Context as _;
-use vbus_cache::{CacheManager, PolicyKind};
+use vbus_cache::{CacheManager, PolicyKind, WriteMode as CacheWriteMode};
 use vbus_gpu::{BackendChoice, BackendKind, Device, DeviceOptions};
 
-use crate::config::{Config, EvictionPolicy, GpuBackend};
+use crate::config::{Config, EvictionPolicy, GpuBackend, WriteMode};
 use crate::home::Home;
 
 /// Page-locked host memory the device may use for staging and host buffers.
@@ -45,7 +45,11 @@ pub fn open(home: &Home, config: &Config) -> anyhow::Result<Tiers> {
         } else {
             0
         })
-        .l2_policy(policy_kind(hierarchy.l2_ram.eviction_policy));
+        .l2_policy(policy_kind(hierarchy.l2_ram.eviction_policy))
+        .write_mode(match hierarchy.write_mode {
+            WriteMode::WriteThrough => CacheWriteMode::Through,
+            WriteMode::WriteBack => CacheWriteMode::Back,
+        });
     let mut l1_backend = None;
     if hierarchy.l1_vram.enabled {
         let backend = match config.gpu.backend {

@@ -45,6 +45,7 @@ impl SlotList {
         self.links.capacity() * std::mem::size_of::<Link>()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

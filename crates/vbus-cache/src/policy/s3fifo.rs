@@ -3,8 +3,6 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use super::SlotList;
-
 /// Share of the capacity, in bytes, the small queue holds before it gives way (10%).
 const SMALL_SHARE: f64 = 0.10;
 /// The access counter saturates here.
@@ -20,40 +18,56 @@ enum Queue {
     Main,
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Default)]
 struct SlotState {
+    /// Hits since the last pass, bumped under a shared lock, so atomic (a lost race loses one
+    /// count). Beside the rest of the slot's state: one cache line per slot on every path.
+    freq: AtomicU8,
     queue: Queue,
+    /// Bumped at every insert into the slot: queue positions of an earlier occupant go stale.
+    stamp: u32,
     size_bytes: u64,
     key_hash: u64,
 }
+
+/// A queue position: the slot and its stamp when it was queued.
+type Position = (u32, u32);
 
 /// New keys enter the small queue; keys seen recently in the ghost queue enter main. Eviction
 /// takes from small while it holds more than 10% of the bytes: an entry hit twice or more there
 /// moves to main, the others leave and their hashes go to the ghost queue. In main, an entry hit
 /// since its last pass is reinserted with one hit fewer; the others leave.
+///
+/// The queues are rings of positions, read and written in order (no pointer chasing); a removed
+/// entry is left in its ring and skipped when it comes up, and a ring holding more stale
+/// positions than live ones is compacted.
 #[derive(Debug)]
 pub struct S3Fifo {
-    small: SlotList,
-    main: SlotList,
+    small: VecDeque<Position>,
+    main: VecDeque<Position>,
+    small_len: usize,
+    main_len: usize,
     small_target_bytes: u64,
     small_bytes: u64,
     slots: Vec<SlotState>,
-    /// Hit counters, bumped under a shared lock, so atomic (a lost race loses one count).
-    freq: Vec<AtomicU8>,
     ghost: VecDeque<(u64, u64)>,
     ghost_index: HashMap<u64, u64, foldhash::fast::FixedState>,
     ghost_seq: u64,
 }
 
+/// Stale positions a ring may hold beyond its live ones before it is compacted.
+const STALE_SLACK: usize = 64;
+
 impl S3Fifo {
     pub(crate) fn new(capacity_bytes: u64) -> Self {
         Self {
-            small: SlotList::new(),
-            main: SlotList::new(),
+            small: VecDeque::new(),
+            main: VecDeque::new(),
+            small_len: 0,
+            main_len: 0,
             small_target_bytes: ((capacity_bytes as f64) * SMALL_SHARE) as u64,
             small_bytes: 0,
             slots: Vec::new(),
-            freq: Vec::new(),
             ghost: VecDeque::new(),
             ghost_index: HashMap::with_hasher(foldhash::fast::FixedState::default()),
             ghost_seq: 0,
@@ -63,31 +77,35 @@ impl S3Fifo {
     pub(crate) fn insert(&mut self, slot: u32, key_hash: u64, size_bytes: u64) {
         let idx = slot as usize;
         if self.slots.len() <= idx {
-            self.slots.resize(idx + 1, SlotState::default());
-            self.freq.resize_with(idx + 1, || AtomicU8::new(0));
+            self.slots.resize_with(idx + 1, SlotState::default);
         }
-        self.freq[idx].store(0, Ordering::Relaxed);
         let returning = self.ghost_index.remove(&key_hash).is_some();
         let queue = if returning { Queue::Main } else { Queue::Small };
-        self.slots[idx] = SlotState {
-            queue,
-            size_bytes,
-            key_hash,
-        };
+        let state = &mut self.slots[idx];
+        state.freq.store(0, Ordering::Relaxed);
+        state.queue = queue;
+        state.stamp = state.stamp.wrapping_add(1);
+        state.size_bytes = size_bytes;
+        state.key_hash = key_hash;
+        let position = (slot, state.stamp);
         match queue {
-            Queue::Main => self.main.push_head(slot),
+            Queue::Main => {
+                self.main.push_back(position);
+                self.main_len += 1;
+            }
             _ => {
-                self.small.push_head(slot);
+                self.small.push_back(position);
+                self.small_len += 1;
                 self.small_bytes += size_bytes;
             }
         }
     }
 
     pub(crate) fn access(&self, slot: u32) {
-        if let Some(freq) = self.freq.get(slot as usize) {
-            let seen = freq.load(Ordering::Relaxed);
+        if let Some(state) = self.slots.get(slot as usize) {
+            let seen = state.freq.load(Ordering::Relaxed);
             if seen < FREQ_MAX {
-                freq.store(seen + 1, Ordering::Relaxed);
+                state.freq.store(seen + 1, Ordering::Relaxed);
             }
         }
     }
@@ -98,15 +116,41 @@ impl S3Fifo {
         };
         match state.queue {
             Queue::Small => {
-                self.small.unlink(slot);
+                self.small_len -= 1;
                 self.small_bytes -= state.size_bytes;
             }
-            Queue::Main => {
-                self.main.unlink(slot);
-            }
-            Queue::None => {}
+            Queue::Main => self.main_len -= 1,
+            Queue::None => return,
         }
         state.queue = Queue::None;
+        let slots = &self.slots;
+        for (ring, live, queue) in [
+            (&mut self.small, self.small_len, Queue::Small),
+            (&mut self.main, self.main_len, Queue::Main),
+        ] {
+            if ring.len() > 2 * live + STALE_SLACK {
+                ring.retain(|&position| is_live(slots, position, queue));
+            }
+        }
+    }
+
+    /// The oldest live position of a ring, taken out of it.
+    fn pop_live(&mut self, queue: Queue) -> Option<u32> {
+        let ring = match queue {
+            Queue::Small => &mut self.small,
+            _ => &mut self.main,
+        };
+        while let Some(position) = ring.pop_front() {
+            if is_live(&self.slots, position, queue) {
+                return Some(position.0);
+            }
+        }
+        None
+    }
+
+    fn requeue_main(&mut self, slot: u32) {
+        let stamp = self.slots[slot as usize].stamp;
+        self.main.push_back((slot, stamp));
     }
 
     pub(crate) fn evict(&mut self, keep: &mut dyn FnMut(u32) -> bool) -> Option<u32> {
@@ -118,44 +162,50 @@ impl S3Fifo {
         let mut main_kept_run = 0usize;
         let mut force_small = false;
         for _ in 0..bound {
-            let from_small = !self.small.is_empty()
+            let from_small = self.small_len > 0
                 && (force_small
                     || self.small_bytes > self.small_target_bytes
-                    || self.main.is_empty());
+                    || self.main_len == 0);
             if from_small {
-                let slot = self.small.tail()?;
-                let state = self.slots[slot as usize];
-                self.small.unlink(slot);
+                let slot = self.pop_live(Queue::Small)?;
+                self.small_len -= 1;
+                let state = &mut self.slots[slot as usize];
                 self.small_bytes -= state.size_bytes;
-                if self.freq[slot as usize].load(Ordering::Relaxed) > 1 || keep(slot) {
-                    self.slots[slot as usize].queue = Queue::Main;
-                    self.freq[slot as usize].store(0, Ordering::Relaxed);
-                    self.main.push_head(slot);
+                if state.freq.load(Ordering::Relaxed) > 1 || keep(slot) {
+                    let state = &mut self.slots[slot as usize];
+                    state.queue = Queue::Main;
+                    state.freq.store(0, Ordering::Relaxed);
+                    self.requeue_main(slot);
+                    self.main_len += 1;
                     continue;
                 }
-                self.slots[slot as usize].queue = Queue::None;
-                self.remember(state.key_hash);
+                let state = &mut self.slots[slot as usize];
+                state.queue = Queue::None;
+                let key_hash = state.key_hash;
+                self.remember(key_hash);
                 return Some(slot);
             }
-            let slot = self.main.tail()?;
-            let freq = self.freq[slot as usize].load(Ordering::Relaxed);
+            let slot = self.pop_live(Queue::Main)?;
+            let freq = self.slots[slot as usize].freq.load(Ordering::Relaxed);
             if freq > 0 {
-                self.freq[slot as usize].store(freq - 1, Ordering::Relaxed);
-                self.main.move_to_head(slot);
+                self.slots[slot as usize]
+                    .freq
+                    .store(freq - 1, Ordering::Relaxed);
+                self.requeue_main(slot);
                 continue;
             }
             if keep(slot) {
-                self.main.move_to_head(slot);
+                self.requeue_main(slot);
                 main_kept_run += 1;
-                if main_kept_run > self.main.len() {
-                    if self.small.is_empty() {
+                if main_kept_run > self.main_len {
+                    if self.small_len == 0 {
                         return None;
                     }
                     force_small = true;
                 }
                 continue;
             }
-            self.main.unlink(slot);
+            self.main_len -= 1;
             self.slots[slot as usize].queue = Queue::None;
             return Some(slot);
         }
@@ -178,16 +228,21 @@ impl S3Fifo {
     }
 
     pub(crate) fn index_bytes(&self) -> usize {
-        self.small.index_bytes()
-            + self.main.index_bytes()
+        (self.small.capacity() + self.main.capacity()) * std::mem::size_of::<Position>()
             + self.slots.capacity() * std::mem::size_of::<SlotState>()
-            + self.freq.capacity()
             + self.ghost.capacity() * std::mem::size_of::<(u64, u64)>()
             // A hash map entry: key, value and one control byte.
             + self.ghost_index.capacity() * (std::mem::size_of::<(u64, u64)>() + 1)
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.small.len() + self.main.len()
+        self.small_len + self.main_len
     }
+}
+
+/// Whether a queued position still stands for its slot's entry in that queue.
+fn is_live(slots: &[SlotState], (slot, stamp): Position, queue: Queue) -> bool {
+    slots
+        .get(slot as usize)
+        .is_some_and(|state| state.stamp == stamp && state.queue == queue)
 }

@@ -106,3 +106,33 @@ fn device_gets_need_l1() {
         .unwrap();
     assert!(matches!(cache.get_device("x"), Err(Error::NoL1)));
 }
+
+#[test]
+fn a_write_back_value_on_the_device_stays_current_once_written_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = device();
+    let cache = CacheManager::builder()
+        .l3_dir(dir.path().join("L3"))
+        .l1_device(device.clone())
+        .l1_capacity_bytes(1 << 20)
+        .write_mode(vbus_cache::WriteMode::Back)
+        .build()
+        .unwrap();
+    let placed = cache.put_device("weights", &[5u8; 3000]).unwrap();
+    assert!(!cache.store().has_file_by_path("default", "weights"));
+    cache.flush().unwrap();
+    // L3 now holds the value at the version L1 holds: the L1 buffer is still the answer.
+    assert_eq!(
+        cache
+            .store()
+            .meta("default", "weights")
+            .unwrap()
+            .unwrap()
+            .version,
+        placed.version()
+    );
+    let again = cache.get_device("weights").unwrap().unwrap();
+    assert!(std::sync::Arc::ptr_eq(&placed, &again));
+    assert_eq!(download(&device, &again), vec![5u8; 3000]);
+    assert_eq!(cache.get_stats().promotions_to_l1, 1);
+}

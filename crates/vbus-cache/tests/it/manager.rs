@@ -1,7 +1,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use vbus_cache::{CacheKey, CacheManager, DirSource, Error, PolicyKind, Source};
+use vbus_cache::{CacheKey, CacheManager, DirSource, Error, PolicyKind, Source, WriteMode};
 
 fn cache(dir: &std::path::Path) -> CacheManager {
     CacheManager::builder()
@@ -262,4 +262,136 @@ fn a_cache_without_l3_is_refused() {
     let err = CacheManager::builder().build().unwrap_err();
     assert!(matches!(err, Error::NoL3Dir), "{err}");
     assert!(err.to_string().contains("CacheBuilder::l3_dir"), "{err}");
+}
+
+fn write_back_cache(
+    dir: &std::path::Path,
+    l2_capacity_bytes: u64,
+    l3_capacity_bytes: u64,
+) -> CacheManager {
+    CacheManager::builder()
+        .l3_dir(dir.join("L3_DISK"))
+        .l2_capacity_bytes(l2_capacity_bytes)
+        .l2_shards(1)
+        .l3_capacity_bytes(l3_capacity_bytes)
+        .write_mode(WriteMode::Back)
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn write_back_keeps_puts_in_memory_until_l2_evicts_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = write_back_cache(dir.path(), 4096, u64::MAX);
+    let on_disk = |name: &str| dir.path().join("L3_DISK/default").join(name);
+    let first = cache.put("a", &[1u8; 1024]).unwrap();
+    assert!(!on_disk("a").exists(), "a write-back put touched L3");
+    assert_eq!(cache.get("a").unwrap().unwrap().bytes(), &[1u8; 1024]);
+    assert!(cache.contains("a"));
+    let stats = cache.get_stats();
+    assert_eq!((stats.dirty_entries, stats.dirty_bytes), (1, 1024));
+    assert_eq!(stats.l3.n_entries, 0);
+
+    // Four more values of 1 KiB: L2 (4 KiB) evicts `a`, which is written back at its version.
+    for name in ["b", "c", "d", "e"] {
+        cache.put(name, &[2u8; 1024]).unwrap();
+    }
+    assert_eq!(std::fs::read(on_disk("a")).unwrap(), vec![1u8; 1024]);
+    assert_eq!(
+        cache.store().meta("default", "a").unwrap().unwrap().version,
+        first.version()
+    );
+    let stats = cache.get_stats();
+    assert_eq!((stats.write_backs, stats.bytes_written_back), (1, 1024));
+    assert_eq!(stats.dirty_entries, 4);
+    // `a` now comes from L3, the same value.
+    let again = cache.get("a").unwrap().unwrap();
+    assert_eq!(
+        (again.bytes(), again.version()),
+        (&[1u8; 1024][..], first.version())
+    );
+    assert!(cache.get_stats().l3.hits >= 1);
+}
+
+#[test]
+fn write_back_values_reach_l3_on_flush_and_on_drop() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = write_back_cache(dir.path(), 1 << 20, u64::MAX);
+    cache.put("pinned", b"p").unwrap();
+    assert!(cache.pin("pinned").unwrap(), "a dirty value can be pinned");
+    cache.put("removed", b"r").unwrap();
+    assert!(cache.remove("removed").unwrap());
+    assert!(!cache.contains("removed"));
+    cache.flush().unwrap();
+    let meta = cache.store().meta("default", "pinned").unwrap().unwrap();
+    assert!(meta.pinned, "the pin reached L3 with the value");
+    assert!(!cache.store().has_file_by_path("default", "removed"));
+    assert_eq!(cache.get_stats().dirty_entries, 0);
+    // Still served from L2 after the flush.
+    let l2_hits = cache.get_stats().l2.hits;
+    assert_eq!(cache.get("pinned").unwrap().unwrap().bytes(), b"p");
+    assert_eq!(cache.get_stats().l2.hits, l2_hits + 1);
+
+    cache.put("at_drop", b"d").unwrap();
+    drop(cache);
+    let reopened = write_back_cache(dir.path(), 1 << 20, u64::MAX);
+    assert_eq!(reopened.get("at_drop").unwrap().unwrap().bytes(), b"d");
+    assert_eq!(reopened.get("pinned").unwrap().unwrap().bytes(), b"p");
+}
+
+#[test]
+fn a_failed_write_back_keeps_the_value_dirty_and_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    // L3 holds one 1000-byte value, L2 many.
+    let cache = write_back_cache(dir.path(), 1 << 20, 1500);
+    cache.put("first", &[1u8; 1000]).unwrap();
+    cache.put("second", &[2u8; 1000]).unwrap();
+    let err = cache.flush().unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            Error::Store(vbus_store::Error::CapacityExhausted { .. })
+        ),
+        "{err}"
+    );
+    let stats = cache.get_stats();
+    assert_eq!(stats.dirty_entries, 1);
+    assert_eq!(stats.write_back_failures, 1);
+    assert_eq!(stats.l3.n_entries, 1);
+    // Both values still read back: one from L3, one from memory.
+    assert_eq!(cache.get("first").unwrap().unwrap().bytes(), &[1u8; 1000]);
+    assert_eq!(cache.get("second").unwrap().unwrap().bytes(), &[2u8; 1000]);
+    // Room made, the flush completes.
+    let (written, dirty) = if cache.store().has_file_by_path("default", "first") {
+        ("first", "second")
+    } else {
+        ("second", "first")
+    };
+    cache.remove(written).unwrap();
+    cache.flush().unwrap();
+    assert!(cache.store().has_file_by_path("default", dirty));
+    assert_eq!(cache.get_stats().dirty_entries, 0);
+}
+
+#[test]
+fn a_write_back_put_larger_than_l2_is_written_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = write_back_cache(dir.path(), 1024, u64::MAX);
+    cache.put("big", &[7u8; 2048]).unwrap();
+    assert!(cache.store().has_file_by_path("default", "big"));
+    assert_eq!(cache.get_stats().dirty_entries, 0);
+    cache.put("small", &[8u8; 512]).unwrap();
+    assert!(!cache.store().has_file_by_path("default", "small"));
+    // A write-through put of a key with a dirty value supersedes it.
+    cache.put("small", &[9u8; 4096]).unwrap();
+    assert_eq!(cache.get_stats().dirty_entries, 0);
+    assert_eq!(cache.get("small").unwrap().unwrap().bytes(), &[9u8; 4096]);
+    assert_eq!(
+        cache
+            .store()
+            .get_file_by_path("default", "small")
+            .unwrap()
+            .unwrap(),
+        vec![9u8; 4096]
+    );
 }

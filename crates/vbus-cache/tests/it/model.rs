@@ -1,11 +1,12 @@
-//! Random puts, gets, removes, pins and reopens against a map: every get returns the latest value
-//! or nothing, no tier exceeds its capacity, and nothing put is lost.
+//! Random puts, gets, removes, pins, flushes and reopens against a map, write-through and
+//! write-back: every get returns the latest value or nothing, no tier exceeds its capacity, and
+//! nothing put is lost.
 
 use std::collections::HashMap;
 
-use vbus_cache::{CacheKey, CacheManager, PolicyKind};
+use vbus_cache::{CacheKey, CacheManager, PolicyKind, WriteMode};
 
-fn run(policy: PolicyKind, seed: u64) {
+fn run(policy: PolicyKind, write_mode: WriteMode, seed: u64) {
     let dir = tempfile::tempdir().unwrap();
     let open = || {
         CacheManager::builder()
@@ -13,6 +14,7 @@ fn run(policy: PolicyKind, seed: u64) {
             .l2_capacity_bytes(4 * 2048)
             .l2_shards(4)
             .l2_policy(policy)
+            .write_mode(write_mode)
             .build()
             .unwrap()
     };
@@ -23,7 +25,11 @@ fn run(policy: PolicyKind, seed: u64) {
         .map(|key_idx| CacheKey::new(&format!("ds{}", key_idx % 3), &format!("k{key_idx}")))
         .collect();
     for op_idx in 0..1500 {
-        let context = format!("{} seed {seed} op {op_idx}", policy.as_str());
+        let context = format!(
+            "{} {} seed {seed} op {op_idx}",
+            policy.as_str(),
+            write_mode.as_str()
+        );
         let key = keys[rng.usize(..keys.len())].clone();
         let handle = cache.as_ref().unwrap();
         match rng.u32(..100) {
@@ -47,29 +53,60 @@ fn run(policy: PolicyKind, seed: u64) {
                     "{context}: remove"
                 );
             }
-            90..=96 => {
+            90..=92 => {
                 let pinned = handle.pin(key.clone()).unwrap();
                 assert_eq!(pinned, model.contains_key(&key), "{context}: pin");
                 if rng.bool() {
                     handle.unpin(key.clone()).unwrap();
                 }
             }
+            93..=96 => {
+                handle.flush().unwrap();
+                assert_eq!(handle.get_stats().dirty_entries, 0, "{context}: flush");
+            }
             _ => {
+                // Dropping the cache writes its dirty values back.
                 drop(cache.take());
                 cache = Some(open());
             }
         }
-        let stats = cache.as_ref().unwrap().get_stats();
+        let handle = cache.as_ref().unwrap();
+        let stats = handle.get_stats();
         assert!(
             stats.l2.used_bytes <= stats.l2.capacity_bytes,
             "{context}: L2 over capacity"
         );
+        assert!(
+            stats.dirty_bytes <= stats.l2.capacity_bytes,
+            "{context}: dirty bytes over L2's capacity"
+        );
+        match write_mode {
+            WriteMode::Through => assert_eq!(
+                stats.l3.n_entries,
+                model.len() as u64,
+                "{context}: L3 holds every put value"
+            ),
+            WriteMode::Back => assert_eq!(stats.write_back_failures, 0, "{context}"),
+        }
+        for key in model.keys() {
+            assert!(handle.contains(key.clone()), "{context}: {key} was lost");
+        }
+    }
+    // Everything reaches L3 at the end, whatever the mode.
+    drop(cache.take());
+    let reopened = open();
+    for (key, bytes) in &model {
         assert_eq!(
-            stats.l3.n_entries,
-            model.len() as u64,
-            "{context}: L3 holds every put value"
+            reopened
+                .store()
+                .get_file_by_path(key.dataset(), key.path())
+                .unwrap()
+                .as_deref(),
+            Some(bytes.as_slice()),
+            "{key} after the last reopen"
         );
     }
+    assert_eq!(reopened.get_stats().l3.n_entries, model.len() as u64);
 }
 
 #[test]
@@ -79,6 +116,7 @@ fn random_operations_agree_with_a_map() {
         (PolicyKind::S3Fifo, 2),
         (PolicyKind::Sieve, 3),
     ] {
-        run(policy, seed);
+        run(policy, WriteMode::Through, seed);
+        run(policy, WriteMode::Back, seed + 10);
     }
 }

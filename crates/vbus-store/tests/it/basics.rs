@@ -225,3 +225,42 @@ fn large_files_are_hashed_correctly() {
     reader.read_to_end(&mut read_back).unwrap();
     assert_eq!(read_back, bytes);
 }
+
+#[test]
+fn reserved_versions_publish_in_order_and_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStore::open(dir.path()).unwrap();
+    let reserved_first = store.reserve_version();
+    let reserved_second = store.reserve_version();
+    assert!(reserved_second > reserved_first);
+    // A plain publish after the reservations gets a higher version than both.
+    let plain = store.store_file("ds", "plain", b"p").unwrap();
+    assert!(plain.version > reserved_second);
+
+    let meta = store
+        .store_file_as("ds", "wb", b"second", reserved_second)
+        .unwrap();
+    assert_eq!(meta.version, reserved_second);
+    // An older reservation arriving late is refused and changes nothing.
+    let err = store
+        .store_file_as("ds", "wb", b"first", reserved_first)
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::StaleVersion { version, held_version, .. }
+            if version == reserved_first && held_version == reserved_second),
+        "{err}"
+    );
+    assert_eq!(
+        store.get_file_by_path("ds", "wb").unwrap().unwrap(),
+        b"second"
+    );
+    drop(store);
+
+    let store = FileStore::open(dir.path()).unwrap();
+    assert_eq!(
+        store.meta("ds", "wb").unwrap().unwrap().version,
+        reserved_second
+    );
+    let after = store.store_file("ds", "after", b"a").unwrap();
+    assert!(after.version > plain.version);
+}

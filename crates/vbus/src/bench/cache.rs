@@ -302,6 +302,7 @@ fn movement<W: Write>(mode: Mode, reporter: &mut Reporter<W>) -> anyhow::Result<
         "the host gets were not answered by L1"
     );
     drop(cache);
+    let (l2_to_l3, plain_write) = write_back_flush(&scratch.0, n_values, value_bytes)?;
     // The raw copies move as many bytes as the tiers did, not one buffer again and again.
     let (raw_h2d, raw_d2h) = vbus_gpu::reference::raw_copy_gbps(&device, total_bytes, 2)?;
     for (metric, ours, reference, reference_value) in [
@@ -311,6 +312,12 @@ fn movement<W: Write>(mode: Mode, reporter: &mut Reporter<W>) -> anyhow::Result<
             "std::fs::read of the L3 files (ours verifies BLAKE3)",
             plain_read,
         ),
+        (
+            "move_l2_to_l3 (write-back flush)",
+            l2_to_l3,
+            "std::fs::write + sync_all of the same files",
+            plain_write,
+        ),
         ("move_l2_to_l1", l2_to_l1, "raw host→device copy", raw_h2d),
         (
             "move_l1_to_host",
@@ -319,8 +326,9 @@ fn movement<W: Write>(mode: Mode, reporter: &mut Reporter<W>) -> anyhow::Result<
             raw_d2h,
         ),
     ] {
+        let on_host = metric.starts_with("move_l3") || metric.starts_with("move_l2_to_l3");
         let metric = match on {
-            Device::Simulated if metric != "move_l3_to_l2" => format!("{metric} (simulated)"),
+            Device::Simulated if !on_host => format!("{metric} (simulated)"),
             _ => metric.to_owned(),
         };
         reporter.report(Measurement::new(
@@ -332,14 +340,52 @@ fn movement<W: Write>(mode: Mode, reporter: &mut Reporter<W>) -> anyhow::Result<
             reference,
             reference_value,
             None,
-            if metric.starts_with("move_l3") {
-                Device::Cpu
-            } else {
-                on
-            },
+            if on_host { Device::Cpu } else { on },
         ))?;
     }
     Ok(())
+}
+
+/// GB/s of a write-back cache's flush of `n_values` dirty values to L3, and of writing the same
+/// files with `std::fs::write` + `sync_all`; alternating, the better of two rounds each.
+fn write_back_flush(scratch: &Path, n_values: u64, value_bytes: u64) -> anyhow::Result<(f64, f64)> {
+    let total_bytes = n_values * value_bytes;
+    let bytes = crate::scan::pattern(value_bytes as usize);
+    let (mut ours, mut plain) = (0f64, 0f64);
+    for round_idx in 0..2 {
+        let l3_dir = scratch.join(format!("WB_L3_{round_idx}"));
+        let cache = vbus_cache::CacheManager::builder()
+            .l3_dir(&l3_dir)
+            .l2_capacity_bytes(total_bytes + (1 << 20))
+            .l2_shards(1)
+            .write_mode(vbus_cache::WriteMode::Back)
+            .build()?;
+        for value_idx in 0..n_values {
+            cache.put(format!("wb/v{value_idx}").as_str(), &bytes)?;
+        }
+        anyhow::ensure!(
+            cache.get_stats().dirty_entries == n_values,
+            "the write-back puts did not stay in memory"
+        );
+        let started = Instant::now();
+        cache.flush()?;
+        ours = ours.max(gbps(total_bytes, started));
+        drop(cache);
+        std::fs::remove_dir_all(&l3_dir)?;
+
+        let plain_dir = scratch.join(format!("PLAIN_{round_idx}"));
+        std::fs::create_dir_all(&plain_dir)?;
+        let started = Instant::now();
+        for value_idx in 0..n_values {
+            let path = plain_dir.join(format!("v{value_idx}"));
+            let mut file = std::fs::File::create(&path)?;
+            std::io::Write::write_all(&mut file, &bytes)?;
+            file.sync_all()?;
+        }
+        plain = plain.max(gbps(total_bytes, started));
+        std::fs::remove_dir_all(&plain_dir)?;
+    }
+    Ok((ours, plain))
 }
 
 /// Total operations per second of `streams.len()` threads running get-then-insert-on-miss.

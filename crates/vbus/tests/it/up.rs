@@ -128,6 +128,12 @@ fn up_initialises_the_home_serves_and_exits_zero_on_sigterm() {
         Some(0),
         "{stats}"
     );
+    assert_eq!(
+        stats["write_mode"].as_str(),
+        Some("write_through"),
+        "{stats}"
+    );
+    assert_eq!(stats["dirty"]["entries"].as_u64(), Some(0), "{stats}");
     assert!(stats["process"]["rss_bytes"].as_u64().unwrap() > 0);
 
     let (status, body) = http_get(&daemon.addr, "/v1/no-such-thing");

@@ -1,0 +1,619 @@
+//! [`Log`]: appends with group commit, recovery on open, reads from any retained record.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Instant;
+
+use crate::histogram::{Histogram, LatencySummary};
+use crate::record::{self, MAX_BODY_BYTES, RecordRef};
+use crate::segment::{self, SegmentInfo};
+use crate::{Error, Result};
+
+/// What an append has survived when it returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Written to the operating system: survives the process, not a power cut.
+    Buffered,
+    /// `fdatasync`ed: survives a power cut (the default).
+    #[default]
+    Fdatasync,
+    /// `fsync`ed, metadata included.
+    Fsync,
+}
+
+impl Durability {
+    /// The name used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Buffered => "buffered",
+            Self::Fdatasync => "fdatasync",
+            Self::Fsync => "fsync",
+        }
+    }
+}
+
+/// How a log is opened.
+#[derive(Debug, Clone)]
+pub struct LogOptions {
+    /// Bytes preallocated per segment (a larger record gets a segment of its own size). Default
+    /// 64 MiB.
+    pub segment_bytes: u64,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        Self {
+            segment_bytes: 64 << 20,
+        }
+    }
+}
+
+/// What the open found and repaired.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Recovery {
+    /// Segments on disk.
+    pub n_segments: usize,
+    /// The last record found (0 when the log is empty).
+    pub last_seq: u64,
+    /// Bytes of a torn tail (a record cut by a crash mid-write) zeroed; 0 when there was none.
+    pub torn_tail_bytes: u64,
+}
+
+/// Counters and latencies of a log.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct LogStats {
+    /// The first retained record.
+    pub first_seq: u64,
+    /// The last record appended (0 when none).
+    pub last_seq: u64,
+    /// The last record known durable.
+    pub synced_seq: u64,
+    /// Bytes appended since open, frames included.
+    pub appended_bytes: u64,
+    /// Group commits: writes of the pending records by one leader.
+    pub n_group_writes: u64,
+    /// Syncs (fdatasync or fsync) done.
+    pub n_syncs: u64,
+    /// Segments on disk.
+    pub n_segments: usize,
+    /// Append latency, from the call to its durability.
+    pub append: LatencySummary,
+    /// Sync latency.
+    pub sync: LatencySummary,
+}
+
+/// Encoded records waiting for a leader to write them, in one file at one offset.
+struct Chunk {
+    file: Arc<File>,
+    path: PathBuf,
+    offset: u64,
+    bytes: Vec<u8>,
+}
+
+struct State {
+    segments: Vec<SegmentInfo>,
+    active: Arc<File>,
+    active_path: PathBuf,
+    active_bytes: u64,
+    /// Where the next record goes in the active segment.
+    tail_offset: u64,
+    pending: Vec<Chunk>,
+    /// Files written since their last sync.
+    unsynced: Vec<Arc<File>>,
+    next_seq: u64,
+    written_seq: u64,
+    synced_seq: u64,
+    /// The highest record some waiter wants synced, and whether it wants a full fsync.
+    want_sync_seq: u64,
+    want_fsync: bool,
+    leader_active: bool,
+    failed: Option<String>,
+    appended_bytes: u64,
+    n_group_writes: u64,
+    n_syncs: u64,
+    /// Encoded-bytes buffers kept for reuse.
+    spare: Vec<Vec<u8>>,
+}
+
+/// The transaction log. Share it behind an `Arc`; every method takes `&self`.
+#[derive(Debug)]
+pub struct Log {
+    dir: PathBuf,
+    options: LogOptions,
+    state: Mutex<State>,
+    done: Condvar,
+    append_latency: Histogram,
+    sync_latency: Histogram,
+    _lock: File,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("next_seq", &self.next_seq)
+            .field("synced_seq", &self.synced_seq)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Checks the newest segment and repairs what a crash mid-append leaves: a torn tail is zeroed,
+/// and a newest segment without records whose predecessor stops short of it (the rotation made
+/// it, the records meant for the end of the old one were never written, and none of them was
+/// acknowledged) is removed. Damage followed by good records is corruption. Returns where the
+/// newest segment's records end and its size.
+fn recover_tail(
+    dir: &Path,
+    segments: &mut Vec<SegmentInfo>,
+    recovery: &mut Recovery,
+) -> Result<(segment::ScanEnd, u64)> {
+    loop {
+        let last = segments.last().expect("called with a segment").clone();
+        let bytes = segment::read(&last)?;
+        let mut end = segment::scan(&last, &bytes, |_| Ok(true))?;
+        if let Some((offset, damage)) = end.damage.take() {
+            if segment::any_record_after(&bytes, offset as usize) {
+                return Err(Error::Corrupt {
+                    segment: last.path.clone(),
+                    offset,
+                    reason: format!("{damage}, and good records follow it"),
+                });
+            }
+            let dirty_end = bytes.iter().rposition(|&b| b != 0).map_or(0, |at| at + 1);
+            let zeros = vec![0u8; dirty_end.saturating_sub(offset as usize)];
+            let file = OpenOptions::new()
+                .write(true)
+                .open(&last.path)
+                .map_err(Error::io("open", &last.path))?;
+            file.write_all_at(&zeros, offset)
+                .and_then(|()| file.sync_data())
+                .map_err(Error::io("truncate the torn tail of", &last.path))?;
+            recovery.torn_tail_bytes += zeros.len() as u64;
+            tracing::warn!(
+                segment = %last.path.display(),
+                offset,
+                bytes = zeros.len(),
+                "zeroed a torn tail: {damage}"
+            );
+        }
+        let empty = end.next_seq == last.first_seq;
+        if empty && segments.len() > 1 {
+            let previous = &segments[segments.len() - 2];
+            let previous_bytes = segment::read(previous)?;
+            let previous_end = segment::scan(previous, &previous_bytes, |_| Ok(true))?;
+            if previous_end.next_seq < last.first_seq {
+                std::fs::remove_file(&last.path).map_err(Error::io("remove", &last.path))?;
+                segment::sync_dir(dir)?;
+                tracing::warn!(
+                    segment = %last.path.display(),
+                    "removed a segment begun by a rotation the crash interrupted"
+                );
+                segments.pop();
+                continue;
+            }
+        }
+        return Ok((end, bytes.len() as u64));
+    }
+}
+
+impl Log {
+    /// Opens (or creates) the log in `dir`: takes its lock, checks the newest segment, zeroes a
+    /// torn tail, and refuses any other damage with [`Error::Corrupt`].
+    pub fn open(dir: impl Into<PathBuf>, options: LogOptions) -> Result<(Self, Recovery)> {
+        let dir = dir.into();
+        std::fs::create_dir_all(&dir).map_err(Error::io("create", &dir))?;
+        let lock_path = dir.join("LOCK");
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(Error::io("open", &lock_path))?;
+        if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+            return Err(Error::Locked { path: dir });
+        }
+        let options = LogOptions {
+            segment_bytes: options.segment_bytes.max(segment::HEADER_BYTES + 4096),
+        };
+        let mut segments = segment::list(&dir)?;
+        for pair in segments.windows(2) {
+            if pair[1].first_seq <= pair[0].first_seq {
+                return Err(Error::Corrupt {
+                    segment: pair[1].path.clone(),
+                    offset: 0,
+                    reason: "segments out of order".to_owned(),
+                });
+            }
+        }
+        let mut recovery = Recovery::default();
+        let (active, active_path, active_bytes, tail_offset, next_seq) = match segments.last() {
+            None => {
+                let (info, file) = segment::create(&dir, 1, options.segment_bytes)?;
+                let path = info.path.clone();
+                segments.push(info);
+                (file, path, options.segment_bytes, segment::HEADER_BYTES, 1)
+            }
+            Some(_) => {
+                let (end, size_bytes) = recover_tail(&dir, &mut segments, &mut recovery)?;
+                let last = segments.last().expect("recovery keeps one segment");
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&last.path)
+                    .map_err(Error::io("open", &last.path))?;
+                let path = last.path.clone();
+                (file, path, size_bytes, end.end_offset, end.next_seq)
+            }
+        };
+        recovery.n_segments = segments.len();
+        recovery.last_seq = next_seq - 1;
+        let state = State {
+            segments,
+            active: Arc::new(active),
+            active_path,
+            active_bytes,
+            tail_offset,
+            pending: Vec::new(),
+            unsynced: Vec::new(),
+            next_seq,
+            written_seq: next_seq - 1,
+            synced_seq: next_seq - 1,
+            want_sync_seq: 0,
+            want_fsync: false,
+            leader_active: false,
+            failed: None,
+            appended_bytes: 0,
+            n_group_writes: 0,
+            n_syncs: 0,
+            spare: Vec::new(),
+        };
+        Ok((
+            Self {
+                dir,
+                options,
+                state: Mutex::new(state),
+                done: Condvar::new(),
+                append_latency: Histogram::default(),
+                sync_latency: Histogram::default(),
+                _lock: lock,
+            },
+            recovery,
+        ))
+    }
+
+    /// The log's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends one record; returns its sequence number once it is as durable as asked.
+    pub fn append(&self, kind: u8, payload: &[u8], durability: Durability) -> Result<u64> {
+        self.append_batch(&[(kind, payload)], durability)
+            .map(|range| range.end - 1)
+    }
+
+    /// Appends records with consecutive sequence numbers, all or none visible to a reader after
+    /// a crash up to a torn tail; returns their range once the last is as durable as asked.
+    pub fn append_batch(
+        &self,
+        records: &[(u8, &[u8])],
+        durability: Durability,
+    ) -> Result<std::ops::Range<u64>> {
+        let started = Instant::now();
+        for (_, payload) in records {
+            if 1 + payload.len() > MAX_BODY_BYTES {
+                return Err(Error::TooLarge {
+                    body_bytes: 1 + payload.len(),
+                    max_bytes: MAX_BODY_BYTES,
+                });
+            }
+        }
+        let mut state = self.lock();
+        if let Some(reason) = &state.failed {
+            return Err(Error::Failed {
+                reason: reason.clone(),
+            });
+        }
+        let first = state.next_seq;
+        for &(kind, payload) in records {
+            self.encode_into(&mut state, kind, payload)?;
+        }
+        let last = state.next_seq - 1;
+        if durability != Durability::Buffered {
+            state.want_sync_seq = state.want_sync_seq.max(last);
+            state.want_fsync |= durability == Durability::Fsync;
+        }
+        self.wait_for(state, last, durability)?;
+        self.append_latency.record(started.elapsed());
+        Ok(first..last + 1)
+    }
+
+    /// Writes and syncs everything appended so far.
+    pub fn sync(&self) -> Result<u64> {
+        let mut state = self.lock();
+        let last = state.next_seq - 1;
+        state.want_sync_seq = state.want_sync_seq.max(last);
+        self.wait_for(state, last, Durability::Fdatasync)?;
+        Ok(last)
+    }
+
+    /// Encodes one record at the tail, starting a new segment when it does not fit.
+    fn encode_into(&self, state: &mut State, kind: u8, payload: &[u8]) -> Result<()> {
+        let len = record::encoded_len(payload.len()) as u64;
+        if state.tail_offset + len > state.active_bytes {
+            self.rotate(state, len)?;
+        }
+        let seq = state.next_seq;
+        let contiguous = state.pending.last().is_some_and(|chunk| {
+            Arc::ptr_eq(&chunk.file, &state.active)
+                && chunk.offset + chunk.bytes.len() as u64 == state.tail_offset
+        });
+        if !contiguous {
+            let bytes = state.spare.pop().unwrap_or_default();
+            let chunk = Chunk {
+                file: Arc::clone(&state.active),
+                path: state.active_path.clone(),
+                offset: state.tail_offset,
+                bytes,
+            };
+            state.pending.push(chunk);
+        }
+        let chunk = state.pending.last_mut().expect("pushed above");
+        record::encode(&mut chunk.bytes, seq, kind, payload);
+        state.tail_offset += len;
+        state.next_seq += 1;
+        state.appended_bytes += len;
+        Ok(())
+    }
+
+    /// Starts the segment whose first record is the next one. The old segment keeps its
+    /// pending chunks and is synced with them.
+    fn rotate(&self, state: &mut State, record_len: u64) -> Result<()> {
+        let size_bytes = self
+            .options
+            .segment_bytes
+            .max(segment::HEADER_BYTES + record_len);
+        let (info, file) =
+            segment::create(&self.dir, state.next_seq, size_bytes).inspect_err(|err| {
+                state.failed = Some(err.to_string());
+            })?;
+        let old = std::mem::replace(&mut state.active, Arc::new(file));
+        if !state.unsynced.iter().any(|f| Arc::ptr_eq(f, &old)) {
+            state.unsynced.push(old);
+        }
+        state.active_path = info.path.clone();
+        state.active_bytes = size_bytes;
+        state.tail_offset = segment::HEADER_BYTES;
+        state.segments.push(info);
+        Ok(())
+    }
+
+    /// Waits until record `seq` is as durable as asked, leading a group write when no one else
+    /// is.
+    fn wait_for<'a>(
+        &'a self,
+        mut state: MutexGuard<'a, State>,
+        seq: u64,
+        durability: Durability,
+    ) -> Result<()> {
+        loop {
+            if let Some(reason) = &state.failed {
+                return Err(Error::Failed {
+                    reason: reason.clone(),
+                });
+            }
+            let reached = match durability {
+                Durability::Buffered => state.written_seq >= seq,
+                Durability::Fdatasync | Durability::Fsync => state.synced_seq >= seq,
+            };
+            if reached {
+                return Ok(());
+            }
+            if state.leader_active {
+                state = self.done.wait(state).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            // Lead: take everything pending, write it and (when asked) sync it, unlocked.
+            state.leader_active = true;
+            let chunks = std::mem::take(&mut state.pending);
+            let upto = state.next_seq - 1;
+            let sync = state.want_sync_seq > state.synced_seq;
+            let full = std::mem::take(&mut state.want_fsync);
+            let mut files = if sync {
+                std::mem::take(&mut state.unsynced)
+            } else {
+                Vec::new()
+            };
+            drop(state);
+            let outcome = self.write_and_sync(&chunks, &mut files, sync, full);
+            state = self.lock();
+            state.leader_active = false;
+            state.n_group_writes += 1;
+            match outcome {
+                Ok(()) => {
+                    state.written_seq = upto;
+                    if sync {
+                        state.synced_seq = upto;
+                        state.n_syncs += 1;
+                    } else {
+                        for chunk in &chunks {
+                            if !state.unsynced.iter().any(|f| Arc::ptr_eq(f, &chunk.file)) {
+                                state.unsynced.push(Arc::clone(&chunk.file));
+                            }
+                        }
+                    }
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "log write failed; the log refuses writes until reopened");
+                    state.failed = Some(err.to_string());
+                }
+            }
+            for mut chunk in chunks {
+                if state.spare.len() < 4 && chunk.bytes.capacity() <= (8 << 20) {
+                    chunk.bytes.clear();
+                    state.spare.push(chunk.bytes);
+                }
+            }
+            self.done.notify_all();
+        }
+    }
+
+    fn write_and_sync(
+        &self,
+        chunks: &[Chunk],
+        files: &mut Vec<Arc<File>>,
+        sync: bool,
+        full: bool,
+    ) -> Result<()> {
+        for chunk in chunks {
+            chunk
+                .file
+                .write_all_at(&chunk.bytes, chunk.offset)
+                .map_err(Error::io("write", &chunk.path))?;
+            if sync && !files.iter().any(|f| Arc::ptr_eq(f, &chunk.file)) {
+                files.push(Arc::clone(&chunk.file));
+            }
+        }
+        if sync {
+            let started = Instant::now();
+            for file in files.iter() {
+                if full {
+                    file.sync_all()
+                } else {
+                    file.sync_data()
+                }
+                .map_err(Error::io("sync", &self.dir))?;
+            }
+            self.sync_latency.record(started.elapsed());
+        }
+        Ok(())
+    }
+
+    /// Calls `visit` with every record from `from_seq` to the last one written when the call
+    /// began, in order; `visit` returns `false` to stop early. Damage anywhere is an error
+    /// naming the segment and offset.
+    pub fn read_from(
+        &self,
+        from_seq: u64,
+        mut visit: impl FnMut(RecordRef<'_>) -> Result<bool>,
+    ) -> Result<u64> {
+        let (segments, last) = {
+            let state = self.lock();
+            (state.segments.clone(), state.written_seq)
+        };
+        let first = segments.first().map_or(1, |s| s.first_seq);
+        if from_seq < first || from_seq > last + 1 {
+            return Err(Error::NotRetained {
+                seq: from_seq,
+                first,
+                last,
+            });
+        }
+        let start_idx = segments
+            .iter()
+            .rposition(|segment| segment.first_seq <= from_seq)
+            .unwrap_or(0);
+        let mut n_visited = 0u64;
+        for (idx, segment) in segments.iter().enumerate().skip(start_idx) {
+            if segment.first_seq > last {
+                break;
+            }
+            let bytes = segment::read(segment)?;
+            let mut stop = false;
+            let end = segment::scan(segment, &bytes, |record| {
+                if record.seq > last {
+                    stop = true;
+                    return Ok(false);
+                }
+                if record.seq >= from_seq {
+                    n_visited += 1;
+                    if !visit(record)? {
+                        stop = true;
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            })?;
+            if stop {
+                break;
+            }
+            if let Some((offset, damage)) = end.damage {
+                return Err(Error::Corrupt {
+                    segment: segment.path.clone(),
+                    offset,
+                    reason: damage.to_string(),
+                });
+            }
+            // A segment must end where the next begins.
+            let expected_next = segments
+                .get(idx + 1)
+                .map_or(last + 1, |next| next.first_seq);
+            if end.next_seq < expected_next.min(last + 1) {
+                return Err(Error::Corrupt {
+                    segment: segment.path.clone(),
+                    offset: end.end_offset,
+                    reason: format!(
+                        "records end at {} but the log continues at {expected_next}",
+                        end.next_seq
+                    ),
+                });
+            }
+        }
+        Ok(n_visited)
+    }
+
+    /// Deletes the segments whose records all precede `seq` (never the active one). Returns how
+    /// many were deleted.
+    pub fn release_before(&self, seq: u64) -> Result<usize> {
+        let doomed: Vec<SegmentInfo> = {
+            let mut state = self.lock();
+            let n_doomed = state
+                .segments
+                .windows(2)
+                .take_while(|pair| pair[1].first_seq <= seq)
+                .count();
+            state.segments.drain(..n_doomed).collect()
+        };
+        for segment in &doomed {
+            std::fs::remove_file(&segment.path).map_err(Error::io("remove", &segment.path))?;
+        }
+        if !doomed.is_empty() {
+            segment::sync_dir(&self.dir)?;
+        }
+        Ok(doomed.len())
+    }
+
+    /// The figures so far.
+    pub fn stats(&self) -> LogStats {
+        let state = self.lock();
+        LogStats {
+            first_seq: state.segments.first().map_or(1, |s| s.first_seq),
+            last_seq: state.next_seq - 1,
+            synced_seq: state.synced_seq,
+            appended_bytes: state.appended_bytes,
+            n_group_writes: state.n_group_writes,
+            n_syncs: state.n_syncs,
+            n_segments: state.segments.len(),
+            append: self.append_latency.summary(),
+            sync: self.sync_latency.summary(),
+        }
+    }
+
+    /// The next sequence number an append will get.
+    pub fn next_seq(&self) -> u64 {
+        self.lock().next_seq
+    }
+
+    /// Puts the log in the state a failed write or sync leaves it in (for tests of callers'
+    /// error paths; a real failure cannot be provoked on demand).
+    #[doc(hidden)]
+    pub fn inject_failure(&self, reason: &str) {
+        self.lock().failed = Some(reason.to_owned());
+    }
+}
