@@ -306,6 +306,21 @@ impl Log {
         durability: Durability,
     ) -> Result<std::ops::Range<u64>> {
         let started = Instant::now();
+        let range = self.enqueue(records, durability)?;
+        self.wait_durable(range.end - 1, durability)?;
+        self.append_latency.record(started.elapsed());
+        Ok(range)
+    }
+
+    /// Numbers and encodes records without waiting for them to be written: the caller's order of
+    /// `enqueue` calls is the log's order. [`Log::wait_durable`] then waits (a caller applying
+    /// changes in memory enqueues under its own lock and waits outside it, so writers share
+    /// syncs). `durability` says what the later wait will ask for.
+    pub fn enqueue(
+        &self,
+        records: &[(u8, &[u8])],
+        durability: Durability,
+    ) -> Result<std::ops::Range<u64>> {
         for (_, payload) in records {
             if 1 + payload.len() > MAX_BODY_BYTES {
                 return Err(Error::TooLarge {
@@ -329,9 +344,24 @@ impl Log {
             state.want_sync_seq = state.want_sync_seq.max(last);
             state.want_fsync |= durability == Durability::Fsync;
         }
-        self.wait_for(state, last, durability)?;
-        self.append_latency.record(started.elapsed());
         Ok(first..last + 1)
+    }
+
+    /// Waits until record `seq` (enqueued earlier) is as durable as asked.
+    pub fn wait_durable(&self, seq: u64, durability: Durability) -> Result<()> {
+        let mut state = self.lock();
+        if seq >= state.next_seq {
+            return Err(Error::NotRetained {
+                seq,
+                first: state.segments.first().map_or(1, |s| s.first_seq),
+                last: state.next_seq - 1,
+            });
+        }
+        if durability != Durability::Buffered {
+            state.want_sync_seq = state.want_sync_seq.max(seq);
+            state.want_fsync |= durability == Durability::Fsync;
+        }
+        self.wait_for(state, seq, durability)
     }
 
     /// Writes and syncs everything appended so far.

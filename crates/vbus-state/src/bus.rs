@@ -1,0 +1,530 @@
+//! [`StateBus`]: the seed's verbs over the in-memory state, every change a log record.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Instant;
+
+use vbus_tlog::{Durability, Histogram, LatencySummary, Log, LogOptions, LogStats};
+
+use crate::checkpoint::{self, CheckpointInfo};
+use crate::delta::Delta;
+use crate::graph::{Rule, RuleFn};
+use crate::op::Op;
+use crate::page::{Location, PageId};
+use crate::state::{Context, PageView, State};
+use crate::{Error, Result};
+
+/// Builds a [`StateBus`]; every setter says its default.
+pub struct StateBusBuilder {
+    log_dir: PathBuf,
+    checkpoint_dir: PathBuf,
+    durability: Durability,
+    segment_bytes: u64,
+    checkpoints_retained: usize,
+    device: Option<vbus_gpu::Device>,
+    functions: HashMap<String, Arc<RuleFn>>,
+}
+
+impl std::fmt::Debug for StateBusBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateBusBuilder")
+            .field("log_dir", &self.log_dir)
+            .field("checkpoint_dir", &self.checkpoint_dir)
+            .field("durability", &self.durability)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StateBusBuilder {
+    /// Where the transaction log lives. Default `DIR/TLOG`.
+    pub fn log_dir(mut self, log_dir: impl Into<PathBuf>) -> Self {
+        self.log_dir = log_dir.into();
+        self
+    }
+
+    /// Where checkpoints live. Default `DIR/CHECKPOINTS`.
+    pub fn checkpoint_dir(mut self, checkpoint_dir: impl Into<PathBuf>) -> Self {
+        self.checkpoint_dir = checkpoint_dir.into();
+        self
+    }
+
+    /// What a change has survived when its call returns. Default [`Durability::Fdatasync`].
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// Bytes per log segment. Default 64 MiB.
+    pub fn segment_bytes(mut self, segment_bytes: u64) -> Self {
+        self.segment_bytes = segment_bytes;
+        self
+    }
+
+    /// Checkpoints kept (at least 2); the log is kept from the oldest, so any sequence number
+    /// from there on can be replayed. Default 2.
+    pub fn checkpoints_retained(mut self, checkpoints_retained: usize) -> Self {
+        self.checkpoints_retained = checkpoints_retained.max(2);
+        self
+    }
+
+    /// The device GPU pages live on. Default none: GPU pages keep their bytes on the host.
+    pub fn device(mut self, device: vbus_gpu::Device) -> Self {
+        self.device = Some(device);
+        self
+    }
+
+    /// Registers a rule function under `name` (needed before open: replay may call it).
+    pub fn function(
+        mut self,
+        name: &str,
+        function: impl Fn(&[&[u8]], &mut [u8]) + Send + Sync + 'static,
+    ) -> Self {
+        self.functions.insert(name.to_owned(), Arc::new(function));
+        self
+    }
+
+    /// Opens the bus: loads the newest readable checkpoint and replays the log after it.
+    pub fn open(self) -> Result<StateBus> {
+        for dir in [&self.log_dir, &self.checkpoint_dir] {
+            std::fs::create_dir_all(dir).map_err(Error::io("create", dir))?;
+        }
+        let (log, _) = Log::open(
+            &self.log_dir,
+            LogOptions {
+                segment_bytes: self.segment_bytes,
+            },
+        )?;
+        let ctx = Context {
+            device: self.device.as_ref(),
+            functions: &self.functions,
+        };
+        let checkpoints = checkpoint::list(&self.checkpoint_dir)?;
+        let log_first = log.stats().first_seq;
+        let mut state = None;
+        for info in checkpoints.iter().rev() {
+            match checkpoint::read(info, &ctx) {
+                Ok(loaded) => {
+                    state = Some(loaded);
+                    break;
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "skipping a damaged checkpoint; trying an older one")
+                }
+            }
+        }
+        let mut state = state.unwrap_or_else(State::new);
+        if state.last_seq + 1 < log_first {
+            return Err(Error::NotRetained {
+                seq: state.last_seq + 1,
+                first: log_first,
+                last: log.stats().last_seq,
+            });
+        }
+        replay_into(&log, &mut state, u64::MAX, &ctx)?;
+        Ok(StateBus {
+            state: RwLock::new(state),
+            log,
+            checkpoint_dir: self.checkpoint_dir,
+            durability: self.durability,
+            checkpoints_retained: self.checkpoints_retained,
+            device: self.device,
+            functions: self.functions,
+            checkpoint_lock: Mutex::new(()),
+            failed: Mutex::new(None),
+            metrics: Metrics::default(),
+        })
+    }
+}
+
+/// Applies the log's records after `state.last_seq`, up to `until`.
+fn replay_into(log: &Log, state: &mut State, until: u64, ctx: &Context<'_>) -> Result<u64> {
+    let from = state.last_seq + 1;
+    if from > log.stats().last_seq {
+        return Ok(0);
+    }
+    let mut failure = None;
+    let n = log.read_from(from, |record| {
+        if record.seq > until {
+            return Ok(false);
+        }
+        let outcome = Op::decode(record.seq, record.kind, record.payload)
+            .and_then(|op| state.apply(record.seq, &op, ctx));
+        match outcome {
+            Ok(()) => Ok(true),
+            Err(err) => {
+                failure = Some(err);
+                Ok(false)
+            }
+        }
+    })?;
+    match failure {
+        Some(err) => Err(err),
+        None => Ok(n),
+    }
+}
+
+#[derive(Debug, Default)]
+struct Metrics {
+    delta_apply: Histogram,
+    propagation: Histogram,
+    log_append: Histogram,
+}
+
+/// Counters and latencies of a bus.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct StateMetrics {
+    /// Pages held.
+    pub n_pages: usize,
+    /// Edges of the graph.
+    pub n_edges: usize,
+    /// The last change's sequence number.
+    pub last_seq: u64,
+    /// Applying an update's deltas (propagation excluded).
+    pub delta_apply: LatencySummary,
+    /// Propagation waves after updates.
+    pub propagation: LatencySummary,
+    /// From a change's log record being queued to its durability.
+    pub log_append: LatencySummary,
+    /// The log: appends, syncs, segments, and sync latency.
+    pub log: LogStats,
+}
+
+/// The state bus. Share it behind an `Arc`; every method takes `&self`.
+pub struct StateBus {
+    state: RwLock<State>,
+    log: Log,
+    checkpoint_dir: PathBuf,
+    durability: Durability,
+    checkpoints_retained: usize,
+    device: Option<vbus_gpu::Device>,
+    functions: HashMap<String, Arc<RuleFn>>,
+    checkpoint_lock: Mutex<()>,
+    failed: Mutex<Option<String>>,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for StateBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateBus")
+            .field("log", &self.log.dir())
+            .field("checkpoint_dir", &self.checkpoint_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StateBus {
+    /// A builder keeping the log in `dir/TLOG` and checkpoints in `dir/CHECKPOINTS`.
+    pub fn builder(dir: impl AsRef<Path>) -> StateBusBuilder {
+        let dir = dir.as_ref();
+        StateBusBuilder {
+            log_dir: dir.join("TLOG"),
+            checkpoint_dir: dir.join("CHECKPOINTS"),
+            durability: Durability::Fdatasync,
+            segment_bytes: 64 << 20,
+            checkpoints_retained: 2,
+            device: None,
+            functions: HashMap::new(),
+        }
+    }
+
+    /// Opens the bus in `dir` with the defaults.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        Self::builder(dir).open()
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn ctx(&self) -> Context<'_> {
+        Context {
+            device: self.device.as_ref(),
+            functions: &self.functions,
+        }
+    }
+
+    /// Checks, applies and logs one op under the write lock; waits for its durability outside
+    /// it, so concurrent changes share syncs. Returns its sequence number.
+    /// A create's page id is assigned here, under the lock.
+    fn commit(&self, op: &mut Op, expected_epoch: Option<(PageId, u64)>) -> Result<u64> {
+        if let Some(reason) = crate::lock(&self.failed).clone() {
+            return Err(Error::Failed { reason });
+        }
+        let seq = {
+            let mut state = self.write();
+            if let Op::Create { id, .. } = op {
+                *id = state.next_page_id;
+            }
+            let op = &*op;
+            let mut payload = Vec::new();
+            let kind = op.encode(&mut payload);
+            let ctx = self.ctx();
+            state.check(op, &ctx)?;
+            if let Some((id, expected)) = expected_epoch {
+                let actual = state.page(id)?.epoch;
+                if actual != expected {
+                    return Err(Error::EpochMismatch {
+                        id,
+                        expected,
+                        actual,
+                    });
+                }
+            }
+            let seq = self.log.next_seq();
+            let started = Instant::now();
+            let applied = match op {
+                Op::Update(deltas) => {
+                    // Timed in two parts: the deltas, then the propagation wave.
+                    self.apply_update(&mut state, seq, deltas, &ctx, started)
+                }
+                _ => state.apply(seq, op, &ctx),
+            };
+            if let Err(err) = applied {
+                return Err(self.fail(err));
+            }
+            match self.log.enqueue(&[(kind, &payload)], self.durability) {
+                Ok(range) if range.start == seq => {}
+                Ok(range) => {
+                    return Err(self.fail(Error::BadRecord {
+                        seq: range.start,
+                        reason: format!("logged as {} but applied as {seq}", range.start),
+                    }));
+                }
+                Err(err) => return Err(self.fail(err.into())),
+            }
+            seq
+        };
+        let started = Instant::now();
+        self.log.wait_durable(seq, self.durability)?;
+        self.metrics.log_append.record(started.elapsed());
+        Ok(seq)
+    }
+
+    fn apply_update(
+        &self,
+        state: &mut State,
+        seq: u64,
+        deltas: &[(PageId, Delta)],
+        ctx: &Context<'_>,
+        started: Instant,
+    ) -> Result<()> {
+        let mut changed = Vec::with_capacity(deltas.len());
+        for (id, delta) in deltas {
+            if state.apply_delta_only(*id, delta, ctx.device)? {
+                state.bump_epoch(*id)?;
+                changed.push(*id);
+            }
+        }
+        self.metrics.delta_apply.record(started.elapsed());
+        let propagating = Instant::now();
+        state.propagate(&changed, &[], ctx)?;
+        self.metrics.propagation.record(propagating.elapsed());
+        state.last_seq = seq;
+        Ok(())
+    }
+
+    /// Memory and log may now disagree: refuse changes until reopened.
+    fn fail(&self, err: Error) -> Error {
+        if !matches!(
+            err,
+            Error::Device(_) | Error::Log(_) | Error::BadRecord { .. }
+        ) {
+            return err;
+        }
+        tracing::error!(error = %err, "state bus failed; it refuses changes until reopened");
+        *crate::lock(&self.failed) = Some(err.to_string());
+        err
+    }
+
+    /// Creates a zeroed page of `size` bytes at `location`; returns its id.
+    pub fn create_page(&self, size: u64, location: Location) -> Result<PageId> {
+        let mut op = Op::Create {
+            id: 0,
+            size,
+            location,
+        };
+        self.commit(&mut op, None)?;
+        match op {
+            Op::Create { id, .. } => Ok(id),
+            _ => unreachable!("a create stays a create"),
+        }
+    }
+
+    /// Applies `delta` to page `id` and propagates; returns the change's sequence number.
+    pub fn update_page(&self, id: PageId, delta: &Delta) -> Result<u64> {
+        self.commit(&mut Op::Update(vec![(id, delta.clone())]), None)
+    }
+
+    /// [`StateBus::update_page`] only if the page is still at `expected_epoch`.
+    pub fn update_page_at(&self, id: PageId, delta: &Delta, expected_epoch: u64) -> Result<u64> {
+        self.commit(
+            &mut Op::Update(vec![(id, delta.clone())]),
+            Some((id, expected_epoch)),
+        )
+    }
+
+    /// Applies many deltas as one change with one propagation wave.
+    pub fn batch_update(&self, deltas: &[(PageId, Delta)]) -> Result<u64> {
+        self.commit(&mut Op::Update(deltas.to_vec()), None)
+    }
+
+    /// The page's bytes and epoch.
+    pub fn query_page(&self, id: PageId) -> Result<PageView> {
+        self.read().view(id, self.device.as_ref())
+    }
+
+    /// Deletes a page and its edges.
+    pub fn delete_page(&self, id: PageId) -> Result<u64> {
+        self.commit(&mut Op::Delete { id }, None)
+    }
+
+    /// Adds `source → target`: `target` is recomputed from its sources by `rule` from now on
+    /// (and at once). Refused when it would close a cycle (the error names the pages).
+    pub fn add_edge(&self, source: PageId, target: PageId, rule: Rule) -> Result<u64> {
+        self.commit(
+            &mut Op::AddEdge {
+                source,
+                target,
+                rule,
+            },
+            None,
+        )
+    }
+
+    /// Removes `source → target`; the target is recomputed from the sources it has left.
+    pub fn remove_edge(&self, source: PageId, target: PageId) -> Result<u64> {
+        self.commit(&mut Op::RemoveEdge { source, target }, None)
+    }
+
+    /// The ids of every page, ascending.
+    pub fn page_ids(&self) -> Vec<PageId> {
+        self.read().page_ids().collect()
+    }
+
+    /// Every edge as `(source, target, rule)`.
+    pub fn edges(&self) -> Vec<(PageId, PageId, Rule)> {
+        self.read().graph.edges()
+    }
+
+    /// The last change's sequence number.
+    pub fn last_seq(&self) -> u64 {
+        self.read().last_seq
+    }
+
+    /// A hash of the whole state (pages with epochs, the graph).
+    pub fn state_hash(&self) -> Result<[u8; 32]> {
+        self.read().hash(self.device.as_ref())
+    }
+
+    /// Writes a checkpoint of the current state; keeps the newest `checkpoints_retained` and
+    /// releases the log before the oldest kept. Returns the checkpoint's sequence number.
+    pub fn checkpoint(&self) -> Result<u64> {
+        let _one_at_a_time = crate::lock(&self.checkpoint_lock);
+        let info = {
+            let state = self.read();
+            // Everything the image holds is durable in the log before the image exists.
+            if state.last_seq > 0 {
+                self.log
+                    .wait_durable(state.last_seq, Durability::Fdatasync)?;
+            }
+            checkpoint::write(&self.checkpoint_dir, &state, self.device.as_ref())?
+        };
+        let checkpoints = checkpoint::list(&self.checkpoint_dir)?;
+        let n_doomed = checkpoints.len().saturating_sub(self.checkpoints_retained);
+        for old in &checkpoints[..n_doomed] {
+            std::fs::remove_file(&old.path).map_err(Error::io("remove", &old.path))?;
+        }
+        if let Some(oldest) = checkpoints.get(n_doomed) {
+            self.log.release_before(oldest.seq + 1)?;
+        }
+        Ok(info.seq)
+    }
+
+    /// Checkpoints and closes the bus.
+    pub fn close(self) -> Result<u64> {
+        self.checkpoint()
+    }
+
+    /// The state as it was right after record `seq`, rebuilt from the newest checkpoint at or
+    /// before it and the log; pages are on the host.
+    pub fn replay_to(&self, seq: u64) -> Result<Snapshot> {
+        let last = self.last_seq();
+        let checkpoints = checkpoint::list(&self.checkpoint_dir)?;
+        let log_first = self.log.stats().first_seq;
+        let first = checkpoints
+            .first()
+            .map_or(log_first.saturating_sub(1), |c| {
+                c.seq.min(log_first.saturating_sub(1))
+            });
+        if seq > last || seq < first {
+            return Err(Error::NotRetained { seq, first, last });
+        }
+        let ctx = Context {
+            device: None,
+            functions: &self.functions,
+        };
+        let base: Option<&CheckpointInfo> = checkpoints.iter().rev().find(|c| c.seq <= seq);
+        let mut state = match base {
+            Some(info) if info.seq + 1 >= log_first => checkpoint::read(info, &ctx)?,
+            _ if log_first <= 1 => State::new(),
+            _ => return Err(Error::NotRetained { seq, first, last }),
+        };
+        replay_into(&self.log, &mut state, seq, &ctx)?;
+        if state.last_seq != seq && seq > 0 {
+            return Err(Error::NotRetained { seq, first, last });
+        }
+        Ok(Snapshot { state })
+    }
+
+    /// Counts and latency percentiles.
+    pub fn metrics(&self) -> StateMetrics {
+        let state = self.read();
+        StateMetrics {
+            n_pages: state.n_pages(),
+            n_edges: state.graph.n_edges(),
+            last_seq: state.last_seq,
+            delta_apply: self.metrics.delta_apply.summary(),
+            propagation: self.metrics.propagation.summary(),
+            log_append: self.metrics.log_append.summary(),
+            log: self.log.stats(),
+        }
+    }
+
+    /// The transaction log underneath.
+    pub fn log(&self) -> &Log {
+        &self.log
+    }
+}
+
+/// A state rebuilt by [`StateBus::replay_to`].
+#[derive(Debug)]
+pub struct Snapshot {
+    state: State,
+}
+
+impl Snapshot {
+    /// The sequence number it stands at.
+    pub fn seq(&self) -> u64 {
+        self.state.last_seq
+    }
+
+    /// A page as it was.
+    pub fn query_page(&self, id: PageId) -> Result<PageView> {
+        self.state.view(id, None)
+    }
+
+    /// The ids of every page then.
+    pub fn page_ids(&self) -> Vec<PageId> {
+        self.state.page_ids().collect()
+    }
+
+    /// The hash [`StateBus::state_hash`] gave at that point.
+    pub fn state_hash(&self) -> Result<[u8; 32]> {
+        self.state.hash(None)
+    }
+}
