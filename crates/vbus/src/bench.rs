@@ -4,6 +4,7 @@
 mod cache;
 mod gpu;
 mod scan;
+mod state;
 mod store;
 
 use std::io::Write;
@@ -17,7 +18,7 @@ use serde::Serialize;
 use crate::home::Home;
 
 /// The suites `vbus bench` knows, with one line each.
-pub const SUITES: [(&str, &str); 4] = [
+pub const SUITES: [(&str, &str); 5] = [
     (
         "cache",
         "the L2 memory tier against quick_cache and moka: ops/s, hit ratio per policy, index bytes",
@@ -29,6 +30,10 @@ pub const SUITES: [(&str, &str); 4] = [
     (
         "scan",
         "disk read and write at the home against dd on the same file",
+    ),
+    (
+        "state",
+        "the state bus against the seed's baselines; its log against okaywal and raw fdatasync",
     ),
     (
         "store",
@@ -240,6 +245,7 @@ pub fn run<W: Write>(
             cache::run(mode, trace, reporter)
         }
         "scan" => scan::run(mode, home, reporter),
+        "state" => state::run(mode, home, reporter),
         "store" => store::run(mode, home, reporter),
         "gpu" => gpu::run(mode, home, reporter),
         _ => {

@@ -28,6 +28,7 @@ struct AppState {
     home: Home,
     config: Config,
     tiers: Tiers,
+    state_bus: Option<Arc<vbus_state::StateBus>>,
 }
 
 /// Runs the daemon until SIGINT or SIGTERM. `listen` overrides `api.listen` (port 0 picks a free
@@ -46,6 +47,7 @@ pub fn up(home: &Home, listen: Option<&str>) -> anyhow::Result<()> {
     install_logging(home)?;
     let listen_addr = config.api.listen_addr()?;
     let tiers = tiers::open(home, &config)?;
+    let state_bus = tiers::open_state(home, &config, tiers.device.as_ref())?.map(Arc::new);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -57,6 +59,7 @@ pub fn up(home: &Home, listen: Option<&str>) -> anyhow::Result<()> {
         home: home.clone(),
         config,
         tiers,
+        state_bus,
     });
     runtime.block_on(serve(state, listen_addr))
 }
@@ -75,10 +78,20 @@ async fn serve(state: Arc<AppState>, listen_addr: std::net::SocketAddr) -> anyho
         "vbus {} started", env!("CARGO_PKG_VERSION")
     );
     tracing::info!("listening on http://{local_addr}");
+    let checkpoints = tokio::spawn(checkpoint_periodically(Arc::clone(&state)));
     axum::serve(listener, router(Arc::clone(&state)))
         .with_graceful_shutdown(signals.recv())
         .await
         .context("the HTTP server failed")?;
+    checkpoints.abort();
+    if let Some(bus) = &state.state_bus {
+        let bus = Arc::clone(bus);
+        let seq = tokio::task::spawn_blocking(move || bus.checkpoint())
+            .await
+            .context("the checkpoint task failed")?
+            .context("cannot checkpoint the state bus")?;
+        tracing::info!(seq, "state bus checkpointed");
+    }
     let dirty = state.tiers.cache.get_stats().dirty_entries;
     state
         .tiers
@@ -87,6 +100,61 @@ async fn serve(state: Arc<AppState>, listen_addr: std::net::SocketAddr) -> anyho
         .context("cannot write the write-back values to L3")?;
     tracing::info!(written_back = dirty, "stopped cleanly");
     Ok(())
+}
+
+/// Checkpoints the state bus every `state.checkpoint_interval_seconds` (0: never).
+async fn checkpoint_periodically(state: Arc<AppState>) {
+    let seconds = state.config.state.checkpoint_interval_seconds;
+    let Some(bus) = state.state_bus.clone().filter(|_| seconds > 0) else {
+        return;
+    };
+    let mut ticks = tokio::time::interval(std::time::Duration::from_secs(seconds));
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        let bus = Arc::clone(&bus);
+        match tokio::task::spawn_blocking(move || bus.checkpoint()).await {
+            Ok(Ok(seq)) => tracing::info!(seq, "periodic checkpoint"),
+            Ok(Err(err)) => tracing::error!(error = %err, "periodic checkpoint failed"),
+            Err(err) => tracing::error!(error = %err, "periodic checkpoint task failed"),
+        }
+    }
+}
+
+/// The state bus's figures for `/v1/stats`.
+fn state_stats(bus: Option<&vbus_state::StateBus>) -> serde_json::Value {
+    let Some(bus) = bus else {
+        return json!({ "enabled": false });
+    };
+    let metrics = bus.metrics();
+    let latency = |summary: vbus_tlog::LatencySummary| {
+        json!({
+            "count": summary.count,
+            "mean_ns": summary.mean_ns,
+            "p50_ns": summary.p50_ns,
+            "p99_ns": summary.p99_ns,
+            "max_ns": summary.max_ns,
+        })
+    };
+    json!({
+        "enabled": true,
+        "n_pages": metrics.n_pages,
+        "n_edges": metrics.n_edges,
+        "last_seq": metrics.last_seq,
+        "log": {
+            "first_seq": metrics.log.first_seq,
+            "synced_seq": metrics.log.synced_seq,
+            "n_segments": metrics.log.n_segments,
+            "n_syncs": metrics.log.n_syncs,
+            "appended_bytes": metrics.log.appended_bytes,
+        },
+        "latency": {
+            "delta_apply": latency(metrics.delta_apply),
+            "propagation": latency(metrics.propagation),
+            "log_append": latency(metrics.log_append),
+            "fsync": latency(metrics.log.sync),
+        },
+    })
 }
 
 fn router(state: Arc<AppState>) -> Router {
@@ -156,6 +224,7 @@ async fn stats(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
         },
         "write_mode": tiers.write_mode,
         "dirty": { "entries": cache.dirty_entries, "bytes": cache.dirty_bytes },
+        "state": state_stats(state.state_bus.as_deref()),
         "process": { "rss_bytes": rss_bytes() },
     }))
 }

@@ -5,7 +5,7 @@ use anyhow::Context as _;
 use vbus_cache::{CacheManager, PolicyKind, WriteMode as CacheWriteMode};
 use vbus_gpu::{BackendChoice, BackendKind, Device, DeviceOptions};
 
-use crate::config::{Config, EvictionPolicy, GpuBackend, WriteMode};
+use crate::config::{Config, Durability, EvictionPolicy, GpuBackend, WriteMode};
 use crate::home::Home;
 
 /// Page-locked host memory the device may use for staging and host buffers.
@@ -18,6 +18,8 @@ pub struct Tiers {
     pub cache: CacheManager,
     /// Where L1 runs; `None` when `L1_VRAM` is disabled.
     pub l1_backend: Option<BackendKind>,
+    /// The device L1 runs on (the state bus keeps its GPU pages there too).
+    pub device: Option<Device>,
 }
 
 /// The configuration's policy name as the cache knows it.
@@ -51,6 +53,7 @@ pub fn open(home: &Home, config: &Config) -> anyhow::Result<Tiers> {
             WriteMode::WriteBack => CacheWriteMode::Back,
         });
     let mut l1_backend = None;
+    let mut l1_device = None;
     if hierarchy.l1_vram.enabled {
         let backend = match config.gpu.backend {
             GpuBackend::Auto => BackendChoice::Auto,
@@ -72,6 +75,7 @@ pub fn open(home: &Home, config: &Config) -> anyhow::Result<Tiers> {
             )
         })?;
         l1_backend = Some(device.kind());
+        l1_device = Some(device.clone());
         builder = builder
             .l1_device(device)
             .l1_capacity_bytes(hierarchy.l1_vram.capacity_bytes())
@@ -80,5 +84,40 @@ pub fn open(home: &Home, config: &Config) -> anyhow::Result<Tiers> {
     let cache = builder
         .build()
         .with_context(|| format!("cannot open the cache at {}", home.l3_dir().display()))?;
-    Ok(Tiers { cache, l1_backend })
+    Ok(Tiers {
+        cache,
+        l1_backend,
+        device: l1_device,
+    })
+}
+
+/// Opens the state bus of `config` at `DATA/TLOG` and `DATA/CHECKPOINTS` (replaying the log
+/// after the newest checkpoint); `None` when `state.enabled` is false.
+pub fn open_state(
+    home: &Home,
+    config: &Config,
+    device: Option<&Device>,
+) -> anyhow::Result<Option<vbus_state::StateBus>> {
+    let state = &config.state;
+    if !state.enabled {
+        return Ok(None);
+    }
+    let data = home.root().join("DATA");
+    let mut builder = vbus_state::StateBus::builder(&data)
+        .log_dir(data.join("TLOG"))
+        .checkpoint_dir(data.join("CHECKPOINTS"))
+        .durability(match state.durability {
+            Durability::Buffered => vbus_state::Durability::Buffered,
+            Durability::Fdatasync => vbus_state::Durability::Fdatasync,
+            Durability::Fsync => vbus_state::Durability::Fsync,
+        })
+        .segment_bytes(state.segment_size_mb << 20)
+        .checkpoints_retained(state.checkpoints_retained as usize);
+    if let Some(device) = device {
+        builder = builder.device(device.clone());
+    }
+    let bus = builder
+        .open()
+        .with_context(|| format!("cannot open the state bus at {}", data.display()))?;
+    Ok(Some(bus))
 }

@@ -248,3 +248,56 @@ fn bench_cache_replays_a_trace() {
         misplaced.stderr
     );
 }
+
+#[test]
+fn bench_state_quick_compares_with_the_seed_okaywal_and_fdatasync() {
+    let dir = tempfile::tempdir().unwrap();
+    let result = run_ok(dir.path(), &["bench", "state", "--quick", "--json"]);
+    let lines = json_lines(&result.stdout);
+    let pairs: Vec<(&str, &str)> = lines
+        .iter()
+        .map(|line| {
+            (
+                line["metric"].as_str().unwrap(),
+                line["reference"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    for expected in [
+        ("page_alloc_4KiB", "seed's published baseline"),
+        ("sparse_delta_1pct_of_2MiB", "seed's published baseline"),
+        ("propagate_1000_page_cone", "seed's published baseline"),
+        ("durable_appends_1_writers", "okaywal 0.3"),
+        ("durable_appends_8_writers", "okaywal 0.3"),
+        (
+            "durable_appends_8_writers",
+            "raw write + fdatasync loop, 1 thread",
+        ),
+        ("replay_records_per_s", "DESIGN.md target"),
+    ] {
+        assert!(
+            pairs.contains(&expected),
+            "{expected:?} missing from {pairs:?}"
+        );
+    }
+    for line in &lines {
+        assert_eq!(line["suite"], "state");
+        let (ours, reference) = (
+            line["ours"].as_f64().unwrap(),
+            line["reference_value"].as_f64().unwrap(),
+        );
+        assert!(ours > 0.0 && reference > 0.0, "{line}");
+    }
+    // The seed's baselines are the published figures, not measured here.
+    let seed: Vec<f64> = lines
+        .iter()
+        .filter(|line| line["reference"] == "seed's published baseline")
+        .map(|line| line["reference_value"].as_f64().unwrap())
+        .collect();
+    assert_eq!(seed, [5.0, 200.0, 500.0]);
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "bench left its scratch directory"
+    );
+}

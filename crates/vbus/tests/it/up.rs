@@ -135,6 +135,19 @@ fn up_initialises_the_home_serves_and_exits_zero_on_sigterm() {
     );
     assert_eq!(stats["dirty"]["entries"].as_u64(), Some(0), "{stats}");
     assert!(stats["process"]["rss_bytes"].as_u64().unwrap() > 0);
+    // The state bus runs from DATA/TLOG and DATA/CHECKPOINTS.
+    assert_eq!(stats["state"]["enabled"], true, "{stats}");
+    assert_eq!(stats["state"]["last_seq"].as_u64(), Some(0), "{stats}");
+    assert!(
+        std::fs::read_dir(home.join("DATA/TLOG"))
+            .unwrap()
+            .any(|entry| entry
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".seg")),
+        "no log segment in DATA/TLOG"
+    );
 
     let (status, body) = http_get(&daemon.addr, "/v1/no-such-thing");
     assert_eq!(status, 404);
@@ -150,6 +163,15 @@ fn up_initialises_the_home_serves_and_exits_zero_on_sigterm() {
     assert!(log.contains("listening on http://"), "{log}");
     assert!(log.contains("signal=\"SIGTERM\""), "{log}");
     assert!(log.contains("stopped cleanly"), "{log}");
+    // The shutdown checkpointed the state bus.
+    assert!(log.contains("state bus checkpointed"), "{log}");
+    assert_eq!(
+        std::fs::read_dir(home.join("DATA/CHECKPOINTS"))
+            .unwrap()
+            .count(),
+        1,
+        "no checkpoint after SIGTERM"
+    );
 }
 
 #[test]

@@ -1,0 +1,337 @@
+//! `vbus bench state`: the state bus against the seed's published baselines (page alloc, sparse
+//! delta, propagation), and its transaction log against `okaywal` and a raw `fdatasync` loop on
+//! the same disk, plus replay speed.
+
+use std::io::Write;
+use std::os::unix::fs::FileExt as _;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use vbus_state::{Delta, Durability, ElemType, Location, MergeOp, Rule, StateBus};
+use vbus_tlog::{Log, LogOptions};
+
+use super::{Better, Device, Measurement, Mode, Reporter, Scratch, median};
+use crate::home::Home;
+use crate::scan;
+
+const SUITE: &str = "state";
+/// The seed's published figures (MMSB README, "Known hotspots").
+const SEED_ALLOC_US: f64 = 5.0;
+const SEED_SPARSE_DELTA_US: f64 = 200.0;
+const SEED_PROPAGATION_US: f64 = 500.0;
+/// Bytes of each record in the append and replay figures.
+const RECORD_BYTES: usize = 64;
+
+pub(super) fn run<W: Write>(
+    mode: Mode,
+    home: &Home,
+    reporter: &mut Reporter<W>,
+) -> anyhow::Result<()> {
+    let (n_allocs, n_deltas, n_waves, append_secs, n_replay) = match mode {
+        Mode::Full => (200_000, 20_000, 2_000, 3.0, 10_000_000),
+        Mode::Quick => (20_000, 2_000, 200, 0.5, 1_000_000),
+    };
+    let scratch = Scratch(
+        scan::nearest_existing_dir(home.root())
+            .join(format!(".vbus-bench-state-{}", std::process::id())),
+    );
+    std::fs::create_dir_all(&scratch.0)
+        .with_context(|| format!("cannot create {}", scratch.0.display()))?;
+    reporter.note(&format!(
+        "bench state at {}: the bus with buffered durability (each change written to the OS before \
+         it returns) against the seed's published baselines; durable appends ({RECORD_BYTES}-byte \
+         records, fdatasync) against okaywal 0.3 and a raw write + fdatasync loop; medians of 3",
+        scratch.0.display()
+    ))?;
+    let us = |started: Instant, n: usize| started.elapsed().as_secs_f64() * 1e6 / n as f64;
+
+    // Page alloc, 4 KiB: create_page end to end (pooled memory, logged).
+    let mut samples = Vec::new();
+    for round in 0..3 {
+        let bus = open_bus(&scratch.0.join(format!("alloc{round}")))?;
+        let started = Instant::now();
+        for _ in 0..n_allocs {
+            bus.create_page(4096, Location::Cpu)?;
+        }
+        samples.push(us(started, n_allocs));
+    }
+    report_vs_seed(
+        reporter,
+        "page_alloc_4KiB",
+        median(&mut samples),
+        SEED_ALLOC_US,
+        50.0,
+    )?;
+
+    // Sparse delta: 1% of a 2 MiB page, in 64-byte runs spread over the page.
+    let mut samples = Vec::new();
+    for round in 0..3 {
+        let bus = open_bus(&scratch.0.join(format!("delta{round}")))?;
+        let page = bus.create_page(2 << 20, Location::Cpu)?;
+        let deltas: Vec<Delta> = (0..16u64)
+            .map(|variant| {
+                let runs = (0..328u64)
+                    .map(|run| (run * 6392 + variant * 8, vec![variant as u8 + 1; 64]))
+                    .collect();
+                Delta::sparse(runs)
+            })
+            .collect();
+        let started = Instant::now();
+        for delta_idx in 0..n_deltas {
+            bus.update_page(page, &deltas[delta_idx % deltas.len()])?;
+        }
+        samples.push(us(started, n_deltas));
+    }
+    report_vs_seed(
+        reporter,
+        "sparse_delta_1pct_of_2MiB",
+        median(&mut samples),
+        SEED_SPARSE_DELTA_US,
+        40.0,
+    )?;
+
+    // Propagation: a root feeding a 1,000-page cone (a tree of fan-out 10, i64 sums).
+    let mut samples = Vec::new();
+    for round in 0..3 {
+        let bus = open_bus(&scratch.0.join(format!("cone{round}")))?;
+        let root = bus.create_page(64, Location::Cpu)?;
+        let mut frontier = vec![root];
+        let mut n_cone = 0;
+        let rule = Rule::Semiring {
+            op: MergeOp::Add,
+            elem: ElemType::I64,
+        };
+        'build: while n_cone < 1000 {
+            let mut next = Vec::new();
+            for &parent in &frontier {
+                for _ in 0..10 {
+                    let child = bus.create_page(64, Location::Cpu)?;
+                    bus.add_edge(parent, child, rule.clone())?;
+                    next.push(child);
+                    n_cone += 1;
+                    if n_cone == 1000 {
+                        break 'build;
+                    }
+                }
+            }
+            frontier = next;
+        }
+        let started = Instant::now();
+        for wave in 0..n_waves {
+            let delta = Delta::with_op(
+                MergeOp::Add,
+                ElemType::I64,
+                vec![(0, (wave as i64 + 1).to_le_bytes().to_vec())],
+            );
+            bus.update_page(root, &delta)?;
+        }
+        samples.push(us(started, n_waves));
+        let metrics = bus.metrics();
+        anyhow::ensure!(
+            metrics.propagation.count as usize >= n_waves,
+            "the waves did not propagate"
+        );
+    }
+    report_vs_seed(
+        reporter,
+        "propagate_1000_page_cone",
+        median(&mut samples),
+        SEED_PROPAGATION_US,
+        10.0,
+    )?;
+
+    // Durable appends per second, 1 and 8 writers: ours, okaywal, and a raw fdatasync loop.
+    let raw = raw_fdatasync_per_s(&scratch.0.join("raw.bin"), append_secs)?;
+    for n_writers in [1usize, 8] {
+        let ours = ours_appends_per_s(
+            &scratch.0.join(format!("ours{n_writers}")),
+            n_writers,
+            append_secs,
+        )?;
+        let okay = okaywal_appends_per_s(
+            &scratch.0.join(format!("okaywal{n_writers}")),
+            n_writers,
+            append_secs,
+        )?;
+        let metric = format!("durable_appends_{n_writers}_writers");
+        reporter.report(Measurement::new(
+            SUITE,
+            &metric,
+            "appends/s",
+            Better::Higher,
+            ours,
+            "okaywal 0.3",
+            okay,
+            Some(5.0),
+            Device::Cpu,
+        ))?;
+        reporter.report(Measurement::new(
+            SUITE,
+            &metric,
+            "appends/s",
+            Better::Higher,
+            ours,
+            "raw write + fdatasync loop, 1 thread",
+            raw,
+            None,
+            Device::Cpu,
+        ))?;
+    }
+
+    // Replay: records per second read back through the log (checksums checked).
+    let dir = scratch.0.join("replay");
+    let (log, _) = Log::open(&dir, LogOptions::default())?;
+    let payload = [7u8; RECORD_BYTES];
+    let batch: Vec<(u8, &[u8])> = (0..1000).map(|_| (1u8, &payload[..])).collect();
+    for _ in 0..n_replay / 1000 {
+        log.append_batch(&batch, Durability::Buffered)?;
+    }
+    log.sync()?;
+    let mut samples = Vec::new();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let mut n = 0u64;
+        log.read_from(1, |record| {
+            n += u64::from(record.payload.len() == RECORD_BYTES);
+            Ok(true)
+        })?;
+        anyhow::ensure!(
+            n as usize == n_replay,
+            "replay read {n} records of {n_replay}"
+        );
+        samples.push(n as f64 / started.elapsed().as_secs_f64());
+    }
+    let replay = median(&mut samples);
+    reporter.report(Measurement::new(
+        SUITE,
+        "replay_records_per_s",
+        "records/s",
+        Better::Higher,
+        replay,
+        "DESIGN.md target",
+        10_000_000.0,
+        Some(1.0),
+        Device::Cpu,
+    ))?;
+    Ok(())
+}
+
+fn open_bus(dir: &Path) -> anyhow::Result<StateBus> {
+    Ok(StateBus::builder(dir)
+        .durability(Durability::Buffered)
+        .open()?)
+}
+
+fn report_vs_seed<W: Write>(
+    reporter: &mut Reporter<W>,
+    metric: &str,
+    ours_us: f64,
+    seed_us: f64,
+    target: f64,
+) -> anyhow::Result<()> {
+    reporter.report(Measurement::new(
+        SUITE,
+        metric,
+        "µs",
+        Better::Lower,
+        ours_us,
+        "seed's published baseline",
+        seed_us,
+        Some(target),
+        Device::Cpu,
+    ))?;
+    Ok(())
+}
+
+/// Runs `n_writers` threads appending for `secs`; returns appends per second (median of 3).
+fn threads_per_s(
+    n_writers: usize,
+    secs: f64,
+    append: impl Fn() -> anyhow::Result<()> + Sync,
+) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let counts: Vec<anyhow::Result<u64>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..n_writers)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut n = 0u64;
+                    while started.elapsed().as_secs_f64() < secs {
+                        append()?;
+                        n += 1;
+                    }
+                    Ok(n)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| {
+                handle
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    });
+    let mut total = 0;
+    for count in counts {
+        total += count?;
+    }
+    Ok(total as f64 / started.elapsed().as_secs_f64())
+}
+
+fn ours_appends_per_s(dir: &Path, n_writers: usize, secs: f64) -> anyhow::Result<f64> {
+    let mut samples = Vec::new();
+    for round in 0..3 {
+        let (log, _) = Log::open(dir.join(round.to_string()), LogOptions::default())?;
+        let payload = [1u8; RECORD_BYTES];
+        samples.push(threads_per_s(n_writers, secs, || {
+            log.append(1, &payload, Durability::Fdatasync)?;
+            Ok(())
+        })?);
+    }
+    Ok(median(&mut samples))
+}
+
+fn okaywal_appends_per_s(dir: &Path, n_writers: usize, secs: f64) -> anyhow::Result<f64> {
+    let mut samples = Vec::new();
+    for round in 0..3 {
+        let wal = okaywal::WriteAheadLog::recover(dir.join(round.to_string()), okaywal::LogVoid)
+            .context("okaywal: cannot open its log")?;
+        let payload = [1u8; RECORD_BYTES];
+        samples.push(threads_per_s(n_writers, secs, || {
+            let mut entry = wal.begin_entry()?;
+            entry.write_chunk(&payload)?;
+            entry.commit()?;
+            Ok(())
+        })?);
+        wal.shutdown().context("okaywal: shutdown")?;
+    }
+    Ok(median(&mut samples))
+}
+
+/// One thread writing a record at the end of a file and fdatasyncing it, as fast as it can.
+fn raw_fdatasync_per_s(path: &Path, secs: f64) -> anyhow::Result<f64> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    file.set_len(64 << 20)?;
+    file.sync_all()?;
+    let payload = [1u8; RECORD_BYTES];
+    let mut samples = Vec::new();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let mut n = 0u64;
+        while started.elapsed().as_secs_f64() < secs {
+            file.write_all_at(&payload, (n % 1_000_000) * RECORD_BYTES as u64)?;
+            file.sync_data()?;
+            n += 1;
+        }
+        samples.push(n as f64 / started.elapsed().as_secs_f64());
+    }
+    Ok(median(&mut samples))
+}
