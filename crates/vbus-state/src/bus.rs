@@ -1,7 +1,9 @@
 //! [`StateBus`]: the seed's verbs over the in-memory state, every change a log record.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
@@ -24,6 +26,7 @@ pub struct StateBusBuilder {
     checkpoints_retained: usize,
     device: Option<vbus_gpu::Device>,
     functions: HashMap<String, Arc<RuleFn>>,
+    reserved: Vec<(u64, usize)>,
 }
 
 impl std::fmt::Debug for StateBusBuilder {
@@ -71,6 +74,14 @@ impl StateBusBuilder {
     /// The device GPU pages live on. Default none: GPU pages keep their bytes on the host.
     pub fn device(mut self, device: vbus_gpu::Device) -> Self {
         self.device = Some(device);
+        self
+    }
+
+    /// Pre-faults host memory for `n_pages` pages of `size` bytes at open, so creating them
+    /// later takes no allocation and no page fault (the seed's pooled, pre-faulted arenas).
+    /// Default none.
+    pub fn reserve_pages(mut self, size: u64, n_pages: usize) -> Self {
+        self.reserved.push((size, n_pages));
         self
     }
 
@@ -122,6 +133,9 @@ impl StateBusBuilder {
             });
         }
         replay_into(&log, &mut state, u64::MAX, &ctx)?;
+        for &(size, n_pages) in &self.reserved {
+            state.reserve_pages(size, n_pages);
+        }
         Ok(StateBus {
             state: RwLock::new(state),
             log,
@@ -132,6 +146,7 @@ impl StateBusBuilder {
             functions: self.functions,
             checkpoint_lock: Mutex::new(()),
             failed: Mutex::new(None),
+            has_failed: AtomicBool::new(false),
             metrics: Metrics::default(),
         })
     }
@@ -201,6 +216,7 @@ pub struct StateBus {
     functions: HashMap<String, Arc<RuleFn>>,
     checkpoint_lock: Mutex<()>,
     failed: Mutex<Option<String>>,
+    has_failed: AtomicBool,
     metrics: Metrics,
 }
 
@@ -225,6 +241,7 @@ impl StateBus {
             checkpoints_retained: 2,
             device: None,
             functions: HashMap::new(),
+            reserved: Vec::new(),
         }
     }
 
@@ -251,8 +268,10 @@ impl StateBus {
     /// Checks, applies and logs one op under the write lock; waits for its durability outside
     /// it, so concurrent changes share syncs. Returns its sequence number.
     /// A create's page id is assigned here, under the lock.
-    fn commit(&self, op: &mut Op, expected_epoch: Option<(PageId, u64)>) -> Result<u64> {
-        if let Some(reason) = crate::lock(&self.failed).clone() {
+    fn commit(&self, op: &mut Op<'_>, expected_epoch: Option<(PageId, u64)>) -> Result<u64> {
+        if self.has_failed.load(Ordering::Relaxed)
+            && let Some(reason) = crate::lock(&self.failed).clone()
+        {
             return Err(Error::Failed { reason });
         }
         let seq = {
@@ -261,8 +280,6 @@ impl StateBus {
                 *id = state.next_page_id;
             }
             let op = &*op;
-            let mut payload = Vec::new();
-            let kind = op.encode(&mut payload);
             let ctx = self.ctx();
             state.check(op, &ctx)?;
             if let Some((id, expected)) = expected_epoch {
@@ -275,19 +292,22 @@ impl StateBus {
                     });
                 }
             }
-            let seq = self.log.next_seq();
-            let started = Instant::now();
+            // Every append goes through this lock, so the log's next number is this change's.
+            let seq = state.last_seq + 1;
+            let mut payload = std::mem::take(&mut state.encode_buffer);
+            payload.clear();
+            let kind = op.encode(&mut payload);
             let applied = match op {
-                Op::Update(deltas) => {
-                    // Timed in two parts: the deltas, then the propagation wave.
-                    self.apply_update(&mut state, seq, deltas, &ctx, started)
-                }
+                // Timed in two parts: the deltas, then the propagation wave.
+                Op::Update(deltas) => self.apply_update(&mut state, seq, deltas, &ctx),
                 _ => state.apply(seq, op, &ctx),
             };
             if let Err(err) = applied {
                 return Err(self.fail(err));
             }
-            match self.log.enqueue(&[(kind, &payload)], self.durability) {
+            let logged = self.log.enqueue(&[(kind, &payload)], self.durability);
+            state.encode_buffer = payload;
+            match logged {
                 Ok(range) if range.start == seq => {}
                 Ok(range) => {
                     return Err(self.fail(Error::BadRecord {
@@ -299,9 +319,11 @@ impl StateBus {
             }
             seq
         };
-        let started = Instant::now();
-        self.log.wait_durable(seq, self.durability)?;
-        self.metrics.log_append.record(started.elapsed());
+        if self.durability != Durability::Async {
+            let started = Instant::now();
+            self.log.wait_durable(seq, self.durability)?;
+            self.metrics.log_append.record(started.elapsed());
+        }
         Ok(seq)
     }
 
@@ -309,10 +331,10 @@ impl StateBus {
         &self,
         state: &mut State,
         seq: u64,
-        deltas: &[(PageId, Delta)],
+        deltas: &[(PageId, Cow<'_, Delta>)],
         ctx: &Context<'_>,
-        started: Instant,
     ) -> Result<()> {
+        let started = Instant::now();
         let mut changed = Vec::with_capacity(deltas.len());
         for (id, delta) in deltas {
             if state.apply_delta_only(*id, delta, ctx.device)? {
@@ -338,6 +360,7 @@ impl StateBus {
         }
         tracing::error!(error = %err, "state bus failed; it refuses changes until reopened");
         *crate::lock(&self.failed) = Some(err.to_string());
+        self.has_failed.store(true, Ordering::Relaxed);
         err
     }
 
@@ -357,20 +380,24 @@ impl StateBus {
 
     /// Applies `delta` to page `id` and propagates; returns the change's sequence number.
     pub fn update_page(&self, id: PageId, delta: &Delta) -> Result<u64> {
-        self.commit(&mut Op::Update(vec![(id, delta.clone())]), None)
+        self.commit(&mut Op::Update(vec![(id, Cow::Borrowed(delta))]), None)
     }
 
     /// [`StateBus::update_page`] only if the page is still at `expected_epoch`.
     pub fn update_page_at(&self, id: PageId, delta: &Delta, expected_epoch: u64) -> Result<u64> {
         self.commit(
-            &mut Op::Update(vec![(id, delta.clone())]),
+            &mut Op::Update(vec![(id, Cow::Borrowed(delta))]),
             Some((id, expected_epoch)),
         )
     }
 
     /// Applies many deltas as one change with one propagation wave.
     pub fn batch_update(&self, deltas: &[(PageId, Delta)]) -> Result<u64> {
-        self.commit(&mut Op::Update(deltas.to_vec()), None)
+        let deltas = deltas
+            .iter()
+            .map(|(id, delta)| (*id, Cow::Borrowed(delta)))
+            .collect();
+        self.commit(&mut Op::Update(deltas), None)
     }
 
     /// The page's bytes and epoch.

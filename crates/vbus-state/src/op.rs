@@ -4,6 +4,8 @@
 //! `delete: id u64`; `add_edge: source u64 | target u64 | rule`; `remove_edge: source u64 |
 //! target u64`. Little-endian; a delta and a rule carry their own lengths.
 
+use std::borrow::Cow;
+
 use crate::delta::{self, Delta};
 use crate::graph::Rule;
 use crate::page::{Location, PageId};
@@ -15,16 +17,16 @@ const KIND_DELETE: u8 = 3;
 const KIND_ADD_EDGE: u8 = 4;
 const KIND_REMOVE_EDGE: u8 = 5;
 
-/// One mutation.
+/// One mutation. Live changes borrow their deltas; replayed ones own them.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Op {
+pub(crate) enum Op<'a> {
     Create {
         id: PageId,
         size: u64,
         location: Location,
     },
     /// Deltas applied together, then one propagation wave.
-    Update(Vec<(PageId, Delta)>),
+    Update(Vec<(PageId, Cow<'a, Delta>)>),
     Delete {
         id: PageId,
     },
@@ -39,7 +41,7 @@ pub(crate) enum Op {
     },
 }
 
-impl Op {
+impl Op<'_> {
     /// The record kind and payload.
     pub fn encode(&self, out: &mut Vec<u8>) -> u8 {
         match self {
@@ -80,7 +82,7 @@ impl Op {
     }
 
     /// Decodes a record; never panics.
-    pub fn decode(seq: u64, kind: u8, payload: &[u8]) -> Result<Self> {
+    pub fn decode(seq: u64, kind: u8, payload: &[u8]) -> Result<Op<'static>> {
         let bad = |reason: &str| Error::BadRecord {
             seq,
             reason: reason.to_owned(),
@@ -92,7 +94,7 @@ impl Op {
                 .ok_or_else(|| bad("cut short"))
         };
         let op = match kind {
-            KIND_CREATE => Self::Create {
+            KIND_CREATE => Op::Create {
                 id: u64_at(0)?,
                 size: u64_at(8)?,
                 location: payload
@@ -115,20 +117,20 @@ impl Op {
                     let (delta, len) = delta::decode(payload.get(at + 8..).unwrap_or_default())
                         .map_err(|err| bad(&err.to_string()))?;
                     at += 8 + len;
-                    deltas.push((id, delta));
+                    deltas.push((id, Cow::Owned(delta)));
                 }
-                Self::Update(deltas)
+                Op::Update(deltas)
             }
-            KIND_DELETE => Self::Delete { id: u64_at(0)? },
+            KIND_DELETE => Op::Delete { id: u64_at(0)? },
             KIND_ADD_EDGE => {
                 let mut at = 16;
-                Self::AddEdge {
+                Op::AddEdge {
                     source: u64_at(0)?,
                     target: u64_at(8)?,
                     rule: Rule::decode(payload, &mut at).ok_or_else(|| bad("bad rule"))?,
                 }
             }
-            KIND_REMOVE_EDGE => Self::RemoveEdge {
+            KIND_REMOVE_EDGE => Op::RemoveEdge {
                 source: u64_at(0)?,
                 target: u64_at(8)?,
             },

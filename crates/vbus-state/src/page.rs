@@ -164,6 +164,8 @@ fn apply_on_device(
 #[derive(Debug, Default)]
 pub(crate) struct PagePool {
     free: HashMap<u64, Vec<Vec<u8>>, foldhash::fast::FixedState>,
+    /// Buffers known to hold zeros (reserved, never used): taken without clearing.
+    zeroed: HashMap<u64, Vec<Vec<u8>>, foldhash::fast::FixedState>,
     pooled_bytes: u64,
 }
 
@@ -174,6 +176,10 @@ impl PagePool {
 
     /// A zeroed buffer of `size` bytes.
     pub fn take(&mut self, size: u64) -> Vec<u8> {
+        if let Some(bytes) = self.zeroed.get_mut(&size).and_then(Vec::pop) {
+            self.pooled_bytes -= size;
+            return bytes;
+        }
         if let Some(mut bytes) = self.free.get_mut(&size).and_then(Vec::pop) {
             self.pooled_bytes -= size;
             bytes.fill(0);
@@ -197,6 +203,21 @@ impl PagePool {
             self.pooled_bytes += (batch - 1) * size;
         }
         vec![0u8; size as usize]
+    }
+
+    /// Pre-faults `n_pages` buffers of `size` bytes for later pages (beyond the pool's bound:
+    /// the caller asked for them).
+    pub fn reserve(&mut self, size: u64, n_pages: usize) {
+        let list = self.zeroed.entry(size).or_default();
+        list.reserve(n_pages);
+        for _ in 0..n_pages {
+            let mut bytes = vec![0u8; size as usize];
+            for at in (0..bytes.len()).step_by(4096) {
+                bytes[at] = std::hint::black_box(0);
+            }
+            list.push(bytes);
+        }
+        self.pooled_bytes += size * n_pages as u64;
     }
 
     /// Gives a buffer back.

@@ -30,6 +30,8 @@ pub(crate) struct State {
     changed_marks: Vec<u32>,
     stamp: u32,
     scratch: Vec<u8>,
+    /// Reused for encoding each change's log record.
+    pub encode_buffer: Vec<u8>,
 }
 
 /// A page as a caller sees it.
@@ -93,7 +95,7 @@ impl State {
     }
 
     /// Checks that `op` can be applied, so that applying it changes all or nothing.
-    pub fn check(&self, op: &Op, ctx: &Context<'_>) -> Result<()> {
+    pub fn check(&self, op: &Op<'_>, ctx: &Context<'_>) -> Result<()> {
         match op {
             Op::Create { id, location, .. } => {
                 if *id != self.next_page_id {
@@ -155,7 +157,7 @@ impl State {
     }
 
     /// Applies a checked op at `seq`.
-    pub fn apply(&mut self, seq: u64, op: &Op, ctx: &Context<'_>) -> Result<()> {
+    pub fn apply(&mut self, seq: u64, op: &Op<'_>, ctx: &Context<'_>) -> Result<()> {
         match op {
             Op::Create { id, size, location } => {
                 let bytes = match (location, ctx.device) {
@@ -261,48 +263,70 @@ impl State {
         let mut scratch = std::mem::take(&mut self.scratch);
         for (position, &target) in order.iter().enumerate() {
             let forced = position < force.len();
-            let Some(node) = self.graph.node(target) else {
-                continue;
-            };
-            let Some(rule) = node.rule.clone() else {
-                continue;
-            };
-            if !forced
-                && !node
-                    .sources
-                    .iter()
-                    .any(|&source| self.changed_marks[source as usize] == changed_stamp)
             {
-                continue;
-            }
-            let size = self.page(target)?.size as usize;
-            scratch.clear();
-            scratch.resize(size, 0);
-            {
-                // Host sources are borrowed; device sources are read back.
-                let mut owned: Vec<Vec<u8>> = Vec::new();
-                for &source in &node.sources {
-                    let page = self.page(source)?;
-                    if let Bytes::Device(_) = page.bytes {
-                        owned.push(page.read(ctx.device)?);
-                    }
+                let Some(node) = self.graph.node(target) else {
+                    continue;
+                };
+                let Some(rule) = &node.rule else { continue };
+                if !forced
+                    && !node
+                        .sources
+                        .iter()
+                        .any(|&source| self.changed_marks[source as usize] == changed_stamp)
+                {
+                    continue;
                 }
-                let mut owned_iter = owned.iter();
-                let mut inputs: Vec<&[u8]> = Vec::with_capacity(node.sources.len());
-                for &source in &node.sources {
-                    match &self.page(source)?.bytes {
-                        Bytes::Host(bytes) => inputs.push(bytes),
-                        Bytes::Device(_) => inputs.push(owned_iter.next().expect("read above")),
+                let size = self.page(target)?.size as usize;
+                scratch.clear();
+                scratch.resize(size, 0);
+                let all_host = node.sources.iter().all(|&source| {
+                    matches!(self.page(source).map(|p| &p.bytes), Ok(Bytes::Host(_)))
+                });
+                match rule {
+                    Rule::Semiring { op, elem } if all_host => {
+                        // The common case, without gathering the inputs.
+                        for (idx, &source) in node.sources.iter().enumerate() {
+                            let Bytes::Host(bytes) = &self.page(source)?.bytes else {
+                                unreachable!("checked: every source is on the host")
+                            };
+                            if idx == 0 {
+                                scratch.copy_from_slice(bytes);
+                            } else {
+                                crate::delta::combine_into(*op, *elem, &mut scratch, bytes);
+                            }
+                        }
                     }
-                }
-                match &rule {
-                    Rule::Semiring { op, elem } => fold_semiring(*op, *elem, &inputs, &mut scratch),
-                    Rule::Function(name) => {
-                        let function = ctx
-                            .functions
-                            .get(name)
-                            .ok_or_else(|| Error::UnknownFunction { name: name.clone() })?;
-                        function(&inputs, &mut scratch);
+                    _ => {
+                        // Device sources are read back; host sources are borrowed.
+                        let mut owned: Vec<Vec<u8>> = Vec::new();
+                        for &source in &node.sources {
+                            let page = self.page(source)?;
+                            if let Bytes::Device(_) = page.bytes {
+                                owned.push(page.read(ctx.device)?);
+                            }
+                        }
+                        let mut owned_iter = owned.iter();
+                        let mut inputs: Vec<&[u8]> = Vec::with_capacity(node.sources.len());
+                        for &source in &node.sources {
+                            match &self.page(source)?.bytes {
+                                Bytes::Host(bytes) => inputs.push(bytes),
+                                Bytes::Device(_) => {
+                                    inputs.push(owned_iter.next().expect("read above"));
+                                }
+                            }
+                        }
+                        match rule {
+                            Rule::Semiring { op, elem } => {
+                                fold_semiring(*op, *elem, &inputs, &mut scratch);
+                            }
+                            Rule::Function(name) => {
+                                let function = ctx
+                                    .functions
+                                    .get(name)
+                                    .ok_or_else(|| Error::UnknownFunction { name: name.clone() })?;
+                                function(&inputs, &mut scratch);
+                            }
+                        }
                     }
                 }
             }
@@ -377,6 +401,11 @@ impl State {
             bytes: stored,
         });
         Ok(())
+    }
+
+    /// Pre-faults host buffers for `n_pages` pages of `size` bytes.
+    pub fn reserve_pages(&mut self, size: u64, n_pages: usize) {
+        self.pool.reserve(size, n_pages);
     }
 
     /// Counts a change of a page.

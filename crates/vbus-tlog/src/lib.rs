@@ -19,5 +19,7 @@ mod segment;
 
 pub use error::{Error, Result};
 pub use histogram::{Histogram, LatencySummary};
-pub use log::{Durability, Log, LogOptions, LogStats, Recovery};
+pub use log::{
+    ASYNC_PENDING_MAX_BYTES, Durability, FLUSH_INTERVAL, Log, LogOptions, LogStats, Recovery,
+};
 pub use record::{MAX_BODY_BYTES, RecordRef};

@@ -14,6 +14,10 @@ use crate::{Error, Result};
 /// What an append has survived when it returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
+    /// Queued in the log's memory: written by the next append that waits, by the log's flusher
+    /// within [`FLUSH_INTERVAL`], or when queued bytes pass [`ASYNC_PENDING_MAX_BYTES`]. A
+    /// process crash loses at most that window; what is written is never torn.
+    Async,
     /// Written to the operating system: survives the process, not a power cut.
     Buffered,
     /// `fdatasync`ed: survives a power cut (the default).
@@ -27,12 +31,18 @@ impl Durability {
     /// The name used in the config file.
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Async => "async",
             Self::Buffered => "buffered",
             Self::Fdatasync => "fdatasync",
             Self::Fsync => "fsync",
         }
     }
 }
+
+/// How long an `Async` append waits, at most, for its write.
+pub const FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(5);
+/// Queued `Async` bytes beyond which the appender writes them itself.
+pub const ASYNC_PENDING_MAX_BYTES: u64 = 4 << 20;
 
 /// How a log is opened.
 #[derive(Debug, Clone)]
@@ -100,6 +110,7 @@ struct State {
     /// Where the next record goes in the active segment.
     tail_offset: u64,
     pending: Vec<Chunk>,
+    pending_bytes: u64,
     /// Files written since their last sync.
     unsynced: Vec<Arc<File>>,
     next_seq: u64,
@@ -117,9 +128,9 @@ struct State {
     spare: Vec<Vec<u8>>,
 }
 
-/// The transaction log. Share it behind an `Arc`; every method takes `&self`.
+/// The log itself, shared with the flusher thread.
 #[derive(Debug)]
-pub struct Log {
+struct LogCore {
     dir: PathBuf,
     options: LogOptions,
     state: Mutex<State>,
@@ -197,10 +208,10 @@ fn recover_tail(
     }
 }
 
-impl Log {
+impl LogCore {
     /// Opens (or creates) the log in `dir`: takes its lock, checks the newest segment, zeroes a
     /// torn tail, and refuses any other damage with [`Error::Corrupt`].
-    pub fn open(dir: impl Into<PathBuf>, options: LogOptions) -> Result<(Self, Recovery)> {
+    fn open(dir: impl Into<PathBuf>, options: LogOptions) -> Result<(Self, Recovery)> {
         let dir = dir.into();
         std::fs::create_dir_all(&dir).map_err(Error::io("create", &dir))?;
         let lock_path = dir.join("LOCK");
@@ -256,6 +267,7 @@ impl Log {
             active_bytes,
             tail_offset,
             pending: Vec::new(),
+            pending_bytes: 0,
             unsynced: Vec::new(),
             next_seq,
             written_seq: next_seq - 1,
@@ -284,7 +296,7 @@ impl Log {
     }
 
     /// The log's directory.
-    pub fn dir(&self) -> &Path {
+    fn dir(&self) -> &Path {
         &self.dir
     }
 
@@ -293,14 +305,14 @@ impl Log {
     }
 
     /// Appends one record; returns its sequence number once it is as durable as asked.
-    pub fn append(&self, kind: u8, payload: &[u8], durability: Durability) -> Result<u64> {
+    fn append(&self, kind: u8, payload: &[u8], durability: Durability) -> Result<u64> {
         self.append_batch(&[(kind, payload)], durability)
             .map(|range| range.end - 1)
     }
 
     /// Appends records with consecutive sequence numbers, all or none visible to a reader after
     /// a crash up to a torn tail; returns their range once the last is as durable as asked.
-    pub fn append_batch(
+    fn append_batch(
         &self,
         records: &[(u8, &[u8])],
         durability: Durability,
@@ -316,7 +328,7 @@ impl Log {
     /// `enqueue` calls is the log's order. [`Log::wait_durable`] then waits (a caller applying
     /// changes in memory enqueues under its own lock and waits outside it, so writers share
     /// syncs). `durability` says what the later wait will ask for.
-    pub fn enqueue(
+    fn enqueue(
         &self,
         records: &[(u8, &[u8])],
         durability: Durability,
@@ -340,15 +352,29 @@ impl Log {
             self.encode_into(&mut state, kind, payload)?;
         }
         let last = state.next_seq - 1;
-        if durability != Durability::Buffered {
+        if matches!(durability, Durability::Fdatasync | Durability::Fsync) {
             state.want_sync_seq = state.want_sync_seq.max(last);
             state.want_fsync |= durability == Durability::Fsync;
+        }
+        if durability == Durability::Async && state.pending_bytes > ASYNC_PENDING_MAX_BYTES {
+            // Bounded memory: past the limit the appender writes the queue itself.
+            self.wait_for(state, last, Durability::Buffered)?;
         }
         Ok(first..last + 1)
     }
 
+    /// Writes whatever is queued, if no leader is writing already (the flusher's tick).
+    fn flush_queued(&self) -> Result<()> {
+        let state = self.lock();
+        if state.pending.is_empty() || state.leader_active {
+            return Ok(());
+        }
+        let last = state.next_seq - 1;
+        self.wait_for(state, last, Durability::Buffered)
+    }
+
     /// Waits until record `seq` (enqueued earlier) is as durable as asked.
-    pub fn wait_durable(&self, seq: u64, durability: Durability) -> Result<()> {
+    fn wait_durable(&self, seq: u64, durability: Durability) -> Result<()> {
         let mut state = self.lock();
         if seq >= state.next_seq {
             return Err(Error::NotRetained {
@@ -357,7 +383,7 @@ impl Log {
                 last: state.next_seq - 1,
             });
         }
-        if durability != Durability::Buffered {
+        if matches!(durability, Durability::Fdatasync | Durability::Fsync) {
             state.want_sync_seq = state.want_sync_seq.max(seq);
             state.want_fsync |= durability == Durability::Fsync;
         }
@@ -365,7 +391,7 @@ impl Log {
     }
 
     /// Writes and syncs everything appended so far.
-    pub fn sync(&self) -> Result<u64> {
+    fn sync(&self) -> Result<u64> {
         let mut state = self.lock();
         let last = state.next_seq - 1;
         state.want_sync_seq = state.want_sync_seq.max(last);
@@ -399,6 +425,7 @@ impl Log {
         state.tail_offset += len;
         state.next_seq += 1;
         state.appended_bytes += len;
+        state.pending_bytes += len;
         Ok(())
     }
 
@@ -439,6 +466,7 @@ impl Log {
                 });
             }
             let reached = match durability {
+                Durability::Async => true,
                 Durability::Buffered => state.written_seq >= seq,
                 Durability::Fdatasync | Durability::Fsync => state.synced_seq >= seq,
             };
@@ -452,6 +480,7 @@ impl Log {
             // Lead: take everything pending, write it and (when asked) sync it, unlocked.
             state.leader_active = true;
             let chunks = std::mem::take(&mut state.pending);
+            state.pending_bytes = 0;
             let upto = state.next_seq - 1;
             let sync = state.want_sync_seq > state.synced_seq;
             let full = std::mem::take(&mut state.want_fsync);
@@ -528,7 +557,7 @@ impl Log {
     /// Calls `visit` with every record from `from_seq` to the last one written when the call
     /// began, in order; `visit` returns `false` to stop early. Damage anywhere is an error
     /// naming the segment and offset.
-    pub fn read_from(
+    fn read_from(
         &self,
         from_seq: u64,
         mut visit: impl FnMut(RecordRef<'_>) -> Result<bool>,
@@ -550,11 +579,12 @@ impl Log {
             .rposition(|segment| segment.first_seq <= from_seq)
             .unwrap_or(0);
         let mut n_visited = 0u64;
+        let mut bytes = Vec::new();
         for (idx, segment) in segments.iter().enumerate().skip(start_idx) {
             if segment.first_seq > last {
                 break;
             }
-            let bytes = segment::read(segment)?;
+            segment::read_into(segment, &mut bytes)?;
             let mut stop = false;
             let end = segment::scan(segment, &bytes, |record| {
                 if record.seq > last {
@@ -600,7 +630,7 @@ impl Log {
 
     /// Deletes the segments whose records all precede `seq` (never the active one). Returns how
     /// many were deleted.
-    pub fn release_before(&self, seq: u64) -> Result<usize> {
+    fn release_before(&self, seq: u64) -> Result<usize> {
         let doomed: Vec<SegmentInfo> = {
             let mut state = self.lock();
             let n_doomed = state
@@ -620,7 +650,7 @@ impl Log {
     }
 
     /// The figures so far.
-    pub fn stats(&self) -> LogStats {
+    fn stats(&self) -> LogStats {
         let state = self.lock();
         LogStats {
             first_seq: state.segments.first().map_or(1, |s| s.first_seq),
@@ -636,14 +666,162 @@ impl Log {
     }
 
     /// The next sequence number an append will get.
-    pub fn next_seq(&self) -> u64 {
+    fn next_seq(&self) -> u64 {
         self.lock().next_seq
     }
 
     /// Puts the log in the state a failed write or sync leaves it in (for tests of callers'
     /// error paths; a real failure cannot be provoked on demand).
     #[doc(hidden)]
-    pub fn inject_failure(&self, reason: &str) {
+    fn inject_failure(&self, reason: &str) {
         self.lock().failed = Some(reason.to_owned());
+    }
+}
+
+/// The transaction log. Share it behind an `Arc`; every method takes `&self`. A flusher thread
+/// writes `Async` appends within [`FLUSH_INTERVAL`]; dropping the log writes what is queued.
+#[derive(Debug)]
+pub struct Log {
+    core: Arc<LogCore>,
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    flusher: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Log {
+    /// Opens (or creates) the log in `dir`: takes its lock, checks the newest segment, zeroes a
+    /// torn tail, removes a segment an interrupted rotation left empty, and refuses any other
+    /// damage with [`Error::Corrupt`].
+    pub fn open(dir: impl Into<PathBuf>, options: LogOptions) -> Result<(Self, Recovery)> {
+        let (core, recovery) = LogCore::open(dir, options)?;
+        let core = Arc::new(core);
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let dir = core.dir().to_path_buf();
+        let flusher = {
+            let core = Arc::downgrade(&core);
+            let stop = Arc::clone(&stop);
+            std::thread::Builder::new()
+                .name("vbus-tlog-flush".to_owned())
+                .spawn(move || flush_periodically(&core, &stop))
+                .map_err(Error::io("start the flusher thread of the log at", dir))?
+        };
+        Ok((
+            Self {
+                core,
+                stop,
+                flusher: Some(flusher),
+            },
+            recovery,
+        ))
+    }
+
+    /// The log's directory.
+    pub fn dir(&self) -> &Path {
+        self.core.dir()
+    }
+
+    /// Appends one record; returns its sequence number once it is as durable as asked.
+    pub fn append(&self, kind: u8, payload: &[u8], durability: Durability) -> Result<u64> {
+        self.core.append(kind, payload, durability)
+    }
+
+    /// Appends records with consecutive sequence numbers; returns their range once the last is
+    /// as durable as asked.
+    pub fn append_batch(
+        &self,
+        records: &[(u8, &[u8])],
+        durability: Durability,
+    ) -> Result<std::ops::Range<u64>> {
+        self.core.append_batch(records, durability)
+    }
+
+    /// Numbers and queues records without waiting for them to be written: the caller's order of
+    /// `enqueue` calls is the log's order. [`Log::wait_durable`] then waits (a caller applying
+    /// changes in memory enqueues under its own lock and waits outside it, so writers share
+    /// syncs). `durability` says what the later wait will ask for.
+    pub fn enqueue(
+        &self,
+        records: &[(u8, &[u8])],
+        durability: Durability,
+    ) -> Result<std::ops::Range<u64>> {
+        self.core.enqueue(records, durability)
+    }
+
+    /// Waits until record `seq` (queued earlier) is as durable as asked.
+    pub fn wait_durable(&self, seq: u64, durability: Durability) -> Result<()> {
+        self.core.wait_durable(seq, durability)
+    }
+
+    /// Writes and syncs everything appended so far; returns the last sequence number.
+    pub fn sync(&self) -> Result<u64> {
+        self.core.sync()
+    }
+
+    /// Calls `visit` with every record from `from_seq` to the last one written when the call
+    /// began, in order; `visit` returns `false` to stop early. Damage anywhere is an error
+    /// naming the segment and offset. Returns how many records were visited.
+    pub fn read_from(
+        &self,
+        from_seq: u64,
+        visit: impl FnMut(RecordRef<'_>) -> Result<bool>,
+    ) -> Result<u64> {
+        self.core.read_from(from_seq, visit)
+    }
+
+    /// Deletes the segments whose records all precede `seq` (never the active one). Returns how
+    /// many were deleted.
+    pub fn release_before(&self, seq: u64) -> Result<usize> {
+        self.core.release_before(seq)
+    }
+
+    /// The figures so far.
+    pub fn stats(&self) -> LogStats {
+        self.core.stats()
+    }
+
+    /// The next sequence number an append will get.
+    pub fn next_seq(&self) -> u64 {
+        self.core.next_seq()
+    }
+
+    /// Puts the log in the state a failed write or sync leaves it in (for tests of callers'
+    /// error paths; a real failure cannot be provoked on demand).
+    #[doc(hidden)]
+    pub fn inject_failure(&self, reason: &str) {
+        self.core.inject_failure(reason);
+    }
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        {
+            let (stopped, wake) = &*self.stop;
+            *stopped.lock().unwrap_or_else(|p| p.into_inner()) = true;
+            wake.notify_all();
+        }
+        if let Some(flusher) = self.flusher.take() {
+            let _ = flusher.join();
+        }
+        if let Err(err) = self.core.flush_queued() {
+            tracing::error!(error = %err, "writing the log's queued records at close failed");
+        }
+    }
+}
+
+/// The flusher: every [`FLUSH_INTERVAL`], writes what `Async` appends queued.
+fn flush_periodically(core: &std::sync::Weak<LogCore>, stop: &(Mutex<bool>, Condvar)) {
+    let (stopped, wake) = stop;
+    let mut guard = stopped.lock().unwrap_or_else(|p| p.into_inner());
+    while !*guard {
+        guard = wake
+            .wait_timeout(guard, FLUSH_INTERVAL)
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+        if *guard {
+            break;
+        }
+        let Some(core) = core.upgrade() else { break };
+        if let Err(err) = core.flush_queued() {
+            tracing::debug!(error = %err, "the log's flusher could not write");
+        }
     }
 }

@@ -97,11 +97,22 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
 /// The whole segment file, its header checked against the name.
 pub(crate) fn read(segment: &SegmentInfo) -> Result<Vec<u8>> {
     let mut bytes = Vec::new();
-    File::open(&segment.path)
-        .and_then(|mut file| file.read_to_end(&mut bytes))
-        .map_err(Error::io("read", &segment.path))?;
-    check_header(segment, &bytes)?;
+    read_into(segment, &mut bytes)?;
     Ok(bytes)
+}
+
+/// [`read`] into a buffer the caller reuses (its memory is already faulted in).
+pub(crate) fn read_into(segment: &SegmentInfo, bytes: &mut Vec<u8>) -> Result<()> {
+    bytes.clear();
+    let mut file = File::open(&segment.path).map_err(Error::io("open", &segment.path))?;
+    let len = file
+        .metadata()
+        .map_err(Error::io("stat", &segment.path))?
+        .len();
+    bytes.reserve(usize::try_from(len).unwrap_or(0));
+    file.read_to_end(bytes)
+        .map_err(Error::io("read", &segment.path))?;
+    check_header(segment, bytes)
 }
 
 fn check_header(segment: &SegmentInfo, bytes: &[u8]) -> Result<()> {

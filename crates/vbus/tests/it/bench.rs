@@ -265,6 +265,15 @@ fn bench_state_quick_compares_with_the_seed_okaywal_and_fdatasync() {
         .collect();
     for expected in [
         ("page_alloc_4KiB", "seed's published baseline"),
+        ("page_alloc_4KiB_buffered_log", "seed's published baseline"),
+        (
+            "sparse_delta_1pct_of_2MiB_apply_only",
+            "seed's published baseline",
+        ),
+        (
+            "propagate_1000_page_cone_wave_only",
+            "seed's published baseline",
+        ),
         ("sparse_delta_1pct_of_2MiB", "seed's published baseline"),
         ("propagate_1000_page_cone", "seed's published baseline"),
         ("durable_appends_1_writers", "okaywal 0.3"),
@@ -294,7 +303,10 @@ fn bench_state_quick_compares_with_the_seed_okaywal_and_fdatasync() {
         .filter(|line| line["reference"] == "seed's published baseline")
         .map(|line| line["reference_value"].as_f64().unwrap())
         .collect();
-    assert_eq!(seed, [5.0, 200.0, 500.0]);
+    assert!(
+        seed.len() >= 6 && seed.iter().all(|v| [5.0, 200.0, 500.0].contains(v)),
+        "{seed:?}"
+    );
     assert_eq!(
         std::fs::read_dir(dir.path()).unwrap().count(),
         0,
