@@ -25,6 +25,8 @@ enum Contender {
     Ours(PolicyKind),
     QuickCache,
     Moka,
+    /// foyer's in-memory cache with the same policy as ours.
+    Foyer(PolicyKind),
 }
 
 impl Contender {
@@ -33,6 +35,7 @@ impl Contender {
             Self::Ours(kind) => format!("vbus {}", kind.as_str()),
             Self::QuickCache => "quick_cache 0.7".to_owned(),
             Self::Moka => "moka 0.12 (sync)".to_owned(),
+            Self::Foyer(kind) => format!("foyer-memory 0.22 {}", kind.as_str()),
         }
     }
 }
@@ -42,6 +45,7 @@ enum Built {
     Ours(MemoryTier<u64, u64>),
     QuickCache(quick_cache::sync::Cache<u64, u64>),
     Moka(moka::sync::Cache<u64, u64>),
+    Foyer(foyer_memory::Cache<u64, u64>),
 }
 
 impl Built {
@@ -52,6 +56,18 @@ impl Built {
                 Self::QuickCache(quick_cache::sync::Cache::new(capacity_entries as usize))
             }
             Contender::Moka => Self::Moka(moka::sync::Cache::new(capacity_entries)),
+            Contender::Foyer(kind) => {
+                let eviction: foyer_memory::EvictionConfig = match kind {
+                    PolicyKind::Lru => foyer_memory::LruConfig::default().into(),
+                    PolicyKind::S3Fifo => foyer_memory::S3FifoConfig::default().into(),
+                    PolicyKind::Sieve => foyer_memory::SieveConfig.into(),
+                };
+                Self::Foyer(
+                    foyer_memory::CacheBuilder::new(capacity_entries as usize)
+                        .with_eviction_config(eviction)
+                        .build(),
+                )
+            }
         }
     }
 
@@ -74,6 +90,13 @@ impl Built {
                 false
             }
             Self::Moka(cache) => {
+                if cache.get(&key).is_some() {
+                    return true;
+                }
+                cache.insert(key, key);
+                false
+            }
+            Self::Foyer(cache) => {
                 if cache.get(&key).is_some() {
                     return true;
                 }
@@ -120,9 +143,10 @@ pub(super) fn run<W: Write>(
         Contender::Ours(PolicyKind::S3Fifo),
         Contender::QuickCache,
         Contender::Moka,
+        Contender::Foyer(PolicyKind::S3Fifo),
     ];
     for n_threads in [1usize, 2] {
-        let mut samples: [Vec<f64>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+        let mut samples: [Vec<f64>; 4] = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
         for round in 0..n_rounds {
             for offset in 0..contenders.len() {
                 let contender_idx = (round + offset) % contenders.len();
@@ -134,10 +158,11 @@ pub(super) fn run<W: Write>(
                 samples[contender_idx].push(rate);
             }
         }
-        let [ours, quick, moka] = samples.map(|mut rates| median(&mut rates));
+        let [ours, quick, moka, foyer] = samples.map(|mut rates| median(&mut rates));
         for (reference, reference_ops, target) in [
-            (Contender::QuickCache, quick, 1.0),
-            (Contender::Moka, moka, 5.0),
+            (Contender::QuickCache, quick, Some(1.0)),
+            (Contender::Moka, moka, Some(5.0)),
+            (Contender::Foyer(PolicyKind::S3Fifo), foyer, None),
         ] {
             reporter.report(Measurement::new(
                 SUITE,
@@ -150,7 +175,7 @@ pub(super) fn run<W: Write>(
                 ours,
                 &reference.name(),
                 reference_ops,
-                Some(target),
+                target,
                 Device::Cpu,
             ))?;
         }
@@ -166,7 +191,9 @@ pub(super) fn run<W: Write>(
             .collect();
         for kind in PolicyKind::ALL {
             let ours = hit_ratio(Contender::Ours(kind), capacity_entries, &stream);
-            for (reference, reference_ratio) in &references {
+            let foyer = Contender::Foyer(kind);
+            let same_policy = [(foyer, hit_ratio(foyer, capacity_entries, &stream))];
+            for (reference, reference_ratio) in references.iter().chain(&same_policy) {
                 reporter.report(Measurement::new(
                     SUITE,
                     &format!("hit_ratio_zipf{exponent:.1}_{}", kind.as_str()),

@@ -182,9 +182,23 @@ fn bench_cache_quick_compares_with_quick_cache_and_moka() {
                 .expect(&metric);
             let ours = line["ours"].as_f64().unwrap();
             assert!(ours > 0.3 && ours < 1.0, "{line}");
+            // Beside foyer's in-memory cache running the same policy.
+            let foyer = format!("foyer-memory 0.22 {policy}");
+            assert!(
+                lines
+                    .iter()
+                    .any(|line| line["metric"] == metric.as_str()
+                        && line["reference"] == foyer.as_str()),
+                "{metric} has no {foyer} reference"
+            );
         }
     }
-    for movement in ["move_l3_to_l2", "move_l2_to_l1", "move_l1_to_host"] {
+    for movement in [
+        "move_l3_to_l2",
+        "move_l2_to_l3",
+        "move_l2_to_l1",
+        "move_l1_to_host",
+    ] {
         let line = lines
             .iter()
             .find(|line| line["metric"].as_str().unwrap().starts_with(movement))
