@@ -19,7 +19,7 @@ mod source;
 
 pub use error::{Error, Result};
 pub use key::{CacheKey, DEFAULT_DATASET, Value};
-pub use manager::{CacheBuilder, CacheManager, CacheStats, DeviceValue, WriteMode};
+pub use manager::{CacheBuilder, CacheManager, CacheStats, DeviceValue, Found, Listed, WriteMode};
 pub use memory::{Inserted, MemoryTier, TierStats};
 pub use policy::{Policy, PolicyKind};
 pub use source::{DirSource, Source};

@@ -195,6 +195,30 @@ impl EvictionHook for RefetchableOnly {
     }
 }
 
+/// A value found by [`CacheManager::open`].
+#[derive(Debug)]
+pub enum Found {
+    /// In memory (L2, a dirty value, or promoted).
+    Memory(Value),
+    /// A reader over the L3 file, of the version its metadata names.
+    File(vbus_store::FileReader),
+}
+
+/// One value of a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// The path inside the dataset.
+    pub path: String,
+    /// Its size.
+    pub size_bytes: u64,
+    /// Its version.
+    pub version: u64,
+    /// Whether it is pinned.
+    pub pinned: bool,
+    /// A write-back value not yet in L3.
+    pub dirty: bool,
+}
+
 /// Per-tier figures, and the seed's hit rates in percent.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct CacheStats {
@@ -588,6 +612,106 @@ impl CacheManager {
     /// The L3 store underneath (for the daemon's listing and streaming of large values).
     pub fn store(&self) -> &FileStore {
         &self.inner.l3
+    }
+
+    /// A value for streaming out: from memory when a memory tier holds it, or it is dirty, or it
+    /// is in L3 and at most `promote_max_bytes` (then it is promoted as by [`CacheManager::get`]);
+    /// otherwise a reader over its L3 file, in constant memory and without promotion. A value
+    /// in no tier goes to the source through `get`. `None` when nothing has it.
+    pub fn open(&self, key: impl Into<CacheKey>, promote_max_bytes: u64) -> Result<Option<Found>> {
+        let key = key.into();
+        if let Some(value) = self.inner.l2.as_ref().and_then(|l2| l2.get(&key)) {
+            return Ok(Some(Found::Memory(value)));
+        }
+        if let Some(dirty) = self.inner.stripe(&key).get(&key) {
+            return Ok(Some(Found::Memory(dirty.value.clone())));
+        }
+        let in_l1 = self
+            .inner
+            .l1
+            .as_ref()
+            .is_some_and(|l1| l1.tier.contains(&key));
+        match self.inner.l3.meta(key.dataset(), key.path())? {
+            Some(meta) if !in_l1 && meta.size_bytes > promote_max_bytes => {
+                match self.inner.l3.file_reader(key.dataset(), key.path())? {
+                    Some(reader) => {
+                        self.inner.counters.l3_hits.fetch_add(1, Ordering::Relaxed);
+                        Ok(Some(Found::File(reader)))
+                    }
+                    // Removed in between: a miss.
+                    None => Ok(self.get(key)?.map(Found::Memory)),
+                }
+            }
+            _ => Ok(self.get(key)?.map(Found::Memory)),
+        }
+    }
+
+    /// A writer staging a value for `key` in L3, for values streamed in; nothing is visible
+    /// until [`CacheManager::commit`].
+    pub fn writer(&self, key: impl Into<CacheKey>) -> Result<vbus_store::FileWriter> {
+        let key = key.into();
+        Ok(self.inner.l3.file_writer(key.dataset(), key.path())?)
+    }
+
+    /// Publishes a streamed value to L3 (write-through whatever the mode: it was never in
+    /// memory): the memory tiers drop their copies of `key` and a dirty value is superseded.
+    /// Returns its version.
+    pub fn commit(&self, key: impl Into<CacheKey>, writer: vbus_store::FileWriter) -> Result<u64> {
+        let key = key.into();
+        let mut stripe = self.inner.stripe(&key);
+        if let Some(l1) = &self.inner.l1 {
+            l1.tier.remove(&key);
+        }
+        if let Some(l2) = &self.inner.l2 {
+            l2.remove(&key);
+        }
+        let dirty_pinned = stripe.get(&key).is_some_and(|dirty| dirty.pinned);
+        let meta = writer.commit()?;
+        self.inner.forget_dirty(&mut stripe, &key);
+        if dirty_pinned && !meta.pinned {
+            self.inner.l3.pin(key.dataset(), key.path())?;
+        }
+        lock(&self.inner.refetchable).remove(&key);
+        Ok(meta.version)
+    }
+
+    /// The values of `dataset`: L3's files and the dirty values not yet written, by path.
+    pub fn list(&self, dataset: &str) -> Result<Vec<Listed>> {
+        let mut listed: std::collections::BTreeMap<String, Listed> = self
+            .inner
+            .l3
+            .list(dataset)?
+            .into_iter()
+            .map(|meta| {
+                (
+                    meta.path.clone(),
+                    Listed {
+                        path: meta.path,
+                        size_bytes: meta.size_bytes,
+                        version: meta.version,
+                        pinned: meta.pinned,
+                        dirty: false,
+                    },
+                )
+            })
+            .collect();
+        for stripe in self.inner.stripes.iter() {
+            for (key, dirty) in lock(stripe).iter() {
+                if key.dataset() == dataset {
+                    listed.insert(
+                        key.path().to_owned(),
+                        Listed {
+                            path: key.path().to_owned(),
+                            size_bytes: dirty.value.len() as u64,
+                            version: dirty.value.version(),
+                            pinned: dirty.pinned,
+                            dirty: true,
+                        },
+                    );
+                }
+            }
+        }
+        Ok(listed.into_values().collect())
     }
 }
 

@@ -14,7 +14,7 @@ use crate::delta::Delta;
 use crate::graph::{Rule, RuleFn};
 use crate::op::Op;
 use crate::page::{Location, PageId};
-use crate::state::{Context, PageView, State};
+use crate::state::{Context, PageInfo, PageView, State};
 use crate::{Error, Result};
 
 /// Builds a [`StateBus`]; every setter says its default.
@@ -433,6 +433,11 @@ impl StateBus {
         self.read().page_ids().collect()
     }
 
+    /// Every page's id, size, location and epoch (no bytes), ascending by id.
+    pub fn pages(&self) -> Vec<PageInfo> {
+        self.read().infos()
+    }
+
     /// Every edge as `(source, target, rule)`.
     pub fn edges(&self) -> Vec<(PageId, PageId, Rule)> {
         self.read().graph.edges()
@@ -543,6 +548,11 @@ impl Snapshot {
     /// A page as it was.
     pub fn query_page(&self, id: PageId) -> Result<PageView> {
         self.state.view(id, None)
+    }
+
+    /// Every page then (no bytes).
+    pub fn pages(&self) -> Vec<PageInfo> {
+        self.state.infos()
     }
 
     /// The ids of every page then.

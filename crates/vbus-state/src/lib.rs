@@ -24,7 +24,7 @@ pub use delta::{Delta, ElemType, MergeOp, Run, merge};
 pub use error::{Error, Result};
 pub use graph::{Rule, RuleFn};
 pub use page::{Location, PageId};
-pub use state::PageView;
+pub use state::{PageInfo, PageView};
 pub use vbus_tlog::Durability;
 
 fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {

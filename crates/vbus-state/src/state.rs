@@ -49,7 +49,35 @@ pub struct PageView {
     pub bytes: Vec<u8>,
 }
 
+/// A page without its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageInfo {
+    /// The page's id.
+    pub id: PageId,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Where its bytes live.
+    pub location: Location,
+    /// Its epoch.
+    pub epoch: u64,
+}
+
 impl State {
+    pub fn infos(&self) -> Vec<PageInfo> {
+        self.pages
+            .iter()
+            .enumerate()
+            .filter_map(|(id, page)| {
+                page.as_ref().map(|page| PageInfo {
+                    id: id as PageId,
+                    size: page.size,
+                    location: page.location,
+                    epoch: page.epoch,
+                })
+            })
+            .collect()
+    }
+
     pub fn new() -> Self {
         Self {
             next_page_id: 1,

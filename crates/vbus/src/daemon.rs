@@ -23,12 +23,12 @@ use crate::tiers::{self, Tiers};
 
 /// The daemon's shared state.
 #[derive(Debug)]
-struct AppState {
-    started: Instant,
-    home: Home,
-    config: Config,
-    tiers: Tiers,
-    state_bus: Option<Arc<vbus_state::StateBus>>,
+pub(crate) struct AppState {
+    pub(crate) started: Instant,
+    pub(crate) home: Home,
+    pub(crate) config: Config,
+    pub(crate) tiers: Tiers,
+    pub(crate) state_bus: Option<Arc<vbus_state::StateBus>>,
 }
 
 /// Runs the daemon until SIGINT or SIGTERM. `listen` overrides `api.listen` (port 0 picks a free
@@ -161,7 +161,12 @@ fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/v1/stats", get(stats))
+        .merge(crate::api::routes())
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            crate::api::require_token,
+        ))
         .with_state(state)
 }
 

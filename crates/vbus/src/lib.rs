@@ -6,7 +6,9 @@
 
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod bench;
+pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod home;

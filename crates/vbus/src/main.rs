@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use vbus::bench::{self, Format, Mode, Reporter};
+use vbus::client::Client;
 use vbus::home::{self, Home, Overwrite};
 use vbus::scan::{Measure, SystemScan};
 use vbus::{Config, daemon};
@@ -21,6 +22,10 @@ struct Cli {
     /// The VBUS home [default: $VBUS_HOME, else ./VBUS]
     #[arg(long, global = true, value_name = "DIR")]
     home: Option<PathBuf>,
+    /// The daemon's address for client commands [default: $VBUS_ADDR, else the home's
+    /// `api.listen`]
+    #[arg(long, global = true, value_name = "HOST:PORT")]
+    addr: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -71,6 +76,107 @@ enum Command {
         #[arg(long, value_name = "BYTES")]
         capacity: Option<u64>,
     },
+    /// Store a value from FILE (or stdin) under KEY (DATASET/PATH, or a name in `default`)
+    Put {
+        /// DATASET/PATH, or a name in `default`
+        key: String,
+        /// The bytes [default: stdin; `-` also means stdin]
+        file: Option<PathBuf>,
+    },
+    /// Write the value of KEY to FILE (or stdout)
+    Get {
+        /// DATASET/PATH, or a name in `default`
+        key: String,
+        /// Where to write [default: stdout; `-` also means stdout]
+        file: Option<PathBuf>,
+    },
+    /// Remove KEY from every tier
+    Rm {
+        /// DATASET/PATH, or a name in `default`
+        key: String,
+    },
+    /// List the datasets, or the values of DATASET
+    Ls {
+        /// The dataset to list
+        dataset: Option<String>,
+    },
+    /// The daemon's tier statistics (a table, or the JSON of /v1/stats)
+    Stats {
+        /// Print /v1/stats as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pages and edges of the state bus
+    Page {
+        #[command(subcommand)]
+        command: PageCommand,
+    },
+    /// Checkpoint the state bus now; prints the sequence number
+    Checkpoint,
+    /// Rebuild the state bus as it was right after sequence number SEQ; prints its pages
+    Replay {
+        /// The sequence number
+        #[arg(long, value_name = "SEQ")]
+        to: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PageCommand {
+    /// Create a zeroed page; prints its id
+    Create {
+        /// Size in bytes
+        size: u64,
+        /// Keep its bytes in GPU memory (the simulated device without a GPU)
+        #[arg(long)]
+        gpu: bool,
+    },
+    /// Apply a delta: the bytes of FILE (or stdin) at OFFSET, combined by OP over ELEM
+    Update {
+        /// The page's id
+        id: u64,
+        /// The bytes of the run [default: stdin]
+        file: Option<PathBuf>,
+        /// Byte offset of the run
+        #[arg(long, default_value_t = 0)]
+        offset: u64,
+        /// overwrite, add, max, min or or
+        #[arg(long, default_value = "overwrite")]
+        op: String,
+        /// u8, i32, i64, f32 or f64
+        #[arg(long, default_value = "u8")]
+        elem: String,
+    },
+    /// Write a page's bytes to FILE (or stdout); its epoch goes to stderr
+    Get {
+        /// The page's id
+        id: u64,
+        /// Where to write [default: stdout]
+        file: Option<PathBuf>,
+        /// The page as it was right after this sequence number (rebuilt by replay)
+        #[arg(long, value_name = "SEQ")]
+        at: Option<u64>,
+    },
+    /// Delete a page and its edges
+    Rm {
+        /// The page's id
+        id: u64,
+    },
+    /// Add (or with --remove, remove) the edge SOURCE → TARGET
+    Edge {
+        /// The source page
+        source: u64,
+        /// The target page, recomputed from its sources by the rule
+        target: u64,
+        /// OP:ELEM (add:i64, max:f32, ...) or function:NAME
+        #[arg(long, default_value = "add:i64")]
+        rule: String,
+        /// Remove the edge instead
+        #[arg(long)]
+        remove: bool,
+    },
+    /// List pages (id, size, location, epoch)
+    Ls,
 }
 
 #[derive(Debug, Subcommand)]
@@ -165,8 +271,240 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             bench::run(&suite, mode, &options, &home, &mut reporter)
                 .with_context(|| format!("bench {suite} failed"))?;
         }
+        command => {
+            let client = Client::new(&home, cli.addr.as_deref())?;
+            run_client(&client, command, &mut stdout)?;
+        }
     }
     Ok(())
+}
+
+/// Opens FILE, or stdin for `None` and `-`; returns it and its length when known.
+fn input(file: Option<&std::path::Path>) -> anyhow::Result<(Box<dyn std::io::Read>, Option<u64>)> {
+    match file.filter(|path| path.as_os_str() != "-") {
+        Some(path) => {
+            let file = std::fs::File::open(path)
+                .with_context(|| format!("cannot open {}", path.display()))?;
+            let len = file.metadata().ok().map(|meta| meta.len());
+            Ok((Box::new(file), len))
+        }
+        None => Ok((Box::new(std::io::stdin().lock()), None)),
+    }
+}
+
+fn run_client(
+    client: &Client,
+    command: Command,
+    stdout: &mut std::io::StdoutLock<'_>,
+) -> anyhow::Result<()> {
+    match command {
+        Command::Put { key, file } => {
+            let (mut reader, len) = input(file.as_deref())?;
+            let answer = client.put(&key, &mut reader, len)?;
+            writeln!(
+                stdout,
+                "stored {}/{} version {}",
+                answer["dataset"].as_str().unwrap_or("?"),
+                answer["path"].as_str().unwrap_or("?"),
+                answer["version"]
+            )?;
+        }
+        Command::Get { key, file } => match file.filter(|path| path.as_os_str() != "-") {
+            Some(path) => {
+                // Written beside the target and renamed: a failed transfer leaves no torn file.
+                let tmp = path.with_extension("vbus-partial");
+                let mut out = std::fs::File::create(&tmp)
+                    .with_context(|| format!("cannot create {}", tmp.display()))?;
+                let fetched = client.get(&key, &mut out);
+                if let Err(err) = fetched {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(err);
+                }
+                out.sync_all()?;
+                std::fs::rename(&tmp, &path)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            None => {
+                client.get(&key, stdout)?;
+            }
+        },
+        Command::Rm { key } => {
+            client.rm(&key)?;
+            writeln!(stdout, "removed {key}")?;
+        }
+        Command::Ls { dataset: None } => {
+            let answer = client.get_json("/v1/objects")?;
+            for dataset in answer["datasets"].as_array().into_iter().flatten() {
+                writeln!(stdout, "{}", dataset.as_str().unwrap_or("?"))?;
+            }
+        }
+        Command::Ls {
+            dataset: Some(dataset),
+        } => {
+            let answer = client.get_json(&format!("/v1/objects/{dataset}"))?;
+            for object in answer["objects"].as_array().into_iter().flatten() {
+                writeln!(
+                    stdout,
+                    "{:>14} v{:<8} {}{}{}",
+                    object["size_bytes"],
+                    object["version"],
+                    object["path"].as_str().unwrap_or("?"),
+                    if object["pinned"] == true {
+                        "  (pinned)"
+                    } else {
+                        ""
+                    },
+                    if object["dirty"] == true {
+                        "  (not yet in L3)"
+                    } else {
+                        ""
+                    },
+                )?;
+            }
+        }
+        Command::Stats { json } => {
+            let stats = client.get_json("/v1/stats")?;
+            if json {
+                serde_json::to_writer_pretty(&mut *stdout, &stats)?;
+                writeln!(stdout)?;
+            } else {
+                write!(stdout, "{}", stats_table(&stats))?;
+            }
+        }
+        Command::Page { command } => run_page(client, command, stdout)?,
+        Command::Checkpoint => {
+            let answer = client.post_json("/v1/checkpoint", None)?;
+            writeln!(stdout, "checkpoint at {}", answer["seq"])?;
+        }
+        Command::Replay { to } => {
+            let answer = client.get_json(&format!("/v1/replay?to={to}"))?;
+            writeln!(
+                stdout,
+                "state at {}: hash {}",
+                answer["seq"],
+                answer["state_hash"].as_str().unwrap_or("?")
+            )?;
+            for page in answer["pages"].as_array().into_iter().flatten() {
+                writeln!(
+                    stdout,
+                    "page {:>6}  {:>10} bytes  {}  epoch {}",
+                    page["id"],
+                    page["size"],
+                    page["location"].as_str().unwrap_or("?"),
+                    page["epoch"]
+                )?;
+            }
+        }
+        other => anyhow::bail!("not a client command: {other:?}"),
+    }
+    Ok(())
+}
+
+fn run_page(
+    client: &Client,
+    command: PageCommand,
+    stdout: &mut std::io::StdoutLock<'_>,
+) -> anyhow::Result<()> {
+    match command {
+        PageCommand::Create { size, gpu } => {
+            let body =
+                serde_json::json!({ "size": size, "location": if gpu { "gpu" } else { "cpu" } });
+            let answer = client.post_json("/v1/pages", Some(&body))?;
+            writeln!(stdout, "{}", answer["id"])?;
+        }
+        PageCommand::Update {
+            id,
+            file,
+            offset,
+            op,
+            elem,
+        } => {
+            let op = vbus::api::parse_op(&op).with_context(|| {
+                format!("--op {op:?} is not one of overwrite, add, max, min, or")
+            })?;
+            let elem = vbus::api::parse_elem(&elem)
+                .with_context(|| format!("--elem {elem:?} is not one of u8, i32, i64, f32, f64"))?;
+            let (mut reader, _) = input(file.as_deref())?;
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut reader, &mut bytes)?;
+            let delta = vbus_state::Delta::with_op(op, elem, vec![(offset, bytes)]);
+            let mut encoded = Vec::new();
+            vbus_state::delta::encode(&delta, &mut encoded);
+            let answer = client.patch_delta(id, &encoded)?;
+            writeln!(stdout, "seq {} epoch {}", answer["seq"], answer["epoch"])?;
+        }
+        PageCommand::Get { id, file, at } => {
+            let (bytes, epoch) = client.page_bytes(id, at)?;
+            match file.filter(|path| path.as_os_str() != "-") {
+                Some(path) => std::fs::write(&path, &bytes)
+                    .with_context(|| format!("cannot write {}", path.display()))?,
+                None => stdout.write_all(&bytes)?,
+            }
+            eprintln!("page {id}: {} bytes, epoch {epoch}", bytes.len());
+        }
+        PageCommand::Rm { id } => {
+            let answer = client.delete_json(&format!("/v1/pages/{id}"))?;
+            writeln!(stdout, "seq {}", answer["seq"])?;
+        }
+        PageCommand::Edge {
+            source,
+            target,
+            rule,
+            remove,
+        } => {
+            let answer = if remove {
+                client.delete_json(&format!("/v1/edges/{source}/{target}"))?
+            } else {
+                let body = serde_json::json!({ "source": source, "target": target, "rule": rule });
+                client.post_json("/v1/edges", Some(&body))?
+            };
+            writeln!(stdout, "seq {}", answer["seq"])?;
+        }
+        PageCommand::Ls => {
+            let answer = client.get_json("/v1/pages")?;
+            for page in answer["pages"].as_array().into_iter().flatten() {
+                writeln!(
+                    stdout,
+                    "page {:>6}  {:>10} bytes  {}  epoch {}",
+                    page["id"],
+                    page["size"],
+                    page["location"].as_str().unwrap_or("?"),
+                    page["epoch"]
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `vbus stats` as a table.
+fn stats_table(stats: &serde_json::Value) -> String {
+    let mut out = format!(
+        "{:<8} {:>10} {:>10} {:>8} {:>16} {:>16} {:>9}\n",
+        "tier", "hits", "misses", "hit %", "used bytes", "capacity", "entries"
+    );
+    for tier in ["L1_VRAM", "L2_RAM", "L3_DISK"] {
+        let t = &stats["tiers"][tier];
+        out.push_str(&format!(
+            "{:<8} {:>10} {:>10} {:>8.1} {:>16} {:>16} {:>9}\n",
+            tier,
+            t["hits"].as_u64().unwrap_or(0),
+            t["misses"].as_u64().unwrap_or(0),
+            t["hit_rate_percent"].as_f64().unwrap_or(0.0),
+            t["used_bytes"].as_u64().unwrap_or(0),
+            t["capacity_bytes"].as_u64().unwrap_or(0),
+            t["n_entries"].as_u64().unwrap_or(0),
+        ));
+    }
+    out.push_str(&format!(
+        "l1_hit_rate {:.1}%  l2_hit_rate {:.1}%  l3_hit_rate {:.1}%  write mode {}  state bus at seq {}\n",
+        stats["l1_hit_rate"].as_f64().unwrap_or(0.0),
+        stats["l2_hit_rate"].as_f64().unwrap_or(0.0),
+        stats["l3_hit_rate"].as_f64().unwrap_or(0.0),
+        stats["write_mode"].as_str().unwrap_or("?"),
+        stats["state"]["last_seq"],
+    ));
+    out
 }
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {

@@ -395,3 +395,58 @@ fn a_write_back_put_larger_than_l2_is_written_through() {
         vec![9u8; 4096]
     );
 }
+
+#[test]
+fn streamed_values_go_in_and_out_without_memory_tiers() {
+    use std::io::{Read as _, Write as _};
+    let dir = tempfile::tempdir().unwrap();
+    let cache = cache(dir.path());
+    cache.put("big", b"old").unwrap();
+    let mut writer = cache.writer("big").unwrap();
+    for chunk in 0..64u8 {
+        writer.write_all(&[chunk; 1024]).unwrap();
+    }
+    // Not visible before the commit.
+    assert_eq!(cache.get("big").unwrap().unwrap().bytes(), b"old");
+    let version = cache.commit("big", writer).unwrap();
+    // Larger than the promotion limit: a file reader, no promotion.
+    let l2_entries = cache.get_stats().l2.n_entries;
+    match cache.open("big", 1024).unwrap().unwrap() {
+        vbus_cache::Found::File(mut reader) => {
+            assert_eq!(reader.meta().version, version);
+            let mut bytes = Vec::new();
+            reader.read_to_end(&mut bytes).unwrap();
+            assert_eq!(bytes.len(), 65536);
+            assert_eq!(&bytes[1024..1027], &[1, 1, 1]);
+        }
+        vbus_cache::Found::Memory(_) => panic!("a value beyond the limit came from memory"),
+    }
+    assert_eq!(cache.get_stats().l2.n_entries, l2_entries);
+    // A get promotes it; then open answers from memory.
+    assert_eq!(cache.get("big").unwrap().unwrap().len(), 65536);
+    assert!(matches!(
+        cache.open("big", 1024).unwrap(),
+        Some(vbus_cache::Found::Memory(_))
+    ));
+    // Small enough: from memory, promoted.
+    cache.put("small", b"tiny").unwrap();
+    assert!(
+        matches!(cache.open("small", 1024).unwrap(), Some(vbus_cache::Found::Memory(v)) if v.bytes() == b"tiny")
+    );
+    assert!(cache.open("missing", 1024).unwrap().is_none());
+    let listed = cache.list("default").unwrap();
+    let paths: Vec<&str> = listed.iter().map(|l| l.path.as_str()).collect();
+    assert_eq!(paths, ["big", "small"]);
+}
+
+#[test]
+fn listings_include_dirty_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = write_back_cache(dir.path(), 1 << 20, u64::MAX);
+    cache.put(CacheKey::new("ds", "a"), b"1").unwrap();
+    let listed = cache.list("ds").unwrap();
+    assert_eq!(listed.len(), 1);
+    assert!(listed[0].dirty);
+    cache.flush().unwrap();
+    assert!(!cache.list("ds").unwrap()[0].dirty);
+}

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `vbus` binary in temporary directories, the real HTTP server on a
 //! loopback port.
 
+mod api;
 mod bench;
 mod config;
 mod init;

@@ -1,6 +1,12 @@
 //! Runs the `vbus` binary the way a user does (ripgrep's `TestCommand`).
 
+use std::io::{BufRead as _, BufReader};
 use std::path::Path;
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use rustix::process::{Pid, Signal, kill_process};
 use std::process::{Command, Output};
 
 /// A `vbus` command with a clean environment (no `VBUS_HOME`, no `VBUS_LOG`).
@@ -60,6 +66,114 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     stream
         .read_to_string(&mut response)
         .expect("daemon answers");
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("a status code");
+    (status, body.to_owned())
+}
+
+/// A daemon started by a test; killed if the test ends without stopping it.
+pub struct Daemon {
+    pub child: Child,
+    pub addr: String,
+    stderr_lines: mpsc::Receiver<String>,
+}
+
+impl Daemon {
+    pub fn start(home: &Path) -> Self {
+        let child = vbus(home)
+            .args(["up", "--listen", "127.0.0.1:0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (sender, stderr_lines) = mpsc::sync_channel(1024);
+        // From here on, `Drop` kills and reaps the child whatever happens.
+        let mut daemon = Self {
+            child,
+            addr: String::new(),
+            stderr_lines,
+        };
+        let stderr = daemon.child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while daemon.addr.is_empty() {
+            let line = daemon
+                .stderr_lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .expect("the daemon logs its address within 30 s");
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                daemon.addr = rest.split_whitespace().next().unwrap().to_owned();
+            }
+        }
+        daemon
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        kill_process(Pid::from_child(&self.child), signal).unwrap();
+    }
+
+    /// Waits for exit; returns the exit code and the rest of stderr.
+    pub fn wait(&mut self) -> (Option<i32>, String) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the daemon did not exit within 15 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let rest: Vec<String> = self.stderr_lines.try_iter().collect();
+        (status.code(), rest.join("\n"))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One raw HTTP/1.1 request (the path is sent exactly as given, unnormalised); returns the
+/// status and the body (responses to errors carry a Content-Length, not chunks).
+pub fn http_raw(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).expect("daemon accepts connections");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).unwrap();
+    let _ = stream.write_all(body);
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let response = String::from_utf8_lossy(&response).into_owned();
     let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
     let status = head
         .split_whitespace()

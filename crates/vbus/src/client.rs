@@ -1,0 +1,332 @@
+//! The CLI's side of the HTTP API: `vbus put`, `get`, `rm`, `ls`, `stats`, `page ...`,
+//! `checkpoint` and `replay` talk to a running daemon.
+//!
+//! The daemon's address is `--addr`, else `$VBUS_ADDR`, else the home's `api.listen`; the token
+//! is `$VBUS_TOKEN`, else the home's `api.token`.
+
+use std::io::{Read, Write};
+
+use anyhow::Context as _;
+use serde_json::Value as Json;
+
+use crate::Home;
+
+/// Bytes beyond which a transfer on a terminal shows its progress.
+const PROGRESS_MIN_BYTES: u64 = 8 << 20;
+
+/// A connection to a daemon.
+#[derive(Debug)]
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    agent: ureq::Agent,
+}
+
+/// `dataset/path`, or a flat name in `default`.
+pub fn split_key(key: &str) -> (&str, &str) {
+    match key.split_once('/') {
+        Some((dataset, path)) if !dataset.is_empty() && !path.is_empty() => (dataset, path),
+        _ => (vbus_cache::DEFAULT_DATASET, key),
+    }
+}
+
+/// Percent-encodes a path for a URL, keeping `/` between segments.
+fn encode_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for byte in path.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                out.push(byte as char);
+            }
+            _ => out.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    out
+}
+
+impl Client {
+    /// A client for the daemon of `home` (or `addr`).
+    pub fn new(home: &Home, addr: Option<&str>) -> anyhow::Result<Self> {
+        let config = if home.config_path().is_file() {
+            home.load_config()?
+        } else {
+            crate::Config::default()
+        };
+        let addr = match addr {
+            Some(addr) => addr.to_owned(),
+            None => std::env::var("VBUS_ADDR").unwrap_or_else(|_| config.api.listen.clone()),
+        };
+        let token = std::env::var("VBUS_TOKEN").ok().or(config.api.token);
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let base = if addr.starts_with("http://") {
+            addr
+        } else {
+            format!("http://{addr}")
+        };
+        Ok(Self { base, token, agent })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn object_url(&self, key: &str) -> String {
+        let (dataset, path) = split_key(key);
+        self.url(&format!(
+            "/v1/objects/{}/{}",
+            encode_path(dataset),
+            encode_path(path)
+        ))
+    }
+
+    fn auth<B>(&self, request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        match &self.token {
+            Some(token) => request.header("Authorization", format!("Bearer {token}")),
+            None => request,
+        }
+    }
+
+    fn unreachable(&self) -> impl FnOnce(ureq::Error) -> anyhow::Error + '_ {
+        move |err| {
+            anyhow::anyhow!(
+                "cannot reach the daemon at {} ({err}); is `vbus up` running? (--addr, $VBUS_ADDR)",
+                self.base
+            )
+        }
+    }
+
+    /// The JSON answer of a request, or the daemon's error message.
+    fn json(&self, mut response: ureq::http::Response<ureq::Body>) -> anyhow::Result<Json> {
+        let status = response.status();
+        let text = response
+            .body_mut()
+            .read_to_string()
+            .context("cannot read the daemon's answer")?;
+        if !status.is_success() {
+            let message = serde_json::from_str::<Json>(&text)
+                .ok()
+                .and_then(|json| json["error"].as_str().map(str::to_owned))
+                .unwrap_or(text);
+            anyhow::bail!("the daemon answered {status}: {message}");
+        }
+        if text.is_empty() {
+            return Ok(Json::Null);
+        }
+        serde_json::from_str(&text).context("the daemon's answer is not JSON")
+    }
+
+    fn check(
+        &self,
+        mut response: ureq::http::Response<ureq::Body>,
+    ) -> anyhow::Result<ureq::http::Response<ureq::Body>> {
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status();
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        let message = serde_json::from_str::<Json>(&text)
+            .ok()
+            .and_then(|json| json["error"].as_str().map(str::to_owned))
+            .unwrap_or(text);
+        anyhow::bail!("the daemon answered {status}: {message}")
+    }
+
+    /// Stores `len` bytes from `reader` under `key`; returns the daemon's answer.
+    pub fn put(&self, key: &str, reader: &mut dyn Read, len: Option<u64>) -> anyhow::Result<Json> {
+        let mut request = self.auth(self.agent.put(&self.object_url(key)));
+        if let Some(len) = len {
+            request = request.header("Content-Length", len.to_string());
+        }
+        let mut progress = Progress::new("put", key, len);
+        let mut counted = CountingReader {
+            inner: reader,
+            progress: &mut progress,
+        };
+        let response = request
+            .send(ureq::SendBody::from_reader(&mut counted))
+            .map_err(self.unreachable())?;
+        progress.finish();
+        self.json(response)
+    }
+
+    /// Writes the value of `key` to `out`; returns its size.
+    pub fn get(&self, key: &str, out: &mut dyn Write) -> anyhow::Result<u64> {
+        let response = self
+            .auth(self.agent.get(&self.object_url(key)))
+            .call()
+            .map_err(self.unreachable())?;
+        let mut response = self.check(response)?;
+        let len = response.body().content_length();
+        let mut progress = Progress::new("get", key, len);
+        let mut reader = response.body_mut().as_reader();
+        let mut buffer = vec![0u8; 1 << 20];
+        let mut total = 0u64;
+        loop {
+            let n = reader.read(&mut buffer).context("the transfer broke off")?;
+            if n == 0 {
+                break;
+            }
+            out.write_all(&buffer[..n])?;
+            total += n as u64;
+            progress.advance(n as u64);
+        }
+        progress.finish();
+        out.flush()?;
+        Ok(total)
+    }
+
+    /// Removes `key`.
+    pub fn rm(&self, key: &str) -> anyhow::Result<()> {
+        let response = self
+            .auth(self.agent.delete(&self.object_url(key)))
+            .call()
+            .map_err(self.unreachable())?;
+        self.check(response).map(|_| ())
+    }
+
+    /// GETs a JSON path.
+    pub fn get_json(&self, path: &str) -> anyhow::Result<Json> {
+        let response = self
+            .auth(self.agent.get(&self.url(path)))
+            .call()
+            .map_err(self.unreachable())?;
+        self.json(response)
+    }
+
+    /// POSTs JSON (or nothing) to a path.
+    pub fn post_json(&self, path: &str, body: Option<&Json>) -> anyhow::Result<Json> {
+        let request = self
+            .auth(self.agent.post(&self.url(path)))
+            .header("Content-Type", "application/json");
+        let response = match body {
+            Some(body) => request.send(body.to_string().as_bytes()),
+            None => request.send_empty(),
+        }
+        .map_err(self.unreachable())?;
+        self.json(response)
+    }
+
+    /// PATCHes a page with a binary delta.
+    pub fn patch_delta(&self, page: u64, delta: &[u8]) -> anyhow::Result<Json> {
+        let response = self
+            .auth(self.agent.patch(&self.url(&format!("/v1/pages/{page}"))))
+            .header("Content-Type", "application/octet-stream")
+            .send(delta)
+            .map_err(self.unreachable())?;
+        self.json(response)
+    }
+
+    /// DELETEs a path, answering JSON.
+    pub fn delete_json(&self, path: &str) -> anyhow::Result<Json> {
+        let response = self
+            .auth(self.agent.delete(&self.url(path)))
+            .call()
+            .map_err(self.unreachable())?;
+        self.json(response)
+    }
+
+    /// The bytes and epoch of a page (at `seq` when given).
+    pub fn page_bytes(&self, page: u64, seq: Option<u64>) -> anyhow::Result<(Vec<u8>, u64)> {
+        let path = match seq {
+            Some(seq) => format!("/v1/replay/{seq}/pages/{page}"),
+            None => format!("/v1/pages/{page}"),
+        };
+        let response = self
+            .auth(self.agent.get(&self.url(&path)))
+            .call()
+            .map_err(self.unreachable())?;
+        let mut response = self.check(response)?;
+        let epoch = response
+            .headers()
+            .get("x-vbus-epoch")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let mut bytes = Vec::new();
+        response
+            .body_mut()
+            .as_reader()
+            .read_to_end(&mut bytes)
+            .context("the transfer broke off")?;
+        Ok((bytes, epoch))
+    }
+}
+
+/// Counts bytes read into a [`Progress`].
+struct CountingReader<'a> {
+    inner: &'a mut dyn Read,
+    progress: &'a mut Progress,
+}
+
+impl Read for CountingReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.progress.advance(n as u64);
+        Ok(n)
+    }
+}
+
+/// A one-line progress display on stderr, for transfers above [`PROGRESS_MIN_BYTES`] when
+/// stderr is a terminal.
+struct Progress {
+    label: String,
+    total: Option<u64>,
+    done: u64,
+    shown: bool,
+    started: std::time::Instant,
+    last_draw: std::time::Instant,
+}
+
+impl Progress {
+    fn new(verb: &str, key: &str, total: Option<u64>) -> Self {
+        use std::io::IsTerminal as _;
+        let now = std::time::Instant::now();
+        Self {
+            label: format!("{verb} {key}"),
+            total,
+            done: 0,
+            shown: std::io::stderr().is_terminal()
+                && total.is_none_or(|total| total >= PROGRESS_MIN_BYTES),
+            started: now,
+            last_draw: now,
+        }
+    }
+
+    fn advance(&mut self, n: u64) {
+        self.done += n;
+        if self.shown && self.last_draw.elapsed().as_millis() >= 100 {
+            self.last_draw = std::time::Instant::now();
+            self.draw();
+        }
+    }
+
+    fn draw(&self) {
+        let rate = self.done as f64 / self.started.elapsed().as_secs_f64().max(1e-3) / 1e6;
+        let line = match self.total {
+            Some(total) if total > 0 => format!(
+                "{}: {:>5.1}% {} / {} MB, {rate:.0} MB/s",
+                self.label,
+                100.0 * self.done as f64 / total as f64,
+                self.done / 1_000_000,
+                total / 1_000_000
+            ),
+            _ => format!(
+                "{}: {} MB, {rate:.0} MB/s",
+                self.label,
+                self.done / 1_000_000
+            ),
+        };
+        eprint!("\r{line}\x1b[K");
+    }
+
+    fn finish(&mut self) {
+        if self.shown && self.done >= PROGRESS_MIN_BYTES {
+            self.draw();
+            eprintln!();
+        }
+        self.shown = false;
+    }
+}
