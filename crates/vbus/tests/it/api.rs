@@ -12,7 +12,14 @@ fn cli(home: &std::path::Path, daemon: &Daemon, args: &[&str]) -> String {
 }
 
 /// Method, path, headers, body, the status expected, and a fragment of the error expected.
-type BadCase<'a> = (&'a str, String, Vec<(&'a str, &'a str)>, Vec<u8>, u16, &'a str);
+type BadCase<'a> = (
+    &'a str,
+    String,
+    Vec<(&'a str, &'a str)>,
+    Vec<u8>,
+    u16,
+    &'a str,
+);
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
