@@ -44,6 +44,38 @@ pub struct Config {
     pub state: StateConfig,
     /// Which GPU backs L1.
     pub gpu: GpuConfig,
+    /// The daemon's log and metric files under `AUDIT/`.
+    pub audit: AuditConfig,
+}
+
+/// Smallest size a log or metrics file may reach before it is rotated, in bytes.
+pub const AUDIT_FILE_BYTES_MIN: u64 = 4096;
+/// Most rotated files kept beside the current one.
+pub const AUDIT_FILES_KEPT_MAX: u32 = 100;
+
+/// `audit`: the daemon's log (`AUDIT/LOGS/vbus_daemon.log`) and metric snapshots
+/// (`AUDIT/METRICS/vbus_metrics.jsonl`), each rotated by size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Bytes a log or metrics file reaches before it is rotated (renamed `.1`, older ones
+    /// shifted), at least [`AUDIT_FILE_BYTES_MIN`]. Default 64 MiB.
+    pub file_max_bytes: u64,
+    /// Rotated files kept beside the current one, from 1 to [`AUDIT_FILES_KEPT_MAX`]. Default 5.
+    pub files_kept: u32,
+    /// Seconds between metric snapshots (a JSON line of `/v1/stats`); 0 turns them off.
+    /// Default 60.
+    pub metrics_interval_seconds: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            file_max_bytes: 64 << 20,
+            files_kept: 5,
+            metrics_interval_seconds: 60,
+        }
+    }
 }
 
 /// `cache_hierarchy`: one entry per tier, under the seed's names. A key missing inside a tier
@@ -528,6 +560,27 @@ impl Config {
             0,
             TIER_SIZE_MB_MAX,
             "MiB",
+        )?;
+        check_range(
+            "audit.file_max_bytes",
+            self.audit.file_max_bytes,
+            AUDIT_FILE_BYTES_MIN,
+            u64::MAX,
+            "bytes",
+        )?;
+        check_range(
+            "audit.files_kept",
+            u64::from(self.audit.files_kept),
+            1,
+            u64::from(AUDIT_FILES_KEPT_MAX),
+            "files",
+        )?;
+        check_range(
+            "audit.metrics_interval_seconds",
+            self.audit.metrics_interval_seconds,
+            0,
+            SYNC_INTERVAL_SECONDS_MAX,
+            "seconds (0 turns metric snapshots off)",
         )?;
         Ok(())
     }

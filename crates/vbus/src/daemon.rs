@@ -44,7 +44,7 @@ pub fn up(home: &Home, listen: Option<&str>) -> anyhow::Result<()> {
         config.validate().context("--listen is not allowed")?;
     }
     let _lock = HomeLock::acquire(home)?;
-    install_logging(home)?;
+    install_logging(home, &config.audit)?;
     let listen_addr = config.api.listen_addr()?;
     let tiers = tiers::open(home, &config)?;
     let state_bus = tiers::open_state(home, &config, tiers.device.as_ref())?.map(Arc::new);
@@ -79,11 +79,13 @@ async fn serve(state: Arc<AppState>, listen_addr: std::net::SocketAddr) -> anyho
     );
     tracing::info!("listening on http://{local_addr}");
     let checkpoints = tokio::spawn(checkpoint_periodically(Arc::clone(&state)));
+    let snapshots = tokio::spawn(snapshot_metrics_periodically(Arc::clone(&state)));
     axum::serve(listener, router(Arc::clone(&state)))
         .with_graceful_shutdown(signals.recv())
         .await
         .context("the HTTP server failed")?;
     checkpoints.abort();
+    snapshots.abort();
     if let Some(bus) = &state.state_bus {
         let bus = Arc::clone(bus);
         let seq = tokio::task::spawn_blocking(move || bus.checkpoint())
@@ -163,6 +165,7 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/v1/stats", get(stats))
         .merge(crate::api::routes())
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(crate::audit::access_log))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             crate::api::require_token,
@@ -180,6 +183,50 @@ async fn health(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
 
 /// Every tier's configuration and figures, the seed's hit rates, and process figures.
 async fn stats(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    Json(stats_json(&state))
+}
+
+/// Appends a JSON line of `/v1/stats` (with the time) to `AUDIT/METRICS/vbus_metrics.jsonl`
+/// every `audit.metrics_interval_seconds` (0: never).
+async fn snapshot_metrics_periodically(state: Arc<AppState>) {
+    let audit = state.config.audit.clone();
+    if audit.metrics_interval_seconds == 0 {
+        return;
+    }
+    let path = state.home.root().join("AUDIT/METRICS/vbus_metrics.jsonl");
+    let opened = path
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| {
+            crate::audit::RotatingFile::open(&path, audit.file_max_bytes, audit.files_kept)
+        });
+    let mut file = match opened {
+        Ok(file) => file,
+        Err(err) => {
+            tracing::error!(path = %path.display(), error = %err, "metric snapshots are off");
+            return;
+        }
+    };
+    let mut ticks = tokio::time::interval(std::time::Duration::from_secs(
+        audit.metrics_interval_seconds,
+    ));
+    loop {
+        ticks.tick().await;
+        let mut line = stats_json(&state);
+        line["unix_time"] = json!(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |since| since.as_secs_f64())
+        );
+        // One write per line, so a rotation never splits a line.
+        if let Err(err) = file.write_all(format!("{line}\n").as_bytes()) {
+            tracing::error!(path = %path.display(), error = %err, "cannot write a metric snapshot");
+        }
+    }
+}
+
+/// The body of `/v1/stats`.
+fn stats_json(state: &AppState) -> serde_json::Value {
     let tiers = &state.config.cache_hierarchy;
     let cache = state.tiers.cache.get_stats();
     let tier = |config: &crate::config::TierConfig,
@@ -204,7 +251,7 @@ async fn stats(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
         value
     };
     let l1_device = state.tiers.l1_backend.map_or("off", |kind| kind.as_str());
-    Json(json!({
+    json!({
         "uptime_seconds": state.started.elapsed().as_secs_f64(),
         "home": state.home.root(),
         "l1_hit_rate": cache.l1_hit_rate,
@@ -213,7 +260,7 @@ async fn stats(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
         "tiers": {
             "L1_VRAM": tier(&tiers.l1_vram, &cache.l1, json!({ "device": l1_device })),
             "L2_RAM": tier(&tiers.l2_ram, &cache.l2, json!({})),
-            "L3_DISK": tier(&tiers.l3_disk, &cache.l3, l3_extra(&state)),
+            "L3_DISK": tier(&tiers.l3_disk, &cache.l3, l3_extra(state)),
         },
         "moves": {
             "promotions_l3_to_l2": cache.promotions,
@@ -231,7 +278,7 @@ async fn stats(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
         "dirty": { "entries": cache.dirty_entries, "bytes": cache.dirty_bytes },
         "state": state_stats(state.state_bus.as_deref()),
         "process": { "rss_bytes": rss_bytes() },
-    }))
+    })
 }
 
 /// What only the L3 store knows: its files, its start-up reconciliation, its checksum failures.
@@ -351,17 +398,14 @@ pub fn install_cli_logging() -> anyhow::Result<()> {
 }
 
 /// Installs the daemon's logging: the daemon log file and stderr.
-fn install_logging(home: &Home) -> anyhow::Result<()> {
+fn install_logging(home: &Home, audit: &crate::config::AuditConfig) -> anyhow::Result<()> {
     use tracing_subscriber::prelude::*;
     let level = log_level(tracing_subscriber::filter::LevelFilter::INFO)?;
     let log_path = home.daemon_log_path();
     if let Some(dir) = log_path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
+    let file = crate::audit::RotatingFile::open(&log_path, audit.file_max_bytes, audit.files_kept)
         .with_context(|| format!("cannot open the daemon log {}", log_path.display()))?;
     let file_layer = tracing_subscriber::fmt::layer()
         .with_ansi(false)

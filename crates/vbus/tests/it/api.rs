@@ -547,3 +547,69 @@ fn a_token_is_required_when_configured() {
     // The refused PUT stored nothing before the authorised one.
     assert_eq!(cli(&home, &daemon, &["ls", "ds"]).lines().count(), 1);
 }
+
+#[test]
+fn the_audit_log_rotates_and_metrics_are_snapshotted() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("VBUS");
+    run(vbus(&home).arg("init"));
+    let config_path = home.join("CONFIG/vbus_config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    config["audit"] = serde_json::json!({
+        "file_max_bytes": 4096,
+        "files_kept": 2,
+        "metrics_interval_seconds": 1
+    });
+    std::fs::write(&config_path, serde_json::to_string_pretty(&config).unwrap()).unwrap();
+    let daemon = Daemon::start(&home);
+    for idx in 0..80 {
+        let (status, _) = http_raw(
+            &daemon.addr,
+            "PUT",
+            &format!("/v1/objects/audit/v{idx}"),
+            &[],
+            b"x",
+        );
+        assert_eq!(status, 201);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let logs = home.join("AUDIT/LOGS");
+    let mut names: Vec<String> = std::fs::read_dir(&logs)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["vbus_daemon.log", "vbus_daemon.log.1", "vbus_daemon.log.2"]
+    );
+    for name in &names {
+        let text = std::fs::read_to_string(logs.join(name)).unwrap();
+        assert!(text.len() <= 4096, "{name}: {} bytes", text.len());
+    }
+    // The changes are in the audit trail: method, path, status.
+    let newest = std::fs::read_to_string(logs.join("vbus_daemon.log")).unwrap()
+        + &std::fs::read_to_string(logs.join("vbus_daemon.log.1")).unwrap();
+    assert!(
+        newest.contains("method=PUT path=\"/v1/objects/audit/v79\" status=201"),
+        "{newest}"
+    );
+    // Snapshots of 2-3 KiB each: one a file at this rotation size; the newest is the current.
+    let metrics = home.join("AUDIT/METRICS");
+    let snapshots = ["vbus_metrics.jsonl.1", "vbus_metrics.jsonl"]
+        .iter()
+        .map(|name| std::fs::read_to_string(metrics.join(name)).unwrap_or_default())
+        .collect::<String>();
+    let lines: Vec<serde_json::Value> = snapshots
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert!(lines.len() >= 2, "{snapshots}");
+    let last = lines.last().unwrap();
+    assert!(
+        last["l1_hit_rate"].is_number() && last["unix_time"].as_f64().unwrap() > 1.6e9,
+        "{last}"
+    );
+    assert_eq!(last["tiers"]["L3_DISK"]["n_entries"].as_u64(), Some(80));
+}
