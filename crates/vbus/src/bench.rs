@@ -1,6 +1,7 @@
 //! `vbus bench SUITE [--quick] [--json]`: every figure beside its reference measured in the same
 //! run, and the ratio (oriented so that above 1 is better).
 
+mod api;
 mod cache;
 mod gpu;
 mod scan;
@@ -18,7 +19,11 @@ use serde::Serialize;
 use crate::home::Home;
 
 /// The suites `vbus bench` knows, with one line each.
-pub const SUITES: [(&str, &str); 5] = [
+pub const SUITES: [(&str, &str); 6] = [
+    (
+        "api",
+        "the daemon's HTTP API (64 connections, a large object) against the library in process",
+    ),
     (
         "cache",
         "the L2 memory tier against quick_cache and moka: ops/s, hit ratio per policy, index bytes",
@@ -244,6 +249,7 @@ pub fn run<W: Write>(
                 .map(|path| (path, options.capacity_bytes));
             cache::run(mode, trace, reporter)
         }
+        "api" => api::run(mode, home, reporter),
         "scan" => scan::run(mode, home, reporter),
         "state" => state::run(mode, home, reporter),
         "store" => store::run(mode, home, reporter),
@@ -407,7 +413,7 @@ mod tests {
         .unwrap_err();
         assert!(
             err.to_string()
-                .contains("suites: cache, gpu, scan, state, store"),
+                .contains("suites: api, cache, gpu, scan, state, store"),
             "{err}"
         );
     }

@@ -327,3 +327,45 @@ fn bench_state_quick_compares_with_the_seed_okaywal_and_fdatasync() {
         "bench left its scratch directory"
     );
 }
+
+#[test]
+fn bench_api_quick_measures_the_api_beside_the_library() {
+    let dir = tempfile::tempdir().unwrap();
+    let result = run_ok(dir.path(), &["bench", "api", "--quick", "--json"]);
+    let lines = json_lines(&result.stdout);
+    let metrics: Vec<&str> = lines
+        .iter()
+        .map(|line| line["metric"].as_str().unwrap())
+        .collect();
+    for metric in [
+        "small_gets_per_s_64_conns",
+        "small_get_p50_64_conns",
+        "small_get_p99_64_conns",
+        "large_put_through_api_64.0MiB",
+        "large_get_through_api_64.0MiB",
+    ] {
+        assert!(
+            metrics.contains(&metric),
+            "{metric} missing from {metrics:?}"
+        );
+    }
+    for line in &lines {
+        assert_eq!(line["suite"], "api");
+        assert!(
+            line["ours"].as_f64().unwrap() > 0.0 && line["reference_value"].as_f64().unwrap() > 0.0,
+            "{line}"
+        );
+        assert!(
+            line["reference"]
+                .as_str()
+                .unwrap()
+                .starts_with("CacheManager::"),
+            "{line}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "bench left its scratch directory"
+    );
+}
