@@ -34,7 +34,7 @@ const JSON_BODY_MAX_BYTES: usize = 1 << 20;
 /// The largest binary delta accepted.
 const DELTA_BODY_MAX_BYTES: usize = vbus_tlog::MAX_BODY_BYTES;
 /// Bytes per chunk when streaming a file out or in.
-const STREAM_CHUNK_BYTES: usize = 1 << 20;
+const STREAM_CHUNK_BYTES: usize = 4 << 20;
 /// Chunks in flight between the network and the disk, each way.
 const STREAM_CHUNKS_IN_FLIGHT: usize = 4;
 
@@ -336,10 +336,22 @@ async fn get_object(
                     return;
                 }
                 while remaining > 0 {
-                    let mut chunk = vec![0u8; remaining.min(STREAM_CHUNK_BYTES as u64) as usize];
-                    if let Err(err) = reader.read_exact(&mut chunk) {
-                        let _ = tx.blocking_send(Err(err));
-                        return;
+                    // Read into spare capacity: no zeroing of a fresh buffer per chunk.
+                    let want = remaining.min(STREAM_CHUNK_BYTES as u64);
+                    let mut chunk = Vec::with_capacity(want as usize);
+                    match (&mut reader).take(want).read_to_end(&mut chunk) {
+                        Ok(n) if n as u64 == want => {}
+                        Ok(n) => {
+                            let _ = tx.blocking_send(Err(std::io::Error::new(
+                                std::io::ErrorKind::UnexpectedEof,
+                                format!("the L3 file ended {} bytes early", remaining - n as u64),
+                            )));
+                            return;
+                        }
+                        Err(err) => {
+                            let _ = tx.blocking_send(Err(err));
+                            return;
+                        }
                     }
                     remaining -= chunk.len() as u64;
                     if tx.blocking_send(Ok(Bytes::from(chunk))).is_err() {

@@ -214,3 +214,92 @@ fn sigkill_during_load_keeps_every_acknowledged_put() {
         ops.load(Ordering::Relaxed)
     );
 }
+
+/// The daemon's resident set, from `/proc`.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line["VmRSS:".len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
+}
+
+/// Generates `len` pattern bytes without holding them.
+struct Generated {
+    len: u64,
+    at: u64,
+}
+
+impl std::io::Read for Generated {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = (self.len - self.at).min(buf.len() as u64) as usize;
+        for (idx, byte) in buf[..n].iter_mut().enumerate() {
+            *byte = ((self.at + idx as u64) % 251) as u8;
+        }
+        self.at += n as u64;
+        Ok(n)
+    }
+}
+
+#[test]
+fn a_large_value_streams_through_in_bounded_memory() {
+    // 1 GiB by default (10 GiB with VBUS_STREAM_TEST_GIB=10): in and out of the daemon, whose
+    // resident set must stay within 64 MiB of what it was idle, and idle under 64 MiB.
+    let gib: u64 = std::env::var("VBUS_STREAM_TEST_GIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let len = gib << 30;
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("VBUS");
+    let daemon = Daemon::start(&home);
+    let pid = daemon.child.id();
+    std::thread::sleep(Duration::from_millis(500));
+    let idle = rss_bytes(pid);
+    assert!(idle < 64 << 20, "an idle daemon takes {} MiB", idle >> 20);
+    let peak = AtomicU64::new(idle);
+    let done = AtomicBool::new(false);
+    let url = format!("http://{}/v1/objects/big/value.bin", daemon.addr);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !done.load(Ordering::Relaxed) {
+                peak.fetch_max(rss_bytes(pid), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        let agent = agent();
+        let response = agent
+            .put(&url)
+            .send(ureq::SendBody::from_reader(&mut Generated { len, at: 0 }))
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        let mut response = agent.get(&url).call().unwrap();
+        assert_eq!(response.status(), 200);
+        let mut reader = response.body_mut().as_reader();
+        let mut buffer = vec![0u8; 1 << 20];
+        let (mut total, mut mismatches) = (0u64, 0u64);
+        loop {
+            let n = std::io::Read::read(&mut reader, &mut buffer).unwrap();
+            if n == 0 {
+                break;
+            }
+            for (idx, &byte) in buffer[..n].iter().enumerate() {
+                mismatches += u64::from(byte != ((total + idx as u64) % 251) as u8);
+            }
+            total += n as u64;
+        }
+        done.store(true, Ordering::Relaxed);
+        assert_eq!((total, mismatches), (len, 0));
+    });
+    let growth = peak.load(Ordering::Relaxed).saturating_sub(idle);
+    eprintln!(
+        "{gib} GiB in and out: idle RSS {} MiB, peak growth {} MiB",
+        idle >> 20,
+        growth >> 20
+    );
+    assert!(growth < 64 << 20, "the daemon grew by {} MiB", growth >> 20);
+}
