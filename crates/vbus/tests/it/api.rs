@@ -359,6 +359,14 @@ fn bad_requests_get_a_4xx_that_says_why_and_change_nothing() {
             "no object ds/missing",
         ),
         (
+            "PUT",
+            "/v1/objects/ds/huge".into(),
+            vec![("Content-Length", "1000000000000000")],
+            vec![],
+            413,
+            "more than L3's capacity",
+        ),
+        (
             "DELETE",
             "/v1/objects/ds/missing".into(),
             vec![],
