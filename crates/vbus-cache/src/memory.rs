@@ -185,6 +185,19 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
         self.insert_unless(key, value, size_bytes, false, |_| false)
     }
 
+    /// Like [`MemoryTier::insert`], but victims go to `on_evict` (under the shard's lock: keep it
+    /// short) instead of a returned list; returns whether the value was stored.
+    pub fn insert_with(
+        &self,
+        key: K,
+        value: V,
+        size_bytes: u64,
+        on_evict: impl FnMut(K, V, u64),
+    ) -> bool {
+        self.insert_core(key, value, size_bytes, false, |_| false, on_evict)
+            .is_ok()
+    }
+
     /// Like [`MemoryTier::insert`], but the entry is pinned from the start when `pinned` (or when
     /// the entry it replaces was), and when the key is held and `keep(existing)` says so, the tier
     /// is left unchanged and the new value refused (a load never replaces a newer put).
@@ -196,21 +209,41 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
         pinned: bool,
         keep: impl FnOnce(&V) -> bool,
     ) -> Inserted<K, V> {
+        let mut evicted = Vec::new();
+        match self.insert_core(key, value, size_bytes, pinned, keep, |key, value, size| {
+            evicted.push((key, value, size));
+        }) {
+            Ok(()) => Inserted::Stored { evicted },
+            Err(value) => Inserted::Refused(value),
+        }
+    }
+
+    /// The insert: victims go to `on_evict`; `Err` hands back a refused value.
+    fn insert_core(
+        &self,
+        key: K,
+        value: V,
+        size_bytes: u64,
+        pinned: bool,
+        keep: impl FnOnce(&V) -> bool,
+        mut on_evict: impl FnMut(K, V, u64),
+    ) -> Result<(), V> {
         let (shard, hash) = self.shard(&key);
         let mut guard = shard.write();
         let shard = &mut *guard;
-        if let Some(slot) = shard.find(hash, &key)
+        let existing = shard.find(hash, &key);
+        if let Some(slot) = existing
             && shard.entries[slot as usize]
                 .as_ref()
                 .is_some_and(|entry| keep(&entry.value))
         {
-            return Inserted::Refused(value);
+            return Err(value);
         }
         if size_bytes > shard.capacity_bytes {
-            return Inserted::Refused(value);
+            return Err(value);
         }
         let mut pinned = pinned;
-        if let Some(slot) = shard.find(hash, &key) {
+        if let Some(slot) = existing {
             let old = shard.entries[slot as usize]
                 .as_ref()
                 .expect("mapped slots hold entries");
@@ -218,13 +251,12 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
             // Replacing in place must still fit once the old bytes are gone.
             let others = shard.used_bytes - old.size_bytes;
             if !shard.can_make_room(others, size_bytes, slot) {
-                return Inserted::Refused(value);
+                return Err(value);
             }
             shard.remove_slot(slot);
         } else if !shard.can_make_room(shard.used_bytes, size_bytes, u32::MAX) {
-            return Inserted::Refused(value);
+            return Err(value);
         }
-        let mut evicted = Vec::new();
         while shard.used_bytes + size_bytes > shard.capacity_bytes {
             let entries = &shard.entries;
             // Without pins the policy's choice stands: no entry is looked at.
@@ -241,7 +273,7 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
             let entry = shard.take_slot(victim);
             shard.stats.n_evictions += 1;
             shard.stats.evicted_bytes += entry.size_bytes;
-            evicted.push((entry.key, entry.value, entry.size_bytes));
+            on_evict(entry.key, entry.value, entry.size_bytes);
         }
         let slot = shard.free_slots.pop().unwrap_or_else(|| {
             shard.entries.push(None);
@@ -268,7 +300,7 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
             shard.pinned_bytes += size_bytes;
         }
         shard.policy.insert(slot, hash, size_bytes);
-        Inserted::Stored { evicted }
+        Ok(())
     }
 
     /// Removes `key`; returns its value.
@@ -496,6 +528,24 @@ mod tests {
         assert_eq!(stats.hits + stats.misses, 80_000);
         assert!(stats.used_bytes <= stats.capacity_bytes);
         assert_eq!(stats.used_bytes, stats.n_entries * 64);
+    }
+
+    #[test]
+    fn insert_with_reports_the_same_victims_as_insert() {
+        let listed: MemoryTier<u32, u32> = MemoryTier::new(PolicyKind::S3Fifo, 1000, 1);
+        let called: MemoryTier<u32, u32> = MemoryTier::new(PolicyKind::S3Fifo, 1000, 1);
+        let mut rng = fastrand::Rng::with_seed(9);
+        for op in 0..5000u32 {
+            let (key, size) = (rng.u32(..300), rng.u64(1..40));
+            let from_list = match listed.insert(key, op, size) {
+                Inserted::Stored { evicted } => Some(evicted),
+                Inserted::Refused(_) => None,
+            };
+            let mut victims = Vec::new();
+            let stored = called.insert_with(key, op, size, |k, v, s| victims.push((k, v, s)));
+            assert_eq!(from_list, stored.then_some(victims), "op {op}");
+        }
+        assert_eq!(listed.stats(), called.stats());
     }
 
     #[test]

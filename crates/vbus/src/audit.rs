@@ -71,6 +71,90 @@ impl Write for RotatingFile {
     }
 }
 
+/// Stderr that never blocks the daemon: each log event is handed to a writer thread through a
+/// bounded queue, and dropped (counted) when the queue is full, as when nobody reads the pipe.
+#[derive(Debug, Clone)]
+pub struct NonBlockingStderr {
+    lines: std::sync::mpsc::SyncSender<Vec<u8>>,
+    dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Events queued for stderr at most.
+const STDERR_QUEUE_LINES: usize = 4096;
+
+impl NonBlockingStderr {
+    /// Starts the writer thread.
+    pub fn start() -> io::Result<Self> {
+        let (lines, queue) = std::sync::mpsc::sync_channel::<Vec<u8>>(STDERR_QUEUE_LINES);
+        let dropped = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let seen = std::sync::Arc::clone(&dropped);
+        std::thread::Builder::new()
+            .name("vbus-stderr".to_owned())
+            .spawn(move || {
+                let mut reported = 0;
+                while let Ok(line) = queue.recv() {
+                    let mut stderr = io::stderr().lock();
+                    let now = seen.load(std::sync::atomic::Ordering::Relaxed);
+                    if now > reported {
+                        let _ = writeln!(
+                            stderr,
+                            "({} log lines dropped: stderr was not read)",
+                            now - reported
+                        );
+                        reported = now;
+                    }
+                    let _ = stderr.write_all(&line);
+                }
+            })?;
+        Ok(Self { lines, dropped })
+    }
+}
+
+/// One event's bytes, queued when dropped.
+#[derive(Debug)]
+pub struct StderrEvent {
+    sink: NonBlockingStderr,
+    bytes: Vec<u8>,
+}
+
+impl Write for StderrEvent {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for StderrEvent {
+    fn drop(&mut self) {
+        if !self.bytes.is_empty()
+            && self
+                .sink
+                .lines
+                .try_send(std::mem::take(&mut self.bytes))
+                .is_err()
+        {
+            self.sink
+                .dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for NonBlockingStderr {
+    type Writer = StderrEvent;
+
+    fn make_writer(&'a self) -> StderrEvent {
+        StderrEvent {
+            sink: self.clone(),
+            bytes: Vec::new(),
+        }
+    }
+}
+
 /// Logs every request: changes at `info` (the audit trail), reads at `debug`.
 pub(crate) async fn access_log(
     request: axum::extract::Request,

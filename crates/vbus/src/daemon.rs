@@ -411,9 +411,12 @@ fn install_logging(home: &Home, audit: &crate::config::AuditConfig) -> anyhow::R
         .with_ansi(false)
         .with_writer(std::sync::Mutex::new(file))
         .with_filter(level);
+    // Never blocks: a daemon whose stderr nobody reads must keep serving.
+    let stderr =
+        crate::audit::NonBlockingStderr::start().context("cannot start the stderr writer")?;
     let stderr_layer = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
+        .with_writer(stderr)
         .with_filter(level);
     tracing_subscriber::registry()
         .with(file_layer)

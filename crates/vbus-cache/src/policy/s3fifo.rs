@@ -51,8 +51,40 @@ pub struct S3Fifo {
     small_bytes: u64,
     slots: Vec<SlotState>,
     ghost: VecDeque<(u64, u64)>,
-    ghost_index: HashMap<u64, u64, foldhash::fast::FixedState>,
+    ghost_index: HashMap<u64, u64, KeyHashState>,
     ghost_seq: u64,
+}
+
+/// The ghost index's keys are key hashes already: used as they are, not hashed again.
+#[derive(Debug, Clone, Copy, Default)]
+struct KeyHashState;
+
+impl std::hash::BuildHasher for KeyHashState {
+    type Hasher = KeyHashHasher;
+
+    fn build_hasher(&self) -> KeyHashHasher {
+        KeyHashHasher(0)
+    }
+}
+
+#[derive(Debug)]
+struct KeyHashHasher(u64);
+
+impl std::hash::Hasher for KeyHashHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 keys are hashed; anything else folds in bytewise.
+        for &byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
+    }
 }
 
 /// Stale positions a ring may hold beyond its live ones before it is compacted.
@@ -69,7 +101,7 @@ impl S3Fifo {
             small_bytes: 0,
             slots: Vec::new(),
             ghost: VecDeque::new(),
-            ghost_index: HashMap::with_hasher(foldhash::fast::FixedState::default()),
+            ghost_index: HashMap::with_hasher(KeyHashState),
             ghost_seq: 0,
         }
     }

@@ -79,7 +79,7 @@ impl Built {
                 if tier.get(&key).is_some() {
                     return true;
                 }
-                let _ = tier.insert(key, key, 1);
+                tier.insert_with(key, key, 1, |_, _, _| {});
                 false
             }
             Self::QuickCache(cache) => {

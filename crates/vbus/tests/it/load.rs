@@ -303,3 +303,38 @@ fn a_large_value_streams_through_in_bounded_memory() {
     );
     assert!(growth < 64 << 20, "the daemon grew by {} MiB", growth >> 20);
 }
+
+#[test]
+fn a_daemon_whose_stderr_nobody_reads_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("VBUS");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    // stderr is a pipe this test never reads: it fills after 64 KiB.
+    let mut child = crate::support::vbus(&home)
+        .args(["up", "--listen", &addr])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(Instant::now() < deadline, "the daemon did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let agent = agent();
+    // Each change logs a line of about 100 bytes: far more than the pipe holds.
+    for idx in 0..3000 {
+        let response = agent
+            .put(&format!("http://{addr}/v1/objects/quiet/k{}", idx % 10))
+            .send(&b"v"[..])
+            .unwrap();
+        assert_eq!(response.status(), 201, "put {idx}");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -99,8 +99,9 @@ impl Daemon {
         };
         let stderr = daemon.child.stderr.take().unwrap();
         std::thread::spawn(move || {
+            // Drain the pipe whatever happens: a full channel drops lines, it never stops reading.
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if sender.send(line).is_err() {
+                if let Err(mpsc::TrySendError::Disconnected(_)) = sender.try_send(line) {
                     break;
                 }
             }
