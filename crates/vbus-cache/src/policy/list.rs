@@ -1,18 +1,34 @@
 //! A doubly linked list threaded through a `Vec` by slot index: O(1) push, unlink and move,
 //! no allocation per operation once the slots exist.
 
+use std::sync::atomic::AtomicBool;
+
 /// No slot.
 pub(crate) const NIL: u32 = u32::MAX;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 struct Link {
     prev: u32,
     next: u32,
     linked: bool,
+    /// A policy's per-slot bit (SIEVE's visited), in the padding beside the links so that one
+    /// cache line serves both; atomic so hits can set it under a shared lock.
+    mark: AtomicBool,
+}
+
+impl Link {
+    fn unlinked() -> Self {
+        Self {
+            prev: NIL,
+            next: NIL,
+            linked: false,
+            mark: AtomicBool::new(false),
+        }
+    }
 }
 
 /// Slots from head (newest) to tail (oldest).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct SlotList {
     links: Vec<Link>,
     head: u32,
@@ -60,6 +76,12 @@ impl SlotList {
         (self.tail != NIL).then_some(self.tail)
     }
 
+    /// The slot's mark bit (set under a shared lock; the list never reads it). A slot never
+    /// linked has none.
+    pub fn mark(&self, slot: u32) -> Option<&AtomicBool> {
+        self.links.get(slot as usize).map(|link| &link.mark)
+    }
+
     /// The slot nearer the head than `slot` (newer), if any.
     pub fn prev(&self, slot: u32) -> Option<u32> {
         let prev = self.links[slot as usize].prev;
@@ -70,21 +92,13 @@ impl SlotList {
     pub fn push_head(&mut self, slot: u32) {
         let idx = slot as usize;
         if self.links.len() <= idx {
-            self.links.resize(
-                idx + 1,
-                Link {
-                    prev: NIL,
-                    next: NIL,
-                    linked: false,
-                },
-            );
+            self.links.resize_with(idx + 1, Link::unlinked);
         }
         assert!(!self.links[idx].linked, "slot {slot} is already linked");
-        self.links[idx] = Link {
-            prev: NIL,
-            next: self.head,
-            linked: true,
-        };
+        let link = &mut self.links[idx];
+        link.prev = NIL;
+        link.next = self.head;
+        link.linked = true;
         if self.head != NIL {
             self.links[self.head as usize].prev = slot;
         } else {
@@ -99,7 +113,10 @@ impl SlotList {
         if !self.contains(slot) {
             return false;
         }
-        let Link { prev, next, .. } = self.links[slot as usize];
+        let (prev, next) = {
+            let link = &self.links[slot as usize];
+            (link.prev, link.next)
+        };
         if prev != NIL {
             self.links[prev as usize].next = next;
         } else {
@@ -110,11 +127,10 @@ impl SlotList {
         } else {
             self.tail = prev;
         }
-        self.links[slot as usize] = Link {
-            prev: NIL,
-            next: NIL,
-            linked: false,
-        };
+        let link = &mut self.links[slot as usize];
+        link.prev = NIL;
+        link.next = NIL;
+        link.linked = false;
         self.len -= 1;
         true
     }

@@ -1,6 +1,6 @@
 //! SIEVE: one FIFO, a visited bit per entry, and a hand sweeping from old to new.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use super::SlotList;
 
@@ -9,25 +9,22 @@ use super::SlotList;
 /// past the head the hand wraps to the tail.
 #[derive(Debug, Default)]
 pub struct Sieve {
+    /// The FIFO; each slot's visited bit is its list mark (one cache line for both).
     list: SlotList,
-    /// Set by hits under a shared lock, so atomic; cleared by the sweep.
-    visited: Vec<AtomicBool>,
     /// Where the next sweep starts; `None` means the tail.
     hand: Option<u32>,
 }
 
 impl Sieve {
     pub(crate) fn insert(&mut self, slot: u32) {
-        let idx = slot as usize;
-        if self.visited.len() <= idx {
-            self.visited.resize_with(idx + 1, || AtomicBool::new(false));
-        }
-        self.visited[idx].store(false, Ordering::Relaxed);
         self.list.push_head(slot);
+        if let Some(visited) = self.list.mark(slot) {
+            visited.store(false, Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn access(&self, slot: u32) {
-        if let Some(visited) = self.visited.get(slot as usize) {
+        if let Some(visited) = self.list.mark(slot) {
             visited.store(true, Ordering::Relaxed);
         }
     }
@@ -44,9 +41,9 @@ impl Sieve {
     pub(crate) fn evict(&mut self, keep: &mut dyn FnMut(u32) -> bool) -> Option<u32> {
         let mut current = self.hand.or_else(|| self.list.tail())?;
         for _ in 0..=2 * self.list.len() {
-            let idx = current as usize;
-            if self.visited[idx].load(Ordering::Relaxed) || keep(current) {
-                self.visited[idx].store(false, Ordering::Relaxed);
+            let visited = self.list.mark(current)?;
+            if visited.load(Ordering::Relaxed) || keep(current) {
+                visited.store(false, Ordering::Relaxed);
                 current = self.list.prev(current).or_else(|| self.list.tail())?;
                 continue;
             }
@@ -58,7 +55,7 @@ impl Sieve {
     }
 
     pub(crate) fn index_bytes(&self) -> usize {
-        self.list.index_bytes() + self.visited.capacity() * std::mem::size_of::<AtomicBool>()
+        self.list.index_bytes()
     }
 
     pub(crate) fn len(&self) -> usize {

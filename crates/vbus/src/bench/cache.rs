@@ -124,7 +124,7 @@ pub(super) fn run<W: Write>(
     reporter.note(&format!(
         "bench cache: Zipf over {n_keys} keys, capacity {capacity_entries} entries, get then insert on a miss, \
          {n_ops_per_thread} operations per thread, medians of rounds; ours is the L2 memory tier \
-         ({N_SHARDS} shards)"
+         ({N_SHARDS} shards) with each policy"
     ))?;
 
     // Operations per second, Zipf 1.0, 1 and 2 threads.
@@ -139,14 +139,17 @@ pub(super) fn run<W: Write>(
         Mode::Full => 5,
         Mode::Quick => 3,
     };
+    // Ours with each policy (LRU is the seed's default), then the references.
     let contenders = [
+        Contender::Ours(PolicyKind::Lru),
         Contender::Ours(PolicyKind::S3Fifo),
+        Contender::Ours(PolicyKind::Sieve),
         Contender::QuickCache,
         Contender::Moka,
         Contender::Foyer(PolicyKind::S3Fifo),
     ];
     for n_threads in [1usize, 2] {
-        let mut samples: [Vec<f64>; 4] = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+        let mut samples: [Vec<f64>; 6] = Default::default();
         for round in 0..n_rounds {
             for offset in 0..contenders.len() {
                 let contender_idx = (round + offset) % contenders.len();
@@ -158,26 +161,33 @@ pub(super) fn run<W: Write>(
                 samples[contender_idx].push(rate);
             }
         }
-        let [ours, quick, moka, foyer] = samples.map(|mut rates| median(&mut rates));
-        for (reference, reference_ops, target) in [
-            (Contender::QuickCache, quick, Some(1.0)),
-            (Contender::Moka, moka, Some(5.0)),
-            (Contender::Foyer(PolicyKind::S3Fifo), foyer, None),
+        let [lru, s3fifo, sieve, quick, moka, foyer] = samples.map(|mut rates| median(&mut rates));
+        for (kind, ours) in [
+            (PolicyKind::Lru, lru),
+            (PolicyKind::S3Fifo, s3fifo),
+            (PolicyKind::Sieve, sieve),
         ] {
-            reporter.report(Measurement::new(
-                SUITE,
-                &format!(
-                    "ops_per_s_zipf1.0_{n_threads}_thread{}",
-                    if n_threads > 1 { "s" } else { "" }
-                ),
-                "ops/s",
-                Better::Higher,
-                ours,
-                &reference.name(),
-                reference_ops,
-                target,
-                Device::Cpu,
-            ))?;
+            for (reference, reference_ops, target) in [
+                (Contender::QuickCache, quick, Some(1.0)),
+                (Contender::Moka, moka, Some(5.0)),
+                (Contender::Foyer(PolicyKind::S3Fifo), foyer, None),
+            ] {
+                reporter.report(Measurement::new(
+                    SUITE,
+                    &format!(
+                        "ops_per_s_zipf1.0_{n_threads}_thread{}_{}",
+                        if n_threads > 1 { "s" } else { "" },
+                        kind.as_str()
+                    ),
+                    "ops/s",
+                    Better::Higher,
+                    ours,
+                    &reference.name(),
+                    reference_ops,
+                    target,
+                    Device::Cpu,
+                ))?;
+            }
         }
     }
 
