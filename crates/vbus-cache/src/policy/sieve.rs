@@ -24,7 +24,11 @@ impl Sieve {
     }
 
     pub(crate) fn access(&self, slot: u32) {
-        if let Some(visited) = self.list.mark(slot) {
+        // Read before writing: a hot entry's line is not dirtied (nor bounced between cores) on
+        // every hit.
+        if let Some(visited) = self.list.mark(slot)
+            && !visited.load(Ordering::Relaxed)
+        {
             visited.store(true, Ordering::Relaxed);
         }
     }
