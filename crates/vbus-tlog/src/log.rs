@@ -39,6 +39,9 @@ impl Durability {
     }
 }
 
+/// How long an open waits for a busy lock before it reports [`Error::Locked`].
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// How long an `Async` append waits, at most, for its write.
 pub const FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(5);
 /// Queued `Async` bytes beyond which the appender writes them itself.
@@ -222,8 +225,16 @@ impl LogCore {
             .truncate(false)
             .open(&lock_path)
             .map_err(Error::io("open", &lock_path))?;
-        if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
-            return Err(Error::Locked { path: dir });
+        // A busy lock is retried for a moment: a `fork` in another thread of this process
+        // briefly holds a copy of a just-released lock until its `exec`.
+        let deadline = Instant::now() + LOCK_WAIT;
+        while rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+            .is_err()
+        {
+            if Instant::now() >= deadline {
+                return Err(Error::Locked { path: dir });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
         }
         let options = LogOptions {
             segment_bytes: options.segment_bytes.max(segment::HEADER_BYTES + 4096),
