@@ -1,0 +1,3 @@
+//! `vbus-sync` through its public API.
+
+mod manifest;
