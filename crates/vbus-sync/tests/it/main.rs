@@ -1,3 +1,4 @@
 //! `vbus-sync` through its public API.
 
 mod manifest;
+mod origin;

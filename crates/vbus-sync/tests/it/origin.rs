@@ -1,0 +1,70 @@
+use vbus_store::FileStore;
+use vbus_sync::{DirOrigin, ManifestError, PullError, pull};
+
+fn origin_with_dataset(dir: &std::path::Path) -> DirOrigin {
+    let dataset = dir.join("MASTER_DB/llama");
+    std::fs::create_dir_all(dataset.join("shards")).unwrap();
+    std::fs::write(dataset.join("config.json"), b"{\"layers\": 2}").unwrap();
+    let big: Vec<u8> = (0..(9u64 << 20) + 5).map(|i| (i % 241) as u8).collect();
+    std::fs::write(dataset.join("shards/w.bin"), big).unwrap();
+    DirOrigin::new(dir.join("MASTER_DB"))
+}
+
+#[test]
+fn a_pull_publishes_verified_files_and_skips_what_is_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = origin_with_dataset(dir.path());
+    let manifest = origin.manifest("llama", "v1").unwrap();
+    let store = FileStore::open(dir.path().join("L3_DISK")).unwrap();
+    let mut progressed = 0;
+    let report = pull(&manifest, &origin, &store, |n| progressed += n).unwrap();
+    assert_eq!((report.files_fetched, report.files_skipped), (2, 0));
+    assert_eq!(report.bytes_fetched, manifest.total_bytes());
+    assert_eq!(progressed, manifest.total_bytes());
+    for file in &manifest.files {
+        let held = store
+            .get_file_by_path("llama", &file.path)
+            .unwrap()
+            .unwrap();
+        let original = std::fs::read(origin.root().join("llama").join(&file.path)).unwrap();
+        assert!(held == original, "{} differs", file.path);
+    }
+    // Complete files at their final paths.
+    assert_eq!(
+        std::fs::read(dir.path().join("L3_DISK/llama/config.json")).unwrap(),
+        b"{\"layers\": 2}"
+    );
+    let again = pull(&manifest, &origin, &store, |_| {}).unwrap();
+    assert_eq!(
+        (
+            again.files_fetched,
+            again.files_skipped,
+            again.bytes_fetched
+        ),
+        (0, 2, 0)
+    );
+}
+
+#[test]
+fn a_damaged_origin_piece_stops_the_file_and_publishes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = origin_with_dataset(dir.path());
+    let manifest = origin.manifest("llama", "v1").unwrap();
+    // The origin's copy changes in its second piece after the manifest was made.
+    let path = origin.root().join("llama/shards/w.bin");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[(5 << 20) + 3] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+    let store = FileStore::open(dir.path().join("L3_DISK")).unwrap();
+    let err = pull(&manifest, &origin, &store, |_| {}).unwrap_err();
+    assert!(
+        matches!(&err, PullError::Manifest(ManifestError::Mismatch { path, what, .. })
+            if path == "shards/w.bin" && what == "piece 1"),
+        "{err}"
+    );
+    assert!(
+        !store.has_file_by_path("llama", "shards/w.bin"),
+        "a damaged file was published"
+    );
+    assert!(!dir.path().join("L3_DISK/llama/shards/w.bin").exists());
+}
