@@ -366,14 +366,19 @@ impl StateBus {
 
     /// Creates a zeroed page of `size` bytes at `location`; returns its id.
     pub fn create_page(&self, size: u64, location: Location) -> Result<PageId> {
+        self.create(size, location).map(|(id, _)| id)
+    }
+
+    /// [`StateBus::create_page`], also returning the change's sequence number.
+    pub fn create(&self, size: u64, location: Location) -> Result<(PageId, u64)> {
         let mut op = Op::Create {
             id: 0,
             size,
             location,
         };
-        self.commit(&mut op, None)?;
+        let seq = self.commit(&mut op, None)?;
         match op {
-            Op::Create { id, .. } => Ok(id),
+            Op::Create { id, .. } => Ok((id, seq)),
             _ => unreachable!("a create stays a create"),
         }
     }
@@ -431,6 +436,11 @@ impl StateBus {
     /// The ids of every page, ascending.
     pub fn page_ids(&self) -> Vec<PageId> {
         self.read().page_ids().collect()
+    }
+
+    /// One page's id, size, location and epoch, without copying its bytes.
+    pub fn page_info(&self, id: PageId) -> Result<PageInfo> {
+        self.read().info(id)
     }
 
     /// Every page's id, size, location and epoch (no bytes), ascending by id.

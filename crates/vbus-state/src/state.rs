@@ -63,18 +63,19 @@ pub struct PageInfo {
 }
 
 impl State {
+    pub fn info(&self, id: PageId) -> Result<PageInfo> {
+        let page = self.page(id)?;
+        Ok(PageInfo {
+            id,
+            size: page.size,
+            location: page.location,
+            epoch: page.epoch,
+        })
+    }
+
     pub fn infos(&self) -> Vec<PageInfo> {
-        self.pages
-            .iter()
-            .enumerate()
-            .filter_map(|(id, page)| {
-                page.as_ref().map(|page| PageInfo {
-                    id: id as PageId,
-                    size: page.size,
-                    location: page.location,
-                    epoch: page.epoch,
-                })
-            })
+        self.page_ids()
+            .filter_map(|id| self.info(id).ok())
             .collect()
     }
 

@@ -524,10 +524,6 @@ async fn json_body<T: for<'de> Deserialize<'de>>(body: Body) -> ApiResult<T> {
     serde_json::from_slice(&bytes).map_err(|err| ApiError::bad_request(format!("bad JSON: {err}")))
 }
 
-fn location_name(location: Location) -> &'static str {
-    location.as_str()
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CreatePage {
@@ -557,11 +553,7 @@ async fn create_page(State(state): State<Arc<AppState>>, body: Body) -> ApiResul
             request.size
         )));
     }
-    let (id, seq) = blocking(move || {
-        let id = bus.create_page(request.size, location)?;
-        Ok((id, bus.last_seq()))
-    })
-    .await?;
+    let (id, seq) = blocking(move || Ok(bus.create(request.size, location)?)).await?;
     Ok((StatusCode::CREATED, Json(json!({ "id": id, "seq": seq }))).into_response())
 }
 
@@ -578,7 +570,7 @@ fn pages_json(pages: &[vbus_state::PageInfo]) -> Vec<serde_json::Value> {
             json!({
                 "id": page.id,
                 "size": page.size,
-                "location": location_name(page.location),
+                "location": page.location.as_str(),
                 "epoch": page.epoch,
             })
         })
@@ -595,7 +587,7 @@ fn page_response(view: vbus_state::PageView) -> Response {
     headers.insert("x-vbus-epoch", HeaderValue::from(view.epoch));
     headers.insert(
         "x-vbus-location",
-        HeaderValue::from_static(location_name(view.location)),
+        HeaderValue::from_static(view.location.as_str()),
     );
     response
 }
@@ -705,7 +697,8 @@ async fn update_page(
             Some(epoch) => bus.update_page_at(id, &delta, epoch)?,
             None => bus.update_page(id, &delta)?,
         };
-        Ok((seq, bus.query_page(id).map(|view| view.epoch).ok()))
+        // The epoch without copying the page's bytes.
+        Ok((seq, bus.page_info(id).map(|info| info.epoch).ok()))
     })
     .await?;
     Ok(Json(json!({ "seq": seq, "epoch": epoch })).into_response())

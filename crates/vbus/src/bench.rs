@@ -264,6 +264,31 @@ pub fn run<W: Write>(
     }
 }
 
+/// Runs `work(thread_idx)` on `n_threads` threads at once; returns their results in thread order,
+/// or the first error (a panic in one is resumed here).
+fn on_threads<T: Send>(
+    n_threads: usize,
+    work: impl Fn(usize) -> anyhow::Result<T> + Sync,
+) -> anyhow::Result<Vec<T>> {
+    let results: Vec<anyhow::Result<T>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..n_threads)
+            .map(|thread_idx| {
+                let work = &work;
+                scope.spawn(move || work(thread_idx))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| {
+                handle
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    });
+    results.into_iter().collect()
+}
+
 /// A file or directory a suite works in, removed when dropped (also on error or panic).
 #[derive(Debug)]
 struct Scratch(std::path::PathBuf);

@@ -99,25 +99,19 @@ impl Client {
     }
 
     /// The JSON answer of a request, or the daemon's error message.
-    fn json(&self, mut response: ureq::http::Response<ureq::Body>) -> anyhow::Result<Json> {
-        let status = response.status();
-        let text = response
+    fn json(&self, response: ureq::http::Response<ureq::Body>) -> anyhow::Result<Json> {
+        let text = self
+            .check(response)?
             .body_mut()
             .read_to_string()
             .context("cannot read the daemon's answer")?;
-        if !status.is_success() {
-            let message = serde_json::from_str::<Json>(&text)
-                .ok()
-                .and_then(|json| json["error"].as_str().map(str::to_owned))
-                .unwrap_or(text);
-            anyhow::bail!("the daemon answered {status}: {message}");
-        }
         if text.is_empty() {
             return Ok(Json::Null);
         }
         serde_json::from_str(&text).context("the daemon's answer is not JSON")
     }
 
+    /// The response if it succeeded, else the daemon's error message.
     fn check(
         &self,
         mut response: ureq::http::Response<ureq::Body>,

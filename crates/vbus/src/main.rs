@@ -384,16 +384,7 @@ fn run_client(
                 answer["seq"],
                 answer["state_hash"].as_str().unwrap_or("?")
             )?;
-            for page in answer["pages"].as_array().into_iter().flatten() {
-                writeln!(
-                    stdout,
-                    "page {:>6}  {:>10} bytes  {}  epoch {}",
-                    page["id"],
-                    page["size"],
-                    page["location"].as_str().unwrap_or("?"),
-                    page["epoch"]
-                )?;
-            }
+            print_pages(stdout, &answer)?;
         }
         other => anyhow::bail!("not a client command: {other:?}"),
     }
@@ -462,17 +453,23 @@ fn run_page(
         }
         PageCommand::Ls => {
             let answer = client.get_json("/v1/pages")?;
-            for page in answer["pages"].as_array().into_iter().flatten() {
-                writeln!(
-                    stdout,
-                    "page {:>6}  {:>10} bytes  {}  epoch {}",
-                    page["id"],
-                    page["size"],
-                    page["location"].as_str().unwrap_or("?"),
-                    page["epoch"]
-                )?;
-            }
+            print_pages(stdout, &answer)?;
         }
+    }
+    Ok(())
+}
+
+/// The `pages` of an answer, one line each.
+fn print_pages(out: &mut impl std::io::Write, answer: &serde_json::Value) -> std::io::Result<()> {
+    for page in answer["pages"].as_array().into_iter().flatten() {
+        writeln!(
+            out,
+            "page {:>6}  {:>10} bytes  {}  epoch {}",
+            page["id"],
+            page["size"],
+            page["location"].as_str().unwrap_or("?"),
+            page["epoch"]
+        )?;
     }
     Ok(())
 }

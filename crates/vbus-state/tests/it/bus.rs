@@ -79,7 +79,17 @@ fn pages_deltas_epochs_and_reopen() {
     assert_eq!(bus.state_hash().unwrap(), before);
     assert!(seq >= 2);
 
-    let other = bus.create_page(8, Location::Cpu).unwrap();
+    let (other, seq) = bus.create(8, Location::Cpu).unwrap();
+    assert_eq!(
+        seq,
+        bus.last_seq(),
+        "create answers its own change's number"
+    );
+    let info = bus.page_info(page).unwrap();
+    assert_eq!(
+        (info.size, info.epoch),
+        (1024, bus.query_page(page).unwrap().epoch)
+    );
     bus.delete_page(other).unwrap();
     assert!(matches!(
         bus.query_page(other),

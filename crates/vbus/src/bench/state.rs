@@ -296,33 +296,15 @@ fn threads_per_s(
     append: impl Fn() -> anyhow::Result<()> + Sync,
 ) -> anyhow::Result<f64> {
     let started = Instant::now();
-    let counts: Vec<anyhow::Result<u64>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..n_writers)
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut n = 0u64;
-                    while started.elapsed().as_secs_f64() < secs {
-                        append()?;
-                        n += 1;
-                    }
-                    Ok(n)
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|handle| {
-                handle
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            })
-            .collect()
-    });
-    let mut total = 0;
-    for count in counts {
-        total += count?;
-    }
-    Ok(total as f64 / started.elapsed().as_secs_f64())
+    let counts = super::on_threads(n_writers, |_| {
+        let mut n = 0u64;
+        while started.elapsed().as_secs_f64() < secs {
+            append()?;
+            n += 1;
+        }
+        Ok(n)
+    })?;
+    Ok(counts.iter().sum::<u64>() as f64 / started.elapsed().as_secs_f64())
 }
 
 fn ours_appends_per_s(dir: &Path, n_writers: usize, secs: f64) -> anyhow::Result<f64> {
