@@ -58,10 +58,13 @@ pub enum Inserted<K, V> {
     Refused(V),
 }
 
+/// Aligned to 32 bytes so that a small entry (a `u64` key and value: 32 bytes) never straddles two
+/// cache lines: a get reads one line of the slab. The key's hash is not kept (it is recomputed on
+/// the rare paths that need it: eviction and table growth), which keeps such an entry that small.
 #[derive(Debug)]
+#[repr(align(32))]
 struct Entry<K, V> {
     key: K,
-    hash: u64,
     value: V,
     size_bytes: u64,
     pinned: bool,
@@ -82,6 +85,8 @@ struct ShardState<K, V> {
     entries: Vec<Option<Entry<K, V>>>,
     free_slots: Vec<u32>,
     policy: Policy,
+    /// The tier's hasher (the same in every shard).
+    hasher: foldhash::fast::FixedState,
     capacity_bytes: u64,
     used_bytes: u64,
     pinned_bytes: u64,
@@ -102,6 +107,7 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
     pub fn new(kind: PolicyKind, capacity_bytes: u64, n_shards: usize) -> Self {
         let n_shards = n_shards.max(1).next_power_of_two();
         let shard_capacity = capacity_bytes / n_shards as u64;
+        let hasher = foldhash::fast::FixedState::with_seed(0x5eed_cafe);
         let shards = (0..n_shards)
             .map(|_| Shard {
                 hits: AtomicU64::new(0),
@@ -111,6 +117,7 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
                     entries: Vec::new(),
                     free_slots: Vec::new(),
                     policy: Policy::new(kind, shard_capacity),
+                    hasher: hasher.clone(),
                     capacity_bytes: shard_capacity,
                     used_bytes: 0,
                     pinned_bytes: 0,
@@ -123,7 +130,7 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
             .collect();
         Self {
             shards,
-            hasher: foldhash::fast::FixedState::with_seed(0x5eed_cafe),
+            hasher,
             capacity_bytes: shard_capacity * n_shards as u64,
         }
     }
@@ -253,7 +260,7 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
             if !shard.can_make_room(others, size_bytes, slot) {
                 return Err(value);
             }
-            shard.remove_slot(slot);
+            shard.remove_slot(slot, hash);
         } else if !shard.can_make_room(shard.used_bytes, size_bytes, u32::MAX) {
             return Err(value);
         }
@@ -270,7 +277,8 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
                             .is_some_and(|entry| entry.pinned)
                 })
                 .expect("can_make_room found enough unpinned bytes");
-            let entry = shard.take_slot(victim);
+            let victim_hash = shard.policy.key_hash(victim);
+            let entry = shard.take_slot(victim, victim_hash);
             shard.stats.n_evictions += 1;
             shard.stats.evicted_bytes += entry.size_bytes;
             on_evict(entry.key, entry.value, entry.size_bytes);
@@ -281,16 +289,15 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
         });
         shard.entries[slot as usize] = Some(Entry {
             key,
-            hash,
             value,
             size_bytes,
             pinned,
         });
-        let entries = &shard.entries;
+        let (entries, hasher) = (&shard.entries, &shard.hasher);
         shard.slots_by_key.insert_unique(hash, slot, |&slot| {
             entries[slot as usize]
                 .as_ref()
-                .map_or(0, |entry| entry.hash)
+                .map_or(0, |entry| hasher.hash_one(&entry.key))
         });
         shard.used_bytes += size_bytes;
         shard.stats.n_entries += 1;
@@ -308,7 +315,7 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
         let (shard, hash) = self.shard(key);
         let mut state = shard.write();
         let slot = state.find(hash, key)?;
-        Some(state.remove_slot(slot).value)
+        Some(state.remove_slot(slot, hash).value)
     }
 
     /// Pins or unpins `key` (a pinned entry is never evicted); false when it is not held.
@@ -388,7 +395,7 @@ impl<K, V> Shard<K, V> {
     }
 }
 
-impl<K: Eq, V> ShardState<K, V> {
+impl<K: Hash + Eq, V> ShardState<K, V> {
     /// The slot holding `key`.
     fn find(&self, hash: u64, key: &K) -> Option<u32> {
         self.slots_by_key
@@ -414,23 +421,27 @@ impl<K: Eq, V> ShardState<K, V> {
         self.pinned_bytes - except_pinned_bytes + size_bytes <= self.capacity_bytes
     }
 
-    /// Removes a slot's entry from map, policy and accounting.
-    fn remove_slot(&mut self, slot: u32) -> Entry<K, V> {
+    /// Removes a slot's entry, whose key hashes to `hash`, from map, policy and accounting.
+    fn remove_slot(&mut self, slot: u32, hash: u64) -> Entry<K, V> {
         self.policy.remove(slot);
-        self.take_slot(slot)
+        self.take_slot(slot, hash)
     }
 
-    /// Removes a slot's entry from map and accounting (the policy already let it go).
-    fn take_slot(&mut self, slot: u32) -> Entry<K, V> {
+    /// Removes a slot's entry, whose key hashes to `hash`, from map and accounting (the policy
+    /// already let it go). The map is searched by slot number, so the entry's line is not needed
+    /// before the map's: the two loads overlap.
+    fn take_slot(&mut self, slot: u32, hash: u64) -> Entry<K, V> {
+        let found = self.slots_by_key.find_entry(hash, |&other| other == slot);
+        debug_assert!(
+            found.is_ok(),
+            "slot {slot} is in the key map under its hash"
+        );
+        if let Ok(found) = found {
+            found.remove();
+        }
         let entry = self.entries[slot as usize]
             .take()
             .expect("the slot holds an entry");
-        if let Ok(found) = self
-            .slots_by_key
-            .find_entry(entry.hash, |&other| other == slot)
-        {
-            found.remove();
-        }
         self.free_slots.push(slot);
         self.used_bytes -= entry.size_bytes;
         self.stats.used_bytes = self.used_bytes;

@@ -192,7 +192,7 @@ impl TierConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum EvictionPolicy {
-    /// Least recently used (the seed's policy).
+    /// Least recently used (the seed's policy); a hit among the newest quarter is not reordered.
     #[default]
     Lru,
     /// S3-FIFO: a small probationary FIFO in front of a main FIFO with a ghost queue.

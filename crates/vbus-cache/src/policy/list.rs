@@ -11,6 +11,11 @@ struct Link {
     prev: u32,
     next: u32,
     linked: bool,
+    /// The hash of the key the slot holds, kept for the tier: an evicted slot's hash comes from
+    /// this line (already read to unlink it), not from the entry.
+    key_hash: u64,
+    /// The list's clock when the slot was last pushed at the head (LRU's recency).
+    stamp: u32,
     /// A policy's per-slot bit (SIEVE's visited), in the padding beside the links so that one
     /// cache line serves both; atomic so hits can set it under a shared lock.
     mark: AtomicBool,
@@ -22,6 +27,8 @@ impl Link {
             prev: NIL,
             next: NIL,
             linked: false,
+            key_hash: 0,
+            stamp: 0,
             mark: AtomicBool::new(false),
         }
     }
@@ -34,6 +41,8 @@ pub(crate) struct SlotList {
     head: u32,
     tail: u32,
     len: usize,
+    /// Pushes at the head so far (wrapping).
+    clock: u32,
 }
 
 impl Default for SlotList {
@@ -49,6 +58,7 @@ impl SlotList {
             head: NIL,
             tail: NIL,
             len: 0,
+            clock: 0,
         }
     }
 
@@ -82,6 +92,27 @@ impl SlotList {
         self.links.get(slot as usize).map(|link| &link.mark)
     }
 
+    /// Pushes at the head since `slot` was last pushed there: an upper bound on the slots ahead
+    /// of it. `None` when it is not linked.
+    pub fn age(&self, slot: u32) -> Option<u32> {
+        let link = self.links.get(slot as usize).filter(|link| link.linked)?;
+        Some(self.clock.wrapping_sub(link.stamp))
+    }
+
+    /// The key hash recorded for `slot` by [`SlotList::push_head_with_hash`] (kept after unlink);
+    /// 0 for a slot never linked.
+    pub fn key_hash(&self, slot: u32) -> u64 {
+        self.links
+            .get(slot as usize)
+            .map_or(0, |link| link.key_hash)
+    }
+
+    /// Links `slot` at the head and records its key's hash.
+    pub fn push_head_with_hash(&mut self, slot: u32, key_hash: u64) {
+        self.push_head(slot);
+        self.links[slot as usize].key_hash = key_hash;
+    }
+
     /// The slot nearer the head than `slot` (newer), if any.
     pub fn prev(&self, slot: u32) -> Option<u32> {
         let prev = self.links[slot as usize].prev;
@@ -99,6 +130,8 @@ impl SlotList {
         link.prev = NIL;
         link.next = self.head;
         link.linked = true;
+        link.stamp = self.clock;
+        self.clock = self.clock.wrapping_add(1);
         if self.head != NIL {
             self.links[self.head as usize].prev = slot;
         } else {

@@ -79,13 +79,21 @@ impl Policy {
     /// A new entry of `size_bytes` in `slot`; `key_hash` identifies its key across slots.
     pub fn insert(&mut self, slot: u32, key_hash: u64, size_bytes: u64) {
         match self {
-            Self::Lru(policy) => policy.insert(slot),
+            Self::Lru(policy) => policy.insert(slot, key_hash),
             Self::S3Fifo(policy) => policy.insert(slot, key_hash, size_bytes),
-            Self::Sieve(policy) => policy.insert(slot),
+            Self::Sieve(policy) => policy.insert(slot, key_hash),
         }
     }
 
-    /// A hit on `slot`.
+    /// A hit on `slot` as a tier serves it: [`Policy::access_shared`], then [`Policy::access`]
+    /// when that asks for it.
+    pub fn hit(&mut self, slot: u32) {
+        if !self.access_shared(slot) {
+            self.access(slot);
+        }
+    }
+
+    /// A hit on `slot` under the exclusive lock (LRU moves it to the head whatever its age).
     pub fn access(&mut self, slot: u32) {
         match self {
             Self::Lru(policy) => policy.access(slot),
@@ -94,11 +102,12 @@ impl Policy {
         }
     }
 
-    /// A hit on `slot` under a shared lock: S3-FIFO and SIEVE only bump atomic state; LRU must
-    /// reorder and returns false (take the exclusive lock and call [`Policy::access`]).
+    /// A hit on `slot` under a shared lock: S3-FIFO and SIEVE only bump atomic state; LRU
+    /// returns false when the slot must move (take the exclusive lock and call
+    /// [`Policy::access`]).
     pub fn access_shared(&self, slot: u32) -> bool {
         match self {
-            Self::Lru(_) => false,
+            Self::Lru(policy) => policy.access_shared(slot),
             Self::S3Fifo(policy) => {
                 policy.access(slot);
                 true
@@ -126,6 +135,17 @@ impl Policy {
             Self::Lru(policy) => policy.evict(keep),
             Self::S3Fifo(policy) => policy.evict(keep),
             Self::Sieve(policy) => policy.evict(keep),
+        }
+    }
+
+    /// The key hash given when `slot` was last inserted; still there after the slot is evicted
+    /// or removed (the tier removes a victim from its key map with it, without reading the entry
+    /// first).
+    pub fn key_hash(&self, slot: u32) -> u64 {
+        match self {
+            Self::Lru(policy) => policy.key_hash(slot),
+            Self::S3Fifo(policy) => policy.key_hash(slot),
+            Self::Sieve(policy) => policy.key_hash(slot),
         }
     }
 

@@ -1,6 +1,7 @@
 //! S3-FIFO: a small probationary FIFO, a main FIFO with reinsertion, and a ghost FIFO of hashes.
 
 use std::collections::{HashMap, VecDeque};
+
 use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Share of the capacity, in bytes, the small queue holds before it gives way (10%).
@@ -50,9 +51,13 @@ pub struct S3Fifo {
     small_target_bytes: u64,
     small_bytes: u64,
     slots: Vec<SlotState>,
-    ghost: VecDeque<(u64, u64)>,
+    /// The ghost queue, as a window over remember numbers: the `ghost_len` newest remembered
+    /// hashes are in it. `ghost_index` maps a hash to its newest remember number; an entry
+    /// older than the window is dead and swept out when the index outgrows twice the window.
+    /// (A queue of hashes beside the index would cost one more random probe per eviction.)
     ghost_index: HashMap<u64, u64, KeyHashState>,
     ghost_seq: u64,
+    ghost_len: u64,
 }
 
 /// The ghost index's keys are key hashes already: used as they are, not hashed again.
@@ -100,9 +105,9 @@ impl S3Fifo {
             small_target_bytes: ((capacity_bytes as f64) * SMALL_SHARE) as u64,
             small_bytes: 0,
             slots: Vec::new(),
-            ghost: VecDeque::new(),
             ghost_index: HashMap::with_hasher(KeyHashState),
             ghost_seq: 0,
+            ghost_len: 0,
         }
     }
 
@@ -111,7 +116,10 @@ impl S3Fifo {
         if self.slots.len() <= idx {
             self.slots.resize_with(idx + 1, SlotState::default);
         }
-        let returning = self.ghost_index.remove(&key_hash).is_some();
+        let returning = self
+            .ghost_index
+            .remove(&key_hash)
+            .is_some_and(|seq| self.in_ghost(seq));
         let queue = if returning { Queue::Main } else { Queue::Small };
         let state = &mut self.slots[idx];
         state.freq.store(0, Ordering::Relaxed);
@@ -244,25 +252,34 @@ impl S3Fifo {
         None
     }
 
-    /// Puts a key hash in the ghost queue, which remembers about as many keys as the queues hold.
+    /// Whether remember number `seq` is still in the ghost window.
+    fn in_ghost(&self, seq: u64) -> bool {
+        seq + self.ghost_len > self.ghost_seq
+    }
+
+    /// Puts a key hash in the ghost queue, which remembers about as many keys as the queues hold:
+    /// the window grows by one up to that many (a queue trimmed to it after each push).
     fn remember(&mut self, key_hash: u64) {
         self.ghost_seq += 1;
-        self.ghost.push_back((key_hash, self.ghost_seq));
         self.ghost_index.insert(key_hash, self.ghost_seq);
-        let ghost_max = self.len().max(GHOST_MIN);
-        while self.ghost.len() > ghost_max {
-            if let Some((old_hash, seq)) = self.ghost.pop_front()
-                && self.ghost_index.get(&old_hash) == Some(&seq)
-            {
-                self.ghost_index.remove(&old_hash);
-            }
+        let ghost_max = self.len().max(GHOST_MIN) as u64;
+        self.ghost_len = (self.ghost_len + 1).min(ghost_max);
+        if self.ghost_index.len() as u64 > 2 * self.ghost_len + STALE_SLACK as u64 {
+            let (ghost_seq, ghost_len) = (self.ghost_seq, self.ghost_len);
+            self.ghost_index
+                .retain(|_, &mut seq| seq + ghost_len > ghost_seq);
         }
+    }
+
+    pub(crate) fn key_hash(&self, slot: u32) -> u64 {
+        self.slots
+            .get(slot as usize)
+            .map_or(0, |state| state.key_hash)
     }
 
     pub(crate) fn index_bytes(&self) -> usize {
         (self.small.capacity() + self.main.capacity()) * std::mem::size_of::<Position>()
             + self.slots.capacity() * std::mem::size_of::<SlotState>()
-            + self.ghost.capacity() * std::mem::size_of::<(u64, u64)>()
             // A hash map entry: key, value and one control byte.
             + self.ghost_index.capacity() * (std::mem::size_of::<(u64, u64)>() + 1)
     }

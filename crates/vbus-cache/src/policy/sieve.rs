@@ -16,8 +16,8 @@ pub struct Sieve {
 }
 
 impl Sieve {
-    pub(crate) fn insert(&mut self, slot: u32) {
-        self.list.push_head(slot);
+    pub(crate) fn insert(&mut self, slot: u32, key_hash: u64) {
+        self.list.push_head_with_hash(slot, key_hash);
         if let Some(visited) = self.list.mark(slot) {
             visited.store(false, Ordering::Relaxed);
         }
@@ -56,6 +56,10 @@ impl Sieve {
             return Some(current);
         }
         None
+    }
+
+    pub(crate) fn key_hash(&self, slot: u32) -> u64 {
+        self.list.key_hash(slot)
     }
 
     pub(crate) fn index_bytes(&self) -> usize {

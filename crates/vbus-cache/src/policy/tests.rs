@@ -7,7 +7,12 @@ use super::{Policy, PolicyKind};
 
 /// The algorithms again, written the slow obvious way. Queues hold slots oldest first.
 enum Model {
-    Lru(VecDeque<u32>),
+    /// Oldest first; `stamps` are the pushes counted when each slot was last pushed.
+    Lru {
+        queue: VecDeque<u32>,
+        stamps: Vec<u32>,
+        clock: u32,
+    },
     Sieve {
         queue: VecDeque<(u32, bool)>,
         hand: Option<u32>,
@@ -31,7 +36,11 @@ fn position(queue: &VecDeque<u32>, slot: u32) -> Option<usize> {
 impl Model {
     fn new(kind: PolicyKind, capacity_bytes: u64) -> Self {
         match kind {
-            PolicyKind::Lru => Self::Lru(VecDeque::new()),
+            PolicyKind::Lru => Self::Lru {
+                queue: VecDeque::new(),
+                stamps: vec![0; 4096],
+                clock: 0,
+            },
             PolicyKind::Sieve => Self::Sieve {
                 queue: VecDeque::new(),
                 hand: None,
@@ -51,7 +60,7 @@ impl Model {
 
     fn len(&self) -> usize {
         match self {
-            Self::Lru(queue) => queue.len(),
+            Self::Lru { queue, .. } => queue.len(),
             Self::Sieve { queue, .. } => queue.len(),
             Self::S3Fifo { small, main, .. } => small.len() + main.len(),
         }
@@ -59,7 +68,15 @@ impl Model {
 
     fn insert(&mut self, slot: u32, key_hash: u64, size_bytes: u64) {
         match self {
-            Self::Lru(queue) => queue.push_back(slot),
+            Self::Lru {
+                queue,
+                stamps,
+                clock,
+            } => {
+                queue.push_back(slot);
+                stamps[slot as usize] = *clock;
+                *clock += 1;
+            }
             Self::Sieve { queue, .. } => queue.push_back((slot, false)),
             Self::S3Fifo {
                 small,
@@ -85,12 +102,32 @@ impl Model {
         }
     }
 
+    /// A hit as a tier serves it: LRU leaves the newest quarter where it is.
+    fn hit(&mut self, slot: u32) {
+        if let Self::Lru {
+            queue,
+            stamps,
+            clock,
+        } = self
+            && ((*clock - stamps[slot as usize]) as usize) < queue.len() / 4
+        {
+            return;
+        }
+        self.access(slot);
+    }
+
     fn access(&mut self, slot: u32) {
         match self {
-            Self::Lru(queue) => {
+            Self::Lru {
+                queue,
+                stamps,
+                clock,
+            } => {
                 if let Some(at) = position(queue, slot) {
                     queue.remove(at);
                     queue.push_back(slot);
+                    stamps[slot as usize] = *clock;
+                    *clock += 1;
                 }
             }
             Self::Sieve { queue, .. } => {
@@ -104,7 +141,7 @@ impl Model {
 
     fn remove(&mut self, slot: u32) {
         match self {
-            Self::Lru(queue) => {
+            Self::Lru { queue, .. } => {
                 if let Some(at) = position(queue, slot) {
                     queue.remove(at);
                 }
@@ -137,11 +174,17 @@ impl Model {
     fn evict(&mut self, keep: &dyn Fn(u32) -> bool) -> Option<u32> {
         let n = self.len();
         match self {
-            Self::Lru(queue) => {
+            Self::Lru {
+                queue,
+                stamps,
+                clock,
+            } => {
                 for _ in 0..n {
                     let slot = queue.pop_front()?;
                     if keep(slot) {
                         queue.push_back(slot);
+                        stamps[slot as usize] = *clock;
+                        *clock += 1;
                     } else {
                         return Some(slot);
                     }
@@ -245,7 +288,12 @@ fn check(kind: PolicyKind, seed: u64) {
                 pinned[slot as usize] = rng.u32(..20) == 0;
                 live.push(slot);
             }
-            35..=74 if !live.is_empty() => {
+            35..=64 if !live.is_empty() => {
+                let slot = live[rng.usize(..live.len())];
+                policy.hit(slot);
+                model.hit(slot);
+            }
+            65..=74 if !live.is_empty() => {
                 let slot = live[rng.usize(..live.len())];
                 policy.access(slot);
                 model.access(slot);
@@ -325,6 +373,15 @@ fn classic_orders() {
     }
     lru.access(0);
     assert_eq!(lru.evict(&mut |_| false), Some(1));
+    // A hit among the newest quarter does not move a slot; an older one does.
+    let mut lru = Policy::new(PolicyKind::Lru, 0);
+    for slot in 0..12 {
+        lru.insert(slot, u64::from(slot), 1);
+    }
+    lru.hit(0);
+    lru.hit(11);
+    let order: Vec<_> = std::iter::from_fn(|| lru.evict(&mut |_| false)).collect();
+    assert_eq!(order, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 0]);
     // SIEVE: a visited entry survives one sweep, and the hand stays where it stopped.
     let mut sieve = Policy::new(PolicyKind::Sieve, 0);
     for slot in 0..4 {
