@@ -294,9 +294,6 @@ impl StateBus {
             }
             // Every append goes through this lock, so the log's next number is this change's.
             let seq = state.last_seq + 1;
-            let mut payload = std::mem::take(&mut state.encode_buffer);
-            payload.clear();
-            let kind = op.encode(&mut payload);
             let applied = match op {
                 // Timed in two parts: the deltas, then the propagation wave.
                 Op::Update(deltas) => self.apply_update(&mut state, seq, deltas, &ctx),
@@ -305,14 +302,13 @@ impl StateBus {
             if let Err(err) = applied {
                 return Err(self.fail(err));
             }
-            let logged = self.log.enqueue(&[(kind, &payload)], self.durability);
-            state.encode_buffer = payload;
-            match logged {
-                Ok(range) if range.start == seq => {}
-                Ok(range) => {
+            // Encoded straight into the log's queue: a large delta is copied once.
+            match self.log.enqueue_with(self.durability, |buf| op.encode(buf)) {
+                Ok(logged) if logged == seq => {}
+                Ok(logged) => {
                     return Err(self.fail(Error::BadRecord {
-                        seq: range.start,
-                        reason: format!("logged as {} but applied as {seq}", range.start),
+                        seq: logged,
+                        reason: format!("logged as {logged} but applied as {seq}"),
                     }));
                 }
                 Err(err) => return Err(self.fail(err.into())),

@@ -196,7 +196,12 @@ impl Delta {
         let mut changed = false;
         for run in &self.runs {
             let target = &mut page[run.offset as usize..run.offset as usize + run.bytes.len()];
-            changed |= combine_into(self.op, self.elem, target, &run.bytes);
+            if changed && self.op == MergeOp::Overwrite {
+                // Already changed: an overwrite need not compare before it copies.
+                target.copy_from_slice(&run.bytes);
+            } else {
+                changed |= combine_into(self.op, self.elem, target, &run.bytes);
+            }
         }
         Ok(changed)
     }

@@ -30,8 +30,6 @@ pub(crate) struct State {
     changed_marks: Vec<u32>,
     stamp: u32,
     scratch: Vec<u8>,
-    /// Reused for encoding each change's log record.
-    pub encode_buffer: Vec<u8>,
 }
 
 /// A page as a caller sees it.

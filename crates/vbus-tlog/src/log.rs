@@ -46,6 +46,9 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 pub const FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(5);
 /// Queued `Async` bytes beyond which the appender writes them itself.
 pub const ASYNC_PENDING_MAX_BYTES: u64 = 4 << 20;
+/// Queued `Async` bytes at which the flusher is woken before its tick, so that large appends are
+/// written by the flusher on another core while the appender goes on.
+pub const ASYNC_WAKE_BYTES: u64 = 1 << 20;
 
 /// How a log is opened.
 #[derive(Debug, Clone)]
@@ -123,6 +126,8 @@ struct State {
     want_sync_seq: u64,
     want_fsync: bool,
     leader_active: bool,
+    /// The flusher was woken early and has not taken the queue since.
+    flusher_woken: bool,
     failed: Option<String>,
     appended_bytes: u64,
     n_group_writes: u64,
@@ -138,6 +143,8 @@ struct LogCore {
     options: LogOptions,
     state: Mutex<State>,
     done: Condvar,
+    /// The flusher's stop flag and wake-up (shared with [`Log`]).
+    flusher: Arc<(Mutex<bool>, Condvar)>,
     append_latency: Histogram,
     sync_latency: Histogram,
     _lock: File,
@@ -286,6 +293,7 @@ impl LogCore {
             want_sync_seq: 0,
             want_fsync: false,
             leader_active: false,
+            flusher_woken: false,
             failed: None,
             appended_bytes: 0,
             n_group_writes: 0,
@@ -298,6 +306,7 @@ impl LogCore {
                 options,
                 state: Mutex::new(state),
                 done: Condvar::new(),
+                flusher: Arc::new((Mutex::new(false), Condvar::new())),
                 append_latency: Histogram::default(),
                 sync_latency: Histogram::default(),
                 _lock: lock,
@@ -363,25 +372,95 @@ impl LogCore {
             self.encode_into(&mut state, kind, payload)?;
         }
         let last = state.next_seq - 1;
+        self.after_enqueue(state, last, durability)?;
+        Ok(first..last + 1)
+    }
+
+    /// [`LogCore::enqueue`] of one record whose payload `write_payload` encodes straight into
+    /// the queue (returning the record's kind): a large payload is copied once, not twice.
+    fn enqueue_with(
+        &self,
+        durability: Durability,
+        write_payload: impl FnOnce(&mut Vec<u8>) -> u8,
+    ) -> Result<u64> {
+        let mut state = self.lock();
+        if let Some(reason) = &state.failed {
+            return Err(Error::Failed {
+                reason: reason.clone(),
+            });
+        }
+        let seq = state.next_seq;
+        let chunk = Self::tail_chunk(&mut state);
+        let start = chunk.bytes.len();
+        let payload_len = record::encode_with(&mut chunk.bytes, seq, write_payload);
+        if 1 + payload_len > MAX_BODY_BYTES {
+            chunk.bytes.truncate(start);
+            return Err(Error::TooLarge {
+                body_bytes: 1 + payload_len,
+                max_bytes: MAX_BODY_BYTES,
+            });
+        }
+        let len = (chunk.bytes.len() - start) as u64;
+        if state.tail_offset + len > state.active_bytes {
+            // It does not fit the active segment: take the frame back and put it at the start
+            // of a new one (a copy, once per segment).
+            let chunk = state.pending.last_mut().expect("the tail chunk");
+            let frame = chunk.bytes.split_off(start);
+            self.rotate(&mut state, len)?;
+            Self::tail_chunk(&mut state).bytes.extend_from_slice(&frame);
+        }
+        state.tail_offset += len;
+        state.next_seq += 1;
+        state.appended_bytes += len;
+        state.pending_bytes += len;
+        self.after_enqueue(state, seq, durability)?;
+        Ok(seq)
+    }
+
+    /// What follows queuing records up to `last`: noting the sync a later wait will want, and
+    /// for `Async` records bounding the queue (the appender writes past the limit) or waking the
+    /// flusher early.
+    fn after_enqueue(
+        &self,
+        mut state: MutexGuard<'_, State>,
+        last: u64,
+        durability: Durability,
+    ) -> Result<()> {
         if matches!(durability, Durability::Fdatasync | Durability::Fsync) {
             state.want_sync_seq = state.want_sync_seq.max(last);
             state.want_fsync |= durability == Durability::Fsync;
         }
-        if durability == Durability::Async && state.pending_bytes > ASYNC_PENDING_MAX_BYTES {
-            // Bounded memory: past the limit the appender writes the queue itself.
-            self.wait_for(state, last, Durability::Buffered)?;
+        if durability == Durability::Async {
+            if state.pending_bytes > ASYNC_PENDING_MAX_BYTES {
+                // Bounded memory: past the limit the appender writes the queue itself.
+                self.wait_for(state, last, Durability::Buffered)?;
+            } else if state.pending_bytes >= ASYNC_WAKE_BYTES
+                && !state.flusher_woken
+                && !state.leader_active
+            {
+                state.flusher_woken = true;
+                drop(state);
+                self.flusher.1.notify_one();
+            }
         }
-        Ok(first..last + 1)
+        Ok(())
     }
 
     /// Writes whatever is queued, if no leader is writing already (the flusher's tick).
     fn flush_queued(&self) -> Result<()> {
-        let state = self.lock();
+        let mut state = self.lock();
+        state.flusher_woken = false;
         if state.pending.is_empty() || state.leader_active {
             return Ok(());
         }
         let last = state.next_seq - 1;
         self.wait_for(state, last, Durability::Buffered)
+    }
+
+    /// Whether enough is queued again that the flusher should go on without waiting.
+    fn flush_due(&self) -> bool {
+        let state = self.lock();
+        state.pending_bytes >= ASYNC_WAKE_BYTES && !state.leader_active
     }
 
     /// Waits until record `seq` (enqueued earlier) is as durable as asked.
@@ -417,6 +496,17 @@ impl LogCore {
             self.rotate(state, len)?;
         }
         let seq = state.next_seq;
+        record::encode(&mut Self::tail_chunk(state).bytes, seq, kind, payload);
+        state.tail_offset += len;
+        state.next_seq += 1;
+        state.appended_bytes += len;
+        state.pending_bytes += len;
+        Ok(())
+    }
+
+    /// The pending chunk that ends at the tail of the active segment (a new one when the last
+    /// pending chunk does not).
+    fn tail_chunk(state: &mut State) -> &mut Chunk {
         let contiguous = state.pending.last().is_some_and(|chunk| {
             Arc::ptr_eq(&chunk.file, &state.active)
                 && chunk.offset + chunk.bytes.len() as u64 == state.tail_offset
@@ -431,13 +521,7 @@ impl LogCore {
             };
             state.pending.push(chunk);
         }
-        let chunk = state.pending.last_mut().expect("pushed above");
-        record::encode(&mut chunk.bytes, seq, kind, payload);
-        state.tail_offset += len;
-        state.next_seq += 1;
-        state.appended_bytes += len;
-        state.pending_bytes += len;
-        Ok(())
+        state.pending.last_mut().expect("pushed above")
     }
 
     /// Starts the segment whose first record is the next one. The old segment keeps its
@@ -705,7 +789,7 @@ impl Log {
     pub fn open(dir: impl Into<PathBuf>, options: LogOptions) -> Result<(Self, Recovery)> {
         let (core, recovery) = LogCore::open(dir, options)?;
         let core = Arc::new(core);
-        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let stop = Arc::clone(&core.flusher);
         let dir = core.dir().to_path_buf();
         let flusher = {
             let core = Arc::downgrade(&core);
@@ -755,6 +839,17 @@ impl Log {
         durability: Durability,
     ) -> Result<std::ops::Range<u64>> {
         self.core.enqueue(records, durability)
+    }
+
+    /// [`Log::enqueue`] of one record whose payload `write_payload` appends in place to the
+    /// queue's buffer (no copy of its own), returning the record's kind; returns its sequence
+    /// number. The closure runs under the log's lock: keep it to encoding.
+    pub fn enqueue_with(
+        &self,
+        durability: Durability,
+        write_payload: impl FnOnce(&mut Vec<u8>) -> u8,
+    ) -> Result<u64> {
+        self.core.enqueue_with(durability, write_payload)
     }
 
     /// Waits until record `seq` (queued earlier) is as durable as asked.
@@ -818,21 +913,29 @@ impl Drop for Log {
     }
 }
 
-/// The flusher: every [`FLUSH_INTERVAL`], writes what `Async` appends queued.
+/// The flusher: every [`FLUSH_INTERVAL`], or sooner when [`ASYNC_WAKE_BYTES`] are queued,
+/// writes what `Async` appends queued.
 fn flush_periodically(core: &std::sync::Weak<LogCore>, stop: &(Mutex<bool>, Condvar)) {
     let (stopped, wake) = stop;
-    let mut guard = stopped.lock().unwrap_or_else(|p| p.into_inner());
-    while !*guard {
-        guard = wake
-            .wait_timeout(guard, FLUSH_INTERVAL)
-            .unwrap_or_else(|p| p.into_inner())
-            .0;
-        if *guard {
-            break;
+    let mut due = false;
+    loop {
+        {
+            let mut guard = stopped.lock().unwrap_or_else(|p| p.into_inner());
+            if !due && !*guard {
+                guard = wake
+                    .wait_timeout(guard, FLUSH_INTERVAL)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+            if *guard {
+                break;
+            }
         }
+        // The stop lock is not held while writing: an appender's wake-up never waits on a write.
         let Some(core) = core.upgrade() else { break };
         if let Err(err) = core.flush_queued() {
             tracing::debug!(error = %err, "the log's flusher could not write");
         }
+        due = core.flush_due();
     }
 }

@@ -75,16 +75,33 @@ pub fn encoded_len(payload_len: usize) -> usize {
 
 /// Appends the frame of one record to `out`.
 pub fn encode(out: &mut Vec<u8>, seq: u64, kind: u8, payload: &[u8]) {
-    let body_len = (1 + payload.len()) as u32;
+    encode_with(out, seq, |out| {
+        out.extend_from_slice(payload);
+        kind
+    });
+}
+
+/// Appends the frame of one record whose payload `write_payload` appends to `out` in place (no
+/// intermediate buffer) and whose kind it returns; returns the payload's length. The caller
+/// checks that length against [`MAX_BODY_BYTES`] and truncates `out` back when it is over.
+pub fn encode_with(
+    out: &mut Vec<u8>,
+    seq: u64,
+    write_payload: impl FnOnce(&mut Vec<u8>) -> u8,
+) -> usize {
     let start = out.len();
-    out.extend_from_slice(&body_len.to_le_bytes());
-    out.extend_from_slice(&[0; 4]);
-    out.extend_from_slice(&seq.to_le_bytes());
-    out.push(kind);
-    out.extend_from_slice(payload);
+    // body_len, CRC, sequence number and kind, filled in once the payload is there.
+    out.extend_from_slice(&[0; HEADER_BYTES + 1]);
+    let kind = write_payload(out);
+    let payload_len = out.len() - start - HEADER_BYTES - 1;
+    let body_len = u32::try_from(1 + payload_len).unwrap_or(u32::MAX);
+    out[start..start + 4].copy_from_slice(&body_len.to_le_bytes());
+    out[start + 8..start + 16].copy_from_slice(&seq.to_le_bytes());
+    out[start + HEADER_BYTES] = kind;
     let crc = checksum(&out[start..]);
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
-    out.resize(start + encoded_len(payload.len()), 0);
+    out.resize(start + encoded_len(payload_len), 0);
+    payload_len
 }
 
 /// CRC-32C of a frame (without its padding), skipping the CRC field itself.

@@ -209,3 +209,56 @@ fn async_appends_are_written_by_the_flusher_and_at_close() {
     assert_eq!(recovery.last_seq, 100);
     assert_eq!(read_all(&log, 100)[0].2, payload(100));
 }
+
+/// 1 B to ~9 KiB, varying with `seq`.
+fn big_payload(seq: u64) -> Vec<u8> {
+    let len = (seq * 97 % 9000 + 1) as usize;
+    (0..len).map(|at| (seq as usize + at) as u8).collect()
+}
+
+#[test]
+fn records_encoded_in_place_read_back_across_rotations_and_refuse_oversize() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = Log::open(dir.path(), small_segments()).unwrap();
+    // Payloads of 1 to ~9 KiB in 64 KiB segments: many records land where the one before them
+    // filled a segment, so the in-place frame is moved to a new segment.
+    for seq in 1..=300u64 {
+        let durability = [
+            Durability::Async,
+            Durability::Buffered,
+            Durability::Fdatasync,
+        ][seq as usize % 3];
+        let body = big_payload(seq);
+        let logged = log
+            .enqueue_with(durability, |buf| {
+                buf.extend_from_slice(&body);
+                (seq % 7) as u8
+            })
+            .unwrap();
+        assert_eq!(logged, seq);
+        log.wait_durable(seq, durability).unwrap();
+    }
+    // Too large: refused, nothing queued, and the log goes on.
+    let err = log
+        .enqueue_with(Durability::Buffered, |buf| {
+            buf.resize(buf.len() + MAX_BODY_BYTES, 0);
+            1
+        })
+        .unwrap_err();
+    assert!(matches!(err, Error::TooLarge { .. }), "{err}");
+    assert_eq!(log.append(3, b"after", Durability::Fdatasync).unwrap(), 301);
+    assert!(
+        log.stats().n_segments >= 10,
+        "{} segments",
+        log.stats().n_segments
+    );
+    drop(log);
+    let (log, recovery) = Log::open(dir.path(), small_segments()).unwrap();
+    assert_eq!(recovery.last_seq, 301);
+    let records = read_all(&log, 1);
+    assert_eq!(records.len(), 301);
+    for (seq, kind, bytes) in &records[..300] {
+        assert_eq!((*kind, bytes), ((seq % 7) as u8, &big_payload(*seq)));
+    }
+    assert_eq!(records[300], (301, 3, b"after".to_vec()));
+}

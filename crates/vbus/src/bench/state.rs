@@ -169,14 +169,7 @@ fn bus_figures<W: Write>(
     for round in 0..3 {
         let bus = open_bus(&scratch.join(format!("delta{round}")), durability)?;
         let page = bus.create_page(2 << 20, Location::Cpu)?;
-        let deltas: Vec<Delta> = (0..16u64)
-            .map(|variant| {
-                let runs = (0..328u64)
-                    .map(|run| (run * 6392 + variant * 8, vec![variant as u8 + 1; 64]))
-                    .collect();
-                Delta::sparse(runs)
-            })
-            .collect();
+        let deltas: Vec<Delta> = (0..16u64).map(sparse_delta).collect();
         let started = Instant::now();
         for delta_idx in 0..n_deltas {
             bus.update_page(page, &deltas[delta_idx % deltas.len()])?;
@@ -184,13 +177,30 @@ fn bus_figures<W: Write>(
         samples.push(us(started, n_deltas));
         apply_only.push(bus.metrics().delta_apply.mean_ns / 1e3);
     }
+    let sparse_us = median(&mut samples);
     report_vs_seed(
         reporter,
         &format!("sparse_delta_1pct_of_2MiB{suffix}"),
-        median(&mut samples),
+        sparse_us,
         SEED_SPARSE_DELTA_US,
         40.0,
     )?;
+    // The floor the log sets: each delta's record (~21 KB) must reach the page cache, so the
+    // same bytes written with plain `write` calls on the same disk, in the same run.
+    let mut record = Vec::new();
+    vbus_state::delta::encode(&sparse_delta(0), &mut record);
+    let floor_us = raw_write_us(&scratch.join("raw_writes.bin"), record.len(), n_deltas)?;
+    reporter.report(Measurement::new(
+        SUITE,
+        &format!("sparse_delta_1pct_of_2MiB{suffix}"),
+        "µs",
+        Better::Lower,
+        sparse_us,
+        &format!("plain write() of its {} delta bytes", record.len()),
+        floor_us,
+        None,
+        Device::Cpu,
+    ))?;
     if suffix.is_empty() {
         // The same updates' in-memory part alone (the bus's own timer, without the log).
         report_vs_seed(
@@ -262,6 +272,32 @@ fn bus_figures<W: Write>(
         )?;
     }
     Ok(())
+}
+
+/// One of the sparse deltas: 1% of a 2 MiB page, in 64-byte runs spread over the page.
+fn sparse_delta(variant: u64) -> Delta {
+    let runs = (0..328u64)
+        .map(|run| (run * 6392 + variant * 8, vec![variant as u8 + 1; 64]))
+        .collect();
+    Delta::sparse(runs)
+}
+
+/// Microseconds per `write` of `record_bytes` to a new file, `n` of them (median of 3 files).
+fn raw_write_us(path: &Path, record_bytes: usize, n: usize) -> anyhow::Result<f64> {
+    let record = vec![7u8; record_bytes];
+    let mut samples = Vec::new();
+    for _ in 0..3 {
+        let mut file = std::fs::File::create(path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        let started = Instant::now();
+        for _ in 0..n {
+            file.write_all(&record)?;
+        }
+        samples.push(started.elapsed().as_secs_f64() * 1e6 / n as f64);
+        drop(file);
+        std::fs::remove_file(path)?;
+    }
+    Ok(median(&mut samples))
 }
 
 fn open_bus(dir: &Path, durability: Durability) -> anyhow::Result<StateBus> {
