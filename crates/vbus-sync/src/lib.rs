@@ -2,14 +2,24 @@
 //! directory, S3-compatible), the MESI coherence directory and rate limits.
 //!
 //! Built so far: [`manifest`], the description of a dataset version that every transfer is
-//! checked against (files, sizes, BLAKE3 roots, pieces and their hashes), and [`origin`]: a
-//! local-directory origin and a verified, atomic pull from it into the L3 store. The tracker,
-//! agents, the S3-compatible origin and coherence are the rest of the BUS issue.
+//! checked against (files, sizes, BLAKE3 roots, pieces and their hashes); [`origin`], a
+//! local-directory origin with recorded versions and a verified, atomic pull from it into the
+//! L3 store; [`tracker`], the controller's state (agents, liveness, who holds which complete
+//! file); [`peer`], the HTTP client side (tracker calls, byte ranges from peers); and [`swarm`],
+//! a pull from peers with per-piece verification and fallback to the origin. The S3-compatible
+//! origin, pieces served while a file is in flight, resumable pulls, rate limits and coherence
+//! are the rest of the BUS issue.
 
 #![forbid(unsafe_code)]
 
 pub mod manifest;
 pub mod origin;
+pub mod peer;
+pub mod swarm;
+pub mod tracker;
 
 pub use manifest::{FileEntry, Manifest, ManifestError, PIECE_BYTES_DEFAULT};
-pub use origin::{DirOrigin, PullError, PullReport, pull};
+pub use origin::{DirOrigin, LATEST, PullError, PullReport, pull};
+pub use peer::{Http, PeerError, TrackerClient};
+pub use swarm::{Sink, Swarm, SwarmReport, pull_swarm};
+pub use tracker::{Agent, Tracker, TrackerError};

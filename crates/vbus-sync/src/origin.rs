@@ -60,6 +60,79 @@ impl DirOrigin {
         )
     }
 
+    /// Records the directory's current content of `dataset` as a version: its manifest, named
+    /// by a hash of the file list (the same content gives the same version), is written under
+    /// `{root}/.vbus/manifests/{dataset}/` (whole, synced, renamed), and `latest` points at it.
+    pub fn publish_version(&self, dataset: &str) -> Result<Manifest, ManifestError> {
+        if dataset.is_empty() || dataset.starts_with('.') || dataset.contains(['/', '\\', '\0']) {
+            return Err(ManifestError::Invalid(format!(
+                "bad dataset name {dataset:?}"
+            )));
+        }
+        let mut manifest = self.manifest(dataset, "")?;
+        let mut hasher = blake3::Hasher::new();
+        for file in &manifest.files {
+            hasher.update(file.path.as_bytes());
+            hasher.update(&[0]);
+            hasher.update(&file.size_bytes.to_le_bytes());
+            hasher.update(file.blake3.as_bytes());
+        }
+        manifest.version = hasher.finalize().to_hex()[..16].to_owned();
+        let dir = self.manifests_dir(dataset);
+        std::fs::create_dir_all(&dir).map_err(|source| ManifestError::Io {
+            op: "create",
+            path: dir.clone(),
+            source,
+        })?;
+        write_atomically(
+            &dir.join(format!("{}.json", manifest.version)),
+            manifest.to_json().as_bytes(),
+        )?;
+        write_atomically(&dir.join(LATEST), manifest.version.as_bytes())?;
+        Ok(manifest)
+    }
+
+    /// The manifest of a version recorded by [`DirOrigin::publish_version`]; `latest` names the
+    /// newest.
+    pub fn stored_manifest(&self, dataset: &str, version: &str) -> Result<Manifest, ManifestError> {
+        let bad = |why: String| ManifestError::Invalid(why);
+        if dataset.is_empty() || dataset.starts_with('.') || dataset.contains(['/', '\\', '\0']) {
+            return Err(bad(format!("bad dataset name {dataset:?}")));
+        }
+        let dir = self.manifests_dir(dataset);
+        let read = |path: PathBuf| {
+            std::fs::read_to_string(&path).map_err(|source| ManifestError::Io {
+                op: "read",
+                path,
+                source,
+            })
+        };
+        let version = if version == LATEST || version.is_empty() {
+            read(dir.join(LATEST))?.trim().to_owned()
+        } else {
+            version.to_owned()
+        };
+        if version.is_empty()
+            || !version
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(bad(format!("bad version {version:?}")));
+        }
+        let manifest = Manifest::from_json(&read(dir.join(format!("{version}.json")))?)?;
+        if manifest.dataset != dataset || manifest.version != version {
+            return Err(bad(format!(
+                "the manifest of {dataset}@{version} names {}@{}",
+                manifest.dataset, manifest.version
+            )));
+        }
+        Ok(manifest)
+    }
+
+    fn manifests_dir(&self, dataset: &str) -> PathBuf {
+        self.root.join(".vbus").join("manifests").join(dataset)
+    }
+
     /// Piece `index` of `path` in `dataset`.
     pub fn read_piece(
         &self,
@@ -79,6 +152,28 @@ impl DirOrigin {
     pub fn root(&self) -> &Path {
         &self.root
     }
+}
+
+/// The name of the newest version.
+pub const LATEST: &str = "latest";
+
+/// Writes `bytes` to `path` whole: a temporary file beside it, synced, renamed, directory synced.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ManifestError> {
+    let io = |op: &'static str| {
+        let path = path.to_owned();
+        move |source| ManifestError::Io { op, path, source }
+    };
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp).map_err(io("create"))?;
+    file.write_all(bytes).map_err(io("write"))?;
+    file.sync_all().map_err(io("sync"))?;
+    std::fs::rename(&tmp, path).map_err(io("rename into"))?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(io("sync the directory of"))?;
+    }
+    Ok(())
 }
 
 /// What a pull did.

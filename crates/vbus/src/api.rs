@@ -46,7 +46,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Self {
             status,
             message: message.into(),
@@ -159,6 +159,13 @@ pub(crate) async fn require_token(
     request: Request,
     next: Next,
 ) -> Response {
+    if crate::sync::is_peer_route(request.uri().path()) {
+        // Peers present the cluster token, not the API token.
+        return match crate::sync::peer_authorised(&state, &request) {
+            Ok(()) => next.run(request).await,
+            Err(refused) => refused.into_response(),
+        };
+    }
     let Some(token) = &state.config.api.token else {
         return next.run(request).await;
     };
@@ -186,7 +193,7 @@ pub(crate) async fn require_token(
 }
 
 /// Equality in time that depends only on the lengths.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

@@ -230,6 +230,18 @@ pub struct BusConfig {
     /// How often Modified replicas are written back to the master, in seconds, from 1 to
     /// [`SYNC_INTERVAL_SECONDS_MAX`]. Default 60.
     pub sync_interval_seconds: u64,
+    /// The tracker this daemon joins as an agent (`host:port`); empty (the default) means no
+    /// cluster: pulls go to the master alone.
+    pub tracker: String,
+    /// The secret every tracker and peer request carries (`Authorization: Bearer`); required
+    /// with `tracker`, 16 to 256 printable ASCII characters. Default none.
+    pub cluster_token: Option<String>,
+    /// This agent's id in the cluster; empty (the default) means `advertise`.
+    pub agent_id: String,
+    /// Where peers reach this daemon (`host:port`); empty (the default) means `api.listen`.
+    pub advertise: String,
+    /// Pieces a pull fetches at once, 1 to 64. Default 4.
+    pub pull_workers: u32,
 }
 
 impl Default for BusConfig {
@@ -240,6 +252,11 @@ impl Default for BusConfig {
             ai_routing_enabled: true,
             coherency_protocol: CoherencyProtocol::Mesi,
             sync_interval_seconds: 60,
+            tracker: String::new(),
+            cluster_token: None,
+            agent_id: String::new(),
+            advertise: String::new(),
+            pull_workers: 4,
         }
     }
 }
@@ -510,6 +527,47 @@ impl Config {
             SYNC_INTERVAL_SECONDS_MAX,
             "seconds",
         )?;
+
+        check_range(
+            "bus_config.pull_workers",
+            u64::from(bus.pull_workers),
+            1,
+            64,
+            "pieces",
+        )?;
+        if let Some(token) = &bus.cluster_token {
+            let token_ok = (API_TOKEN_LEN_MIN..=API_TOKEN_LEN_MAX).contains(&token.len())
+                && token.chars().all(|c| c.is_ascii_graphic());
+            if !token_ok {
+                return Err(ConfigError::Value {
+                    key: "bus_config.cluster_token".to_owned(),
+                    value: format!("a token of {} bytes", token.len()),
+                    allowed: format!(
+                        "null, or {API_TOKEN_LEN_MIN} to {API_TOKEN_LEN_MAX} printable ASCII characters without spaces"
+                    ),
+                });
+            }
+        }
+        if !bus.tracker.is_empty() && bus.cluster_token.is_none() {
+            return Err(value_error(
+                "bus_config.tracker",
+                &bus.tracker,
+                "empty (no cluster), or a tracker address together with bus_config.cluster_token",
+            ));
+        }
+        for (key, value) in [
+            ("bus_config.tracker", &bus.tracker),
+            ("bus_config.agent_id", &bus.agent_id),
+            ("bus_config.advertise", &bus.advertise),
+        ] {
+            if value.len() > 1024 || value.chars().any(|c| c.is_control() || c == ' ') {
+                return Err(value_error(
+                    key,
+                    value,
+                    "at most 1024 characters, no spaces or control characters",
+                ));
+            }
+        }
 
         let listen = self.api.listen_addr()?;
         if let Some(token) = &self.api.token {

@@ -29,6 +29,8 @@ pub(crate) struct AppState {
     pub(crate) config: Config,
     pub(crate) tiers: Tiers,
     pub(crate) state_bus: Option<Arc<vbus_state::StateBus>>,
+    /// The BUS side: pulls, peers, the tracker.
+    pub(crate) bus: Arc<crate::sync::BusAgent>,
 }
 
 /// Runs the daemon until SIGINT or SIGTERM. `listen` overrides `api.listen` (port 0 picks a free
@@ -49,6 +51,17 @@ pub fn up(home: &Home, listen: Option<&str>) -> anyhow::Result<()> {
     let tiers = tiers::open(home, &config)?;
     let state_bus = tiers::open_state(home, &config, tiers.device.as_ref())?.map(Arc::new);
 
+    // Bound now, so the BUS agent advertises the real port (with `--listen HOST:0`).
+    let listener = std::net::TcpListener::bind(listen_addr)
+        .with_context(|| format!("cannot listen on {listen_addr} (config key `api.listen`)"))?;
+    listener
+        .set_nonblocking(true)
+        .context("cannot make the listener non-blocking")?;
+    let local_addr = listener
+        .local_addr()
+        .context("cannot read the bound address")?;
+    let bus = Arc::new(crate::sync::BusAgent::new(home, &config, local_addr)?);
+
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("vbus-daemon")
@@ -60,14 +73,14 @@ pub fn up(home: &Home, listen: Option<&str>) -> anyhow::Result<()> {
         config,
         tiers,
         state_bus,
+        bus,
     });
-    runtime.block_on(serve(state, listen_addr))
+    runtime.block_on(serve(state, listener))
 }
 
-async fn serve(state: Arc<AppState>, listen_addr: std::net::SocketAddr) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen_addr)
-        .await
-        .with_context(|| format!("cannot listen on {listen_addr} (config key `api.listen`)"))?;
+async fn serve(state: Arc<AppState>, listener: std::net::TcpListener) -> anyhow::Result<()> {
+    let listener =
+        tokio::net::TcpListener::from_std(listener).context("cannot serve on the listener")?;
     let local_addr = listener
         .local_addr()
         .context("cannot read the bound address")?;
@@ -78,6 +91,13 @@ async fn serve(state: Arc<AppState>, listen_addr: std::net::SocketAddr) -> anyho
         "vbus {} started", env!("CARGO_PKG_VERSION")
     );
     tracing::info!("listening on http://{local_addr}");
+    let agent = {
+        let (bus, state) = (Arc::clone(&state.bus), Arc::clone(&state));
+        std::thread::Builder::new()
+            .name("vbus-bus-agent".to_owned())
+            .spawn(move || bus.run_agent(&state.tiers.cache))
+            .context("cannot start the BUS agent thread")?
+    };
     let checkpoints = tokio::spawn(checkpoint_periodically(Arc::clone(&state)));
     let snapshots = tokio::spawn(snapshot_metrics_periodically(Arc::clone(&state)));
     axum::serve(listener, router(Arc::clone(&state)))
@@ -86,6 +106,10 @@ async fn serve(state: Arc<AppState>, listen_addr: std::net::SocketAddr) -> anyho
         .context("the HTTP server failed")?;
     checkpoints.abort();
     snapshots.abort();
+    state.bus.stop();
+    if agent.join().is_err() {
+        tracing::error!("the BUS agent thread panicked");
+    }
     if let Some(bus) = &state.state_bus {
         let bus = Arc::clone(bus);
         let seq = tokio::task::spawn_blocking(move || bus.checkpoint())
@@ -164,6 +188,7 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/health", get(health))
         .route("/v1/stats", get(stats))
         .merge(crate::api::routes())
+        .merge(crate::sync::routes())
         .fallback(not_found)
         .layer(axum::middleware::from_fn(crate::audit::access_log))
         .layer(axum::middleware::from_fn_with_state(

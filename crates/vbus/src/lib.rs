@@ -14,6 +14,7 @@ pub mod config;
 pub mod daemon;
 pub mod home;
 pub mod scan;
+pub mod sync;
 pub mod tiers;
 
 pub use config::{Config, ConfigError};

@@ -119,6 +119,37 @@ enum Command {
         #[arg(long, value_name = "SEQ")]
         to: u64,
     },
+    /// Dataset versions between the master, this daemon and its peers
+    Sync {
+        #[command(subcommand)]
+        command: SyncCommand,
+    },
+    /// Run the cluster's tracker in the foreground (its state in the home's BUS/CONTROL_PLANE)
+    Tracker {
+        /// Listen address
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7879")]
+        listen: String,
+        /// The cluster token [default: $VBUS_CLUSTER_TOKEN, else bus_config.cluster_token]
+        #[arg(long, value_name = "TOKEN")]
+        token: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SyncCommand {
+    /// Fetch DATASET[@VERSION] (default: the newest) into this daemon's L3, from peers and the
+    /// master, every piece verified
+    Pull {
+        /// DATASET or DATASET@VERSION
+        spec: String,
+    },
+    /// Record the master's current content of DATASET as a new version; prints its name
+    Push {
+        /// The dataset (a directory of the master)
+        dataset: String,
+    },
+    /// This agent: its id, tracker, and the versions it holds
+    Status,
 }
 
 #[derive(Debug, Subcommand)]
@@ -235,6 +266,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up { listen } => {
             drop(stdout);
             daemon::up(&home, listen.as_deref())?;
+        }
+        Command::Tracker { listen, token } => {
+            drop(stdout);
+            vbus::sync::run_tracker(&home, &listen, token)?;
         }
         Command::Config {
             command: ConfigCommand::Check { file },
@@ -386,7 +421,55 @@ fn run_client(
             )?;
             print_pages(stdout, &answer)?;
         }
+        Command::Sync { command } => run_sync(client, command, stdout)?,
         other => anyhow::bail!("not a client command: {other:?}"),
+    }
+    Ok(())
+}
+
+fn run_sync(
+    client: &Client,
+    command: SyncCommand,
+    stdout: &mut std::io::StdoutLock<'_>,
+) -> anyhow::Result<()> {
+    match command {
+        SyncCommand::Pull { spec } => {
+            let (dataset, version) = vbus::sync::split_version(&spec);
+            let body = serde_json::json!({ "dataset": dataset, "version": version });
+            let r = client.post_json("/v1/sync/pull", Some(&body))?;
+            writeln!(
+                stdout,
+                "{}@{}: {} files, {} bytes ({} fetched, {} already held) in {:.2} s; \
+                 {} bytes from peers, {} from the master; {} pieces rejected",
+                r["dataset"].as_str().unwrap_or("?"),
+                r["version"].as_str().unwrap_or("?"),
+                r["files"],
+                r["bytes"],
+                r["files_fetched"],
+                r["files_skipped"],
+                r["seconds"].as_f64().unwrap_or(0.0),
+                r["bytes_from_peers"],
+                r["bytes_from_origin"],
+                r["pieces_rejected"],
+            )?;
+        }
+        SyncCommand::Push { dataset } => {
+            let body = serde_json::json!({ "dataset": dataset });
+            let r = client.post_json("/v1/sync/push", Some(&body))?;
+            writeln!(
+                stdout,
+                "{}@{}: {} files, {} bytes",
+                r["dataset"].as_str().unwrap_or("?"),
+                r["version"].as_str().unwrap_or("?"),
+                r["files"],
+                r["bytes"]
+            )?;
+        }
+        SyncCommand::Status => {
+            let r = client.get_json("/v1/sync/status")?;
+            serde_json::to_writer_pretty(&mut *stdout, &r)?;
+            writeln!(stdout)?;
+        }
     }
     Ok(())
 }

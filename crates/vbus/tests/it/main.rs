@@ -8,4 +8,5 @@ mod init;
 mod load;
 mod scan;
 mod support;
+mod sync;
 mod up;

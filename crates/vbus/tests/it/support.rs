@@ -84,8 +84,13 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(home: &Path) -> Self {
+        Self::start_with(home, &["up", "--listen", "127.0.0.1:0"])
+    }
+
+    /// `vbus --home HOME ARGS..`, a server that logs `listening on http://ADDR`.
+    pub fn start_with(home: &Path, args: &[&str]) -> Self {
         let child = vbus(home)
-            .args(["up", "--listen", "127.0.0.1:0"])
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -1,0 +1,352 @@
+//! The HTTP side of the BUS as an agent sees it: a [`TrackerClient`] (register, heartbeat,
+//! announce, holders) and [`fetch_range`], which reads a byte range of a complete file from a
+//! peer. Every request carries the cluster token; every answer is size-limited.
+//!
+//! The routes (served by `vbus tracker` and by every daemon):
+//! - tracker: `POST /v1/tracker/{register,heartbeat,announce,withdraw,leave}` (JSON bodies),
+//!   `GET /v1/tracker/holders?dataset=&version=&path=`, `GET /v1/tracker/agents`;
+//! - peer: `GET /v1/bus/files/{dataset}/{path}?blake3=HEX&offset=N&len=N`: the bytes, only when
+//!   the peer holds that file with that hash.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::tracker::Agent;
+
+/// The largest JSON answer read from a tracker.
+const JSON_BYTES_MAX: u64 = 16 << 20;
+/// How long a request may take to connect.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a whole request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What a BUS request can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PeerError {
+    /// No answer (refused, reset, timed out).
+    #[error("{url}: {why}")]
+    Unreachable {
+        /// The request.
+        url: String,
+        /// The transport's error.
+        why: String,
+    },
+    /// An answer other than success.
+    #[error("{url}: HTTP {status}: {message}")]
+    Refused {
+        /// The request.
+        url: String,
+        /// The status.
+        status: u16,
+        /// The body, cut to 200 characters.
+        message: String,
+    },
+    /// A success whose body was not what was asked for.
+    #[error("{url}: bad answer: {why}")]
+    BadAnswer {
+        /// The request.
+        url: String,
+        /// What was wrong.
+        why: String,
+    },
+}
+
+impl PeerError {
+    /// True when the tracker answered that the agent is unknown (it should register again).
+    pub fn is_unknown_agent(&self) -> bool {
+        matches!(self, Self::Refused { status: 404, message, .. } if message.contains("unknown agent"))
+    }
+}
+
+/// Percent-encodes one query value or path, keeping `/` when `keep_slash`.
+pub fn encode(value: &str, keep_slash: bool) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(byte as char);
+            }
+            b'/' if keep_slash => out.push('/'),
+            _ => out.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    out
+}
+
+fn base_url(addr: &str) -> String {
+    if addr.starts_with("http://") || addr.starts_with("https://") {
+        addr.trim_end_matches('/').to_owned()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+/// A shared HTTP client with the cluster token.
+#[derive(Debug, Clone)]
+pub struct Http {
+    agent: ureq::Agent,
+    token: Option<String>,
+}
+
+impl Http {
+    /// A client sending `token` (when given) as a bearer token.
+    pub fn new(token: Option<String>) -> Self {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(CONNECT_TIMEOUT))
+            .timeout_global(Some(REQUEST_TIMEOUT))
+            .build()
+            .into();
+        Self { agent, token }
+    }
+
+    fn auth<B>(&self, request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        match &self.token {
+            Some(token) => request.header("Authorization", format!("Bearer {token}")),
+            None => request,
+        }
+    }
+
+    /// The body of a successful answer, at most `max_bytes`.
+    fn body(
+        url: &str,
+        answer: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+        max_bytes: u64,
+    ) -> Result<Vec<u8>, PeerError> {
+        let mut response = answer.map_err(|err| PeerError::Unreachable {
+            url: url.to_owned(),
+            why: err.to_string(),
+        })?;
+        let status = response.status().as_u16();
+        let body = response
+            .body_mut()
+            .with_config()
+            .limit(max_bytes)
+            .read_to_vec()
+            .map_err(|err| PeerError::BadAnswer {
+                url: url.to_owned(),
+                why: err.to_string(),
+            })?;
+        if !(200..300).contains(&status) {
+            return Err(PeerError::Refused {
+                url: url.to_owned(),
+                status,
+                message: String::from_utf8_lossy(&body).chars().take(200).collect(),
+            });
+        }
+        Ok(body)
+    }
+
+    fn get(&self, url: &str, max_bytes: u64) -> Result<Vec<u8>, PeerError> {
+        Self::body(url, self.auth(self.agent.get(url)).call(), max_bytes)
+    }
+
+    fn post_json(&self, url: &str, body: &impl Serialize) -> Result<Vec<u8>, PeerError> {
+        let text = serde_json::to_string(body).expect("requests serialise");
+        let answer = self
+            .auth(self.agent.post(url))
+            .header("Content-Type", "application/json")
+            .send(text.as_bytes());
+        Self::body(url, answer, JSON_BYTES_MAX)
+    }
+}
+
+/// `register`'s body.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    /// The agent's id.
+    pub id: String,
+    /// Where its peer API answers.
+    pub addr: String,
+}
+
+/// `heartbeat`'s body.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatRequest {
+    /// The agent's id.
+    pub id: String,
+    /// Uploads it serves now.
+    pub load: u32,
+}
+
+/// `announce`'s body.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnnounceRequest {
+    /// The agent's id.
+    pub id: String,
+    /// The dataset.
+    pub dataset: String,
+    /// Its version.
+    pub version: String,
+    /// The complete files it holds.
+    pub paths: Vec<String>,
+}
+
+/// `withdraw`'s body: one file the agent no longer holds (or holds damaged).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WithdrawRequest {
+    /// The agent whose copy is withdrawn.
+    pub id: String,
+    /// The dataset.
+    pub dataset: String,
+    /// Its version.
+    pub version: String,
+    /// The file.
+    pub path: String,
+}
+
+/// `leave`'s body.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaveRequest {
+    /// The agent's id.
+    pub id: String,
+}
+
+/// A tracker, as agents call it.
+#[derive(Debug, Clone)]
+pub struct TrackerClient {
+    base: String,
+    http: Http,
+}
+
+impl TrackerClient {
+    /// The tracker at `addr` (`host:port` or a URL).
+    pub fn new(addr: &str, http: Http) -> Self {
+        Self {
+            base: base_url(addr),
+            http,
+        }
+    }
+
+    /// Where it is.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn post(&self, route: &str, body: &impl Serialize) -> Result<(), PeerError> {
+        self.http
+            .post_json(&format!("{}/v1/tracker/{route}", self.base), body)
+            .map(drop)
+    }
+
+    /// Registers `id` at `addr`.
+    pub fn register(&self, id: &str, addr: &str) -> Result<(), PeerError> {
+        self.post(
+            "register",
+            &RegisterRequest {
+                id: id.to_owned(),
+                addr: addr.to_owned(),
+            },
+        )
+    }
+
+    /// A heartbeat.
+    pub fn heartbeat(&self, id: &str, load: u32) -> Result<(), PeerError> {
+        self.post(
+            "heartbeat",
+            &HeartbeatRequest {
+                id: id.to_owned(),
+                load,
+            },
+        )
+    }
+
+    /// Announces complete files.
+    pub fn announce(
+        &self,
+        id: &str,
+        dataset: &str,
+        version: &str,
+        paths: Vec<String>,
+    ) -> Result<(), PeerError> {
+        self.post(
+            "announce",
+            &AnnounceRequest {
+                id: id.to_owned(),
+                dataset: dataset.to_owned(),
+                version: version.to_owned(),
+                paths,
+            },
+        )
+    }
+
+    /// Withdraws `id`'s copy of one file.
+    pub fn withdraw(
+        &self,
+        id: &str,
+        dataset: &str,
+        version: &str,
+        path: &str,
+    ) -> Result<(), PeerError> {
+        self.post(
+            "withdraw",
+            &WithdrawRequest {
+                id: id.to_owned(),
+                dataset: dataset.to_owned(),
+                version: version.to_owned(),
+                path: path.to_owned(),
+            },
+        )
+    }
+
+    /// Leaves the cluster.
+    pub fn leave(&self, id: &str) -> Result<(), PeerError> {
+        self.post("leave", &LeaveRequest { id: id.to_owned() })
+    }
+
+    /// The live holders of a file, least loaded first.
+    pub fn holders(
+        &self,
+        dataset: &str,
+        version: &str,
+        path: &str,
+    ) -> Result<Vec<Agent>, PeerError> {
+        let url = format!(
+            "{}/v1/tracker/holders?dataset={}&version={}&path={}",
+            self.base,
+            encode(dataset, false),
+            encode(version, false),
+            encode(path, false)
+        );
+        let body = self.http.get(&url, JSON_BYTES_MAX)?;
+        serde_json::from_slice(&body).map_err(|err| PeerError::BadAnswer {
+            url,
+            why: err.to_string(),
+        })
+    }
+}
+
+/// Reads `len` bytes at `offset` of `dataset/path` from the peer at `addr`, which serves them
+/// only if it holds the file with hash `blake3`. The caller verifies the bytes.
+pub fn fetch_range(
+    http: &Http,
+    addr: &str,
+    dataset: &str,
+    path: &str,
+    blake3: &str,
+    offset: u64,
+    len: u64,
+) -> Result<Vec<u8>, PeerError> {
+    let url = format!(
+        "{}/v1/bus/files/{}/{}?blake3={}&offset={offset}&len={len}",
+        base_url(addr),
+        encode(dataset, false),
+        encode(path, true),
+        encode(blake3, false)
+    );
+    let body = http.get(&url, len)?;
+    if body.len() as u64 != len {
+        return Err(PeerError::BadAnswer {
+            url,
+            why: format!("{} bytes, asked for {len}", body.len()),
+        });
+    }
+    Ok(body)
+}

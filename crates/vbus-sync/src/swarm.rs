@@ -1,0 +1,300 @@
+//! Pulls from peers: each file of a manifest is fetched piece by piece from the agents the
+//! tracker names (least loaded first, each piece starting at a different peer so that the load
+//! spreads), falling back to the origin per piece. Every piece is verified against the manifest
+//! before it is used. A peer that does not answer is skipped for the rest of that file; a peer
+//! that sends a piece that fails verification is skipped too and its copy is withdrawn at the
+//! tracker (flagged: no one is sent to it for that file again until it announces it anew).
+//! Files are written in order through the store's staged writer and published atomically when
+//! whole; then the agent announces every file of the version it holds.
+
+use std::collections::HashSet;
+use std::io::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::manifest::{FileEntry, Manifest, ManifestError, piece_len};
+use crate::origin::{DirOrigin, PullError};
+use crate::peer::{Http, TrackerClient, fetch_range};
+use crate::tracker::Agent;
+
+/// Where pulled files go: the L3 store itself, or a cache over it (which must drop its memory
+/// copies of a path when a new file is published there).
+pub trait Sink: Sync {
+    /// The size and BLAKE3 (hex) of the file held at `dataset/path`, if any.
+    fn held(&self, dataset: &str, path: &str) -> Result<Option<(u64, String)>, PullError>;
+    /// A staged writer for `dataset/path` (nothing visible until published).
+    fn writer(&self, dataset: &str, path: &str) -> Result<vbus_store::FileWriter, PullError>;
+    /// Publishes a staged file atomically; returns its BLAKE3 (hex).
+    fn publish(
+        &self,
+        dataset: &str,
+        path: &str,
+        writer: vbus_store::FileWriter,
+    ) -> Result<String, PullError>;
+    /// Removes `dataset/path` (a published file that turned out wrong).
+    fn remove(&self, dataset: &str, path: &str) -> Result<(), PullError>;
+}
+
+impl Sink for vbus_store::FileStore {
+    fn held(&self, dataset: &str, path: &str) -> Result<Option<(u64, String)>, PullError> {
+        Ok(self
+            .meta(dataset, path)?
+            .and_then(|meta| Some((meta.size_bytes, meta.hash_hex()?))))
+    }
+
+    fn writer(&self, dataset: &str, path: &str) -> Result<vbus_store::FileWriter, PullError> {
+        Ok(self.file_writer(dataset, path)?)
+    }
+
+    fn publish(
+        &self,
+        _dataset: &str,
+        _path: &str,
+        writer: vbus_store::FileWriter,
+    ) -> Result<String, PullError> {
+        Ok(writer.commit()?.hash_hex().unwrap_or_default())
+    }
+
+    fn remove(&self, dataset: &str, path: &str) -> Result<(), PullError> {
+        vbus_store::FileStore::remove(self, dataset, path)?;
+        Ok(())
+    }
+}
+
+/// Who to ask, besides the origin.
+#[derive(Debug, Clone, Copy)]
+pub struct Swarm<'a> {
+    /// The tracker; `None` pulls from the origin alone.
+    pub tracker: Option<&'a TrackerClient>,
+    /// The client for peers (with the cluster token).
+    pub http: &'a Http,
+    /// This agent's id (never asked for its own files).
+    pub self_id: &'a str,
+    /// Pieces fetched at once (at least 1).
+    pub workers: usize,
+}
+
+/// What a swarm pull did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SwarmReport {
+    /// Files fetched and published.
+    pub files_fetched: usize,
+    /// Files the store already held with the manifest's hash.
+    pub files_skipped: usize,
+    /// Bytes of verified pieces from peers.
+    pub bytes_from_peers: u64,
+    /// Bytes of verified pieces from the origin.
+    pub bytes_from_origin: u64,
+    /// Pieces from peers that failed verification.
+    pub pieces_rejected: u64,
+    /// Requests to peers that failed (no answer or a refusal).
+    pub peer_errors: u64,
+    /// Tracker requests that failed (the pull went on without it).
+    pub tracker_errors: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    from_peers: AtomicU64,
+    from_origin: AtomicU64,
+    rejected: AtomicU64,
+    peer_errors: AtomicU64,
+    tracker_errors: AtomicU64,
+}
+
+/// Pulls every file of `manifest` into `store`, from peers where it can and from `origin`
+/// otherwise; `progress` gets the bytes of each verified piece.
+pub fn pull_swarm(
+    manifest: &Manifest,
+    origin: &DirOrigin,
+    sink: &dyn Sink,
+    swarm: Swarm<'_>,
+    mut progress: impl FnMut(u64),
+) -> Result<SwarmReport, PullError> {
+    let counters = Counters::default();
+    let mut report = SwarmReport::default();
+    for file in &manifest.files {
+        let held = sink.held(&manifest.dataset, &file.path)?;
+        if held.is_some_and(|(size, hash)| size == file.size_bytes && hash == file.blake3) {
+            report.files_skipped += 1;
+            continue;
+        }
+        pull_file(
+            manifest,
+            file,
+            origin,
+            sink,
+            swarm,
+            &counters,
+            &mut progress,
+        )?;
+        report.files_fetched += 1;
+    }
+    if let Some(tracker) = swarm.tracker {
+        let paths = manifest.files.iter().map(|f| f.path.clone()).collect();
+        if let Err(err) =
+            tracker.announce(swarm.self_id, &manifest.dataset, &manifest.version, paths)
+        {
+            tracing::warn!(error = %err, "cannot announce {}@{}", manifest.dataset, manifest.version);
+            counters.tracker_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    report.bytes_from_peers = counters.from_peers.into_inner();
+    report.bytes_from_origin = counters.from_origin.into_inner();
+    report.pieces_rejected = counters.rejected.into_inner();
+    report.peer_errors = counters.peer_errors.into_inner();
+    report.tracker_errors = counters.tracker_errors.into_inner();
+    Ok(report)
+}
+
+fn pull_file(
+    manifest: &Manifest,
+    file: &FileEntry,
+    origin: &DirOrigin,
+    sink: &dyn Sink,
+    swarm: Swarm<'_>,
+    counters: &Counters,
+    progress: &mut impl FnMut(u64),
+) -> Result<(), PullError> {
+    let holders: Vec<Agent> = match swarm.tracker {
+        Some(tracker) => match tracker.holders(&manifest.dataset, &manifest.version, &file.path) {
+            Ok(holders) => holders
+                .into_iter()
+                .filter(|agent| agent.id != swarm.self_id)
+                .collect(),
+            Err(err) => {
+                tracing::warn!(error = %err, "no holders from the tracker; using the origin");
+                counters.tracker_errors.fetch_add(1, Ordering::Relaxed);
+                Vec::new()
+            }
+        },
+        None => Vec::new(),
+    };
+    // Peers not to ask again for this file.
+    let skipped: Mutex<HashSet<String>> = Mutex::new(HashSet::new());
+    let stage_error = |source| PullError::Stage {
+        dataset: manifest.dataset.clone(),
+        path: file.path.clone(),
+        source,
+    };
+    let mut writer = sink.writer(&manifest.dataset, &file.path)?;
+    let workers = swarm.workers.max(1);
+    for window_start in (0..file.pieces.len()).step_by(workers) {
+        let window = window_start..(window_start + workers).min(file.pieces.len());
+        let pieces: Vec<Result<Vec<u8>, PullError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = window
+                .clone()
+                .map(|index| {
+                    let (holders, skipped) = (&holders, &skipped);
+                    scope.spawn(move || {
+                        fetch_piece(
+                            manifest, file, index, holders, skipped, origin, swarm, counters,
+                        )
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|handle| {
+                    handle
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
+                .collect()
+        });
+        for piece in pieces {
+            let piece = piece?;
+            writer.write_all(&piece).map_err(stage_error)?;
+            progress(piece.len() as u64);
+        }
+    }
+    // Every piece matched, so the whole does; the store hashed it again while writing.
+    let hash = sink.publish(&manifest.dataset, &file.path, writer)?;
+    if hash != file.blake3 {
+        sink.remove(&manifest.dataset, &file.path)?;
+        return Err(ManifestError::Mismatch {
+            path: file.path.clone(),
+            what: "the file".to_owned(),
+            expected: file.blake3.clone(),
+            actual: hash,
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// Piece `index`: from the holders in turn (starting at a different one for each piece), then
+/// from the origin.
+#[allow(clippy::too_many_arguments)]
+fn fetch_piece(
+    manifest: &Manifest,
+    file: &FileEntry,
+    index: usize,
+    holders: &[Agent],
+    skipped: &Mutex<HashSet<String>>,
+    origin: &DirOrigin,
+    swarm: Swarm<'_>,
+    counters: &Counters,
+) -> Result<Vec<u8>, PullError> {
+    let offset = index as u64 * manifest.piece_bytes;
+    let len = piece_len(file.size_bytes, manifest.piece_bytes, index);
+    let is_skipped = |id: &str| {
+        skipped
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(id)
+    };
+    let skip = |id: &str| {
+        skipped
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_owned());
+    };
+    for turn in 0..holders.len() {
+        let peer = &holders[(index + turn) % holders.len()];
+        if is_skipped(&peer.id) {
+            continue;
+        }
+        match fetch_range(
+            swarm.http,
+            &peer.addr,
+            &manifest.dataset,
+            &file.path,
+            &file.blake3,
+            offset,
+            len,
+        ) {
+            Ok(bytes) => {
+                if manifest.verify_piece(file, index, &bytes).is_ok() {
+                    counters.from_peers.fetch_add(len, Ordering::Relaxed);
+                    return Ok(bytes);
+                }
+                counters.rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    peer = %peer.id,
+                    "piece {index} of {}/{} from {} failed verification; withdrawing its copy",
+                    manifest.dataset,
+                    file.path,
+                    peer.addr
+                );
+                skip(&peer.id);
+                if let Some(tracker) = swarm.tracker
+                    && tracker
+                        .withdraw(&peer.id, &manifest.dataset, &manifest.version, &file.path)
+                        .is_err()
+                {
+                    counters.tracker_errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(err) => {
+                counters.peer_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(peer = %peer.id, error = %err, "peer failed; trying the next");
+                skip(&peer.id);
+            }
+        }
+    }
+    let bytes = origin.read_piece(manifest, file, index)?;
+    manifest.verify_piece(file, index, &bytes)?;
+    counters.from_origin.fetch_add(len, Ordering::Relaxed);
+    Ok(bytes)
+}

@@ -1,0 +1,420 @@
+//! The tracker (the seed's controller): which agents exist, where they answer, and which complete
+//! files each holds, per dataset version. Agents register, heartbeat (with their current upload
+//! load) and announce; an agent silent for [`AGENT_TTL`] is not named to others until it speaks
+//! again. Registrations and holdings persist in `CONTROL_PLANE/tracker.json` (written whole under
+//! a temporary name, synced, renamed): a restarted tracker knows its cluster at once. Loads and
+//! liveness are not persisted; every agent is given a fresh [`AGENT_TTL`] after a restart.
+//!
+//! This is the state machine; the `vbus tracker` command serves it over HTTP.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+/// How often agents heartbeat.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+/// An agent not heard from for this long is left out of holder lists.
+pub const AGENT_TTL: Duration = Duration::from_secs(5);
+/// Most agents a tracker knows.
+pub const AGENTS_MAX: usize = 10_000;
+/// Most paths in one announce.
+pub const ANNOUNCE_PATHS_MAX: usize = 100_000;
+/// Longest agent id, address, dataset, version or path accepted.
+pub const NAME_BYTES_MAX: usize = 1024;
+
+/// The file the tracker's state lives in, under its directory.
+pub const STATE_FILE: &str = "tracker.json";
+
+/// What the tracker refuses.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TrackerError {
+    /// The agent never registered, or left (it should register again).
+    #[error("unknown agent {0:?}: register first")]
+    UnknownAgent(String),
+    /// A name or address is empty, too long or has characters the tracker does not take.
+    #[error("bad {what} {value:?}: {why}")]
+    BadInput {
+        /// Which field.
+        what: &'static str,
+        /// The value, cut to 64 characters.
+        value: String,
+        /// What is wrong.
+        why: &'static str,
+    },
+    /// Too many agents or paths.
+    #[error("too many {what}: at most {max}")]
+    TooMany {
+        /// Of what.
+        what: &'static str,
+        /// The limit.
+        max: usize,
+    },
+    /// Reading or writing the state file failed.
+    #[error("cannot {op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The state file is not a tracker state.
+    #[error("{path} is not a tracker state: {why}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// The parse error.
+        why: String,
+    },
+}
+
+/// An agent as the tracker names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Agent {
+    /// Its id (unique in the cluster).
+    pub id: String,
+    /// Where its peer API answers (`host:port`).
+    pub addr: String,
+    /// Uploads it is serving, as its last heartbeat said.
+    #[serde(default)]
+    pub load: u32,
+}
+
+/// The persisted part of the state.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Persisted {
+    agents: BTreeMap<String, Agent>,
+    /// `dataset@version` → path → ids of the agents holding that complete file.
+    holdings: BTreeMap<String, BTreeMap<String, BTreeSet<String>>>,
+}
+
+struct Inner {
+    persisted: Persisted,
+    last_seen: HashMap<String, Instant>,
+}
+
+/// The tracker's state, shared by its request handlers.
+pub struct Tracker {
+    path: PathBuf,
+    inner: Mutex<Inner>,
+}
+
+impl std::fmt::Debug for Tracker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tracker")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn check_name(what: &'static str, value: &str) -> Result<(), TrackerError> {
+    let bad = |why| TrackerError::BadInput {
+        what,
+        value: value.chars().take(64).collect(),
+        why,
+    };
+    if value.is_empty() {
+        return Err(bad("empty"));
+    }
+    if value.len() > NAME_BYTES_MAX {
+        return Err(bad("too long"));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(bad("control characters"));
+    }
+    Ok(())
+}
+
+fn holding_key(dataset: &str, version: &str) -> String {
+    format!("{dataset}@{version}")
+}
+
+impl Tracker {
+    /// The tracker whose state lives in `dir` (created if missing; its state file read if
+    /// present).
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self, TrackerError> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(|source| TrackerError::Io {
+            op: "create",
+            path: dir.to_owned(),
+            source,
+        })?;
+        let path = dir.join(STATE_FILE);
+        let persisted = match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text).map_err(|err| TrackerError::Corrupt {
+                path: path.clone(),
+                why: err.to_string(),
+            })?,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Persisted::default(),
+            Err(source) => {
+                return Err(TrackerError::Io {
+                    op: "read",
+                    path,
+                    source,
+                });
+            }
+        };
+        let now = Instant::now();
+        let last_seen = persisted
+            .agents
+            .keys()
+            .map(|id| (id.clone(), now))
+            .collect();
+        Ok(Self {
+            path,
+            inner: Mutex::new(Inner {
+                persisted,
+                last_seen,
+            }),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes the persisted state whole: temporary file, sync, rename, directory sync.
+    fn save(&self, inner: &Inner) -> Result<(), TrackerError> {
+        let io = |op, source| TrackerError::Io {
+            op,
+            path: self.path.clone(),
+            source,
+        };
+        let text = serde_json::to_vec(&inner.persisted).expect("the state serialises");
+        let tmp = self.path.with_extension("json.tmp");
+        let mut file = std::fs::File::create(&tmp).map_err(|e| io("create", e))?;
+        file.write_all(&text).map_err(|e| io("write", e))?;
+        file.sync_all().map_err(|e| io("sync", e))?;
+        std::fs::rename(&tmp, &self.path).map_err(|e| io("rename into", e))?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::File::open(dir)
+                .and_then(|dir| dir.sync_all())
+                .map_err(|e| io("sync the directory of", e))?;
+        }
+        Ok(())
+    }
+
+    /// Registers (or re-registers) agent `id` answering at `addr`.
+    pub fn register(&self, id: &str, addr: &str) -> Result<(), TrackerError> {
+        check_name("agent id", id)?;
+        check_name("address", addr)?;
+        let mut inner = self.lock();
+        if !inner.persisted.agents.contains_key(id) && inner.persisted.agents.len() >= AGENTS_MAX {
+            return Err(TrackerError::TooMany {
+                what: "agents",
+                max: AGENTS_MAX,
+            });
+        }
+        let agent = Agent {
+            id: id.to_owned(),
+            addr: addr.to_owned(),
+            load: 0,
+        };
+        let changed = inner.persisted.agents.get(id) != Some(&agent);
+        inner.persisted.agents.insert(id.to_owned(), agent);
+        inner.last_seen.insert(id.to_owned(), Instant::now());
+        if changed {
+            self.save(&inner)?;
+        }
+        Ok(())
+    }
+
+    /// A heartbeat from `id`, serving `load` uploads now.
+    pub fn heartbeat(&self, id: &str, load: u32) -> Result<(), TrackerError> {
+        let mut inner = self.lock();
+        let Some(agent) = inner.persisted.agents.get_mut(id) else {
+            return Err(TrackerError::UnknownAgent(id.chars().take(64).collect()));
+        };
+        agent.load = load;
+        inner.last_seen.insert(id.to_owned(), Instant::now());
+        Ok(())
+    }
+
+    /// `id` holds these complete files of `dataset@version`.
+    pub fn announce(
+        &self,
+        id: &str,
+        dataset: &str,
+        version: &str,
+        paths: &[String],
+    ) -> Result<(), TrackerError> {
+        check_name("dataset", dataset)?;
+        check_name("version", version)?;
+        if paths.len() > ANNOUNCE_PATHS_MAX {
+            return Err(TrackerError::TooMany {
+                what: "paths in one announce",
+                max: ANNOUNCE_PATHS_MAX,
+            });
+        }
+        for path in paths {
+            check_name("path", path)?;
+        }
+        let mut inner = self.lock();
+        if !inner.persisted.agents.contains_key(id) {
+            return Err(TrackerError::UnknownAgent(id.chars().take(64).collect()));
+        }
+        inner.last_seen.insert(id.to_owned(), Instant::now());
+        let files = inner
+            .persisted
+            .holdings
+            .entry(holding_key(dataset, version))
+            .or_default();
+        let mut changed = false;
+        for path in paths {
+            changed |= files.entry(path.clone()).or_default().insert(id.to_owned());
+        }
+        if changed {
+            self.save(&inner)?;
+        }
+        Ok(())
+    }
+
+    /// `id` no longer holds this file (it failed verification there, or was removed).
+    pub fn withdraw(
+        &self,
+        id: &str,
+        dataset: &str,
+        version: &str,
+        path: &str,
+    ) -> Result<(), TrackerError> {
+        let mut inner = self.lock();
+        let key = holding_key(dataset, version);
+        let removed = inner
+            .persisted
+            .holdings
+            .get_mut(&key)
+            .and_then(|files| files.get_mut(path))
+            .is_some_and(|holders| holders.remove(id));
+        if removed {
+            self.save(&inner)?;
+        }
+        Ok(())
+    }
+
+    /// `id` leaves the cluster: it and its holdings are forgotten.
+    pub fn leave(&self, id: &str) -> Result<(), TrackerError> {
+        let mut inner = self.lock();
+        if inner.persisted.agents.remove(id).is_none() {
+            return Ok(());
+        }
+        inner.last_seen.remove(id);
+        for files in inner.persisted.holdings.values_mut() {
+            for holders in files.values_mut() {
+                holders.remove(id);
+            }
+        }
+        self.save(&inner)
+    }
+
+    /// The live agents holding `path` of `dataset@version`, least loaded first (ties in a
+    /// random order, so that equal peers share the work).
+    pub fn holders(&self, dataset: &str, version: &str, path: &str) -> Vec<Agent> {
+        let inner = self.lock();
+        let now = Instant::now();
+        let alive = |id: &str| {
+            inner
+                .last_seen
+                .get(id)
+                .is_some_and(|seen| now.duration_since(*seen) < AGENT_TTL)
+        };
+        let mut holders: Vec<Agent> = inner
+            .persisted
+            .holdings
+            .get(&holding_key(dataset, version))
+            .and_then(|files| files.get(path))
+            .into_iter()
+            .flatten()
+            .filter(|id| alive(id))
+            .filter_map(|id| inner.persisted.agents.get(id).cloned())
+            .collect();
+        fastrand::shuffle(&mut holders);
+        holders.sort_by_key(|agent| agent.load);
+        holders
+    }
+
+    /// Every agent, with whether it is alive.
+    pub fn agents(&self) -> Vec<(Agent, bool)> {
+        let inner = self.lock();
+        let now = Instant::now();
+        inner
+            .persisted
+            .agents
+            .values()
+            .map(|agent| {
+                let alive = inner
+                    .last_seen
+                    .get(&agent.id)
+                    .is_some_and(|seen| now.duration_since(*seen) < AGENT_TTL);
+                (agent.clone(), alive)
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registers_announces_orders_by_load_and_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let tracker = Tracker::open(dir.path()).unwrap();
+        assert!(matches!(
+            tracker.heartbeat("a", 0),
+            Err(TrackerError::UnknownAgent(_))
+        ));
+        tracker.register("a", "127.0.0.1:1").unwrap();
+        tracker.register("b", "127.0.0.1:2").unwrap();
+        let paths = vec!["x/1.bin".to_owned(), "2.bin".to_owned()];
+        tracker.announce("a", "ds", "v1", &paths).unwrap();
+        tracker.announce("b", "ds", "v1", &paths[..1]).unwrap();
+        tracker.heartbeat("a", 5).unwrap();
+        tracker.heartbeat("b", 1).unwrap();
+        let ids = |holders: Vec<Agent>| holders.into_iter().map(|a| a.id).collect::<Vec<_>>();
+        assert_eq!(ids(tracker.holders("ds", "v1", "x/1.bin")), ["b", "a"]);
+        assert_eq!(ids(tracker.holders("ds", "v1", "2.bin")), ["a"]);
+        assert!(tracker.holders("ds", "v2", "2.bin").is_empty());
+        tracker.withdraw("a", "ds", "v1", "2.bin").unwrap();
+        assert!(tracker.holders("ds", "v1", "2.bin").is_empty());
+        assert!(matches!(
+            tracker.announce("zz", "ds", "v1", &paths),
+            Err(TrackerError::UnknownAgent(_))
+        ));
+        assert!(matches!(
+            tracker.register("", "x"),
+            Err(TrackerError::BadInput { .. })
+        ));
+        drop(tracker);
+
+        // A restart keeps agents and holdings (loads start at 0, in random order).
+        let tracker = Tracker::open(dir.path()).unwrap();
+        let mut holders = ids(tracker.holders("ds", "v1", "x/1.bin"));
+        holders.sort();
+        assert_eq!(holders, ["a", "b"]);
+        tracker.leave("b").unwrap();
+        assert_eq!(ids(tracker.holders("ds", "v1", "x/1.bin")), ["a"]);
+        assert_eq!(tracker.agents().len(), 1);
+        drop(tracker);
+        let tracker = Tracker::open(dir.path()).unwrap();
+        assert_eq!(tracker.agents().len(), 1);
+    }
+
+    #[test]
+    fn a_damaged_state_file_is_refused_not_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(STATE_FILE), b"{not json").unwrap();
+        assert!(matches!(
+            Tracker::open(dir.path()),
+            Err(TrackerError::Corrupt { .. })
+        ));
+    }
+}

@@ -1,0 +1,674 @@
+//! The daemon as a BUS agent, and `vbus tracker`.
+//!
+//! Every daemon can pull a dataset version from the master (`bus_config.master_db`, whose
+//! versions `vbus sync push` records). With `bus_config.tracker` set it is also an agent: it
+//! registers with the tracker, heartbeats with its upload load (re-registering and re-announcing
+//! what it holds when the tracker has forgotten it), pulls pieces from the peers the tracker
+//! names, and serves byte ranges of the complete files it holds to peers that present the
+//! cluster token. What it holds is recorded in `BUS/CONTROL_PLANE/agent_holdings.json` so a
+//! restarted agent announces it again.
+//!
+//! `vbus tracker` serves [`vbus_sync::Tracker`] over HTTP, its state in `BUS/CONTROL_PLANE`.
+
+use std::collections::BTreeMap;
+use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::Context as _;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use vbus_cache::{CacheKey, CacheManager};
+use vbus_sync::{DirOrigin, Http, Manifest, PullError, Sink, Swarm, TrackerClient};
+
+use crate::Home;
+use crate::api::ApiError;
+use crate::daemon::AppState;
+
+/// The largest byte range a peer serves in one request.
+pub const RANGE_BYTES_MAX: u64 = vbus_sync::manifest::PIECE_BYTES_MAX;
+/// The file recording what this agent holds, under `BUS/CONTROL_PLANE`.
+const HOLDINGS_FILE: &str = "agent_holdings.json";
+
+/// One dataset version this agent holds whole.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Holding {
+    dataset: String,
+    version: String,
+    /// Path → BLAKE3 (hex) of each file.
+    files: BTreeMap<String, String>,
+}
+
+/// The daemon's BUS side.
+#[derive(Debug)]
+pub(crate) struct BusAgent {
+    pub(crate) id: String,
+    pub(crate) addr: String,
+    pub(crate) cluster_token: Option<String>,
+    pub(crate) http: Http,
+    pub(crate) tracker: Option<TrackerClient>,
+    pub(crate) origin: DirOrigin,
+    pub(crate) workers: usize,
+    holdings_path: PathBuf,
+    holdings: Mutex<BTreeMap<String, Holding>>,
+    /// Byte ranges being served to peers now (the load the tracker orders holders by).
+    uploads: AtomicU32,
+    stop: AtomicBool,
+}
+
+impl BusAgent {
+    /// The agent of a daemon listening on `listen`.
+    pub(crate) fn new(
+        home: &Home,
+        config: &crate::Config,
+        listen: std::net::SocketAddr,
+    ) -> anyhow::Result<Self> {
+        let bus = &config.bus_config;
+        let addr = if bus.advertise.is_empty() {
+            listen.to_string()
+        } else {
+            bus.advertise.clone()
+        };
+        let id = if bus.agent_id.is_empty() {
+            addr.clone()
+        } else {
+            bus.agent_id.clone()
+        };
+        let http = Http::new(bus.cluster_token.clone());
+        let tracker =
+            (!bus.tracker.is_empty()).then(|| TrackerClient::new(&bus.tracker, http.clone()));
+        let master = std::path::Path::new(&bus.master_db);
+        let origin = DirOrigin::new(if master.is_absolute() {
+            master.to_owned()
+        } else {
+            home.root().join(master)
+        });
+        let control = home.root().join("BUS/CONTROL_PLANE");
+        std::fs::create_dir_all(&control)
+            .with_context(|| format!("cannot create {}", control.display()))?;
+        let holdings_path = control.join(HOLDINGS_FILE);
+        let holdings = match std::fs::read_to_string(&holdings_path) {
+            Ok(text) => serde_json::from_str(&text)
+                .with_context(|| format!("{} is damaged", holdings_path.display()))?,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(err) => {
+                return Err(err)
+                    .with_context(|| format!("cannot read {}", holdings_path.display()));
+            }
+        };
+        Ok(Self {
+            id,
+            addr,
+            cluster_token: bus.cluster_token.clone(),
+            http,
+            tracker,
+            origin,
+            workers: bus.pull_workers as usize,
+            holdings_path,
+            holdings: Mutex::new(holdings),
+            uploads: AtomicU32::new(0),
+            stop: AtomicBool::new(false),
+        })
+    }
+
+    fn holdings(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Holding>> {
+        self.holdings.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a version as held (whole, synced, renamed).
+    fn record(&self, manifest: &Manifest) -> anyhow::Result<()> {
+        let mut holdings = self.holdings();
+        holdings.insert(
+            format!("{}@{}", manifest.dataset, manifest.version),
+            Holding {
+                dataset: manifest.dataset.clone(),
+                version: manifest.version.clone(),
+                files: manifest
+                    .files
+                    .iter()
+                    .map(|file| (file.path.clone(), file.blake3.clone()))
+                    .collect(),
+            },
+        );
+        let text = serde_json::to_vec_pretty(&*holdings)?;
+        let tmp = self.holdings_path.with_extension("json.tmp");
+        let mut file = std::fs::File::create(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        file.write_all(&text)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &self.holdings_path)
+            .with_context(|| format!("cannot write {}", self.holdings_path.display()))?;
+        Ok(())
+    }
+
+    /// Announces every recorded version whose files the store still holds with their hashes.
+    fn announce_all(&self, tracker: &TrackerClient, cache: &CacheManager) {
+        let holdings: Vec<Holding> = self.holdings().values().cloned().collect();
+        for holding in holdings {
+            let paths: Vec<String> = holding
+                .files
+                .iter()
+                .filter(|(path, hash)| {
+                    cache
+                        .store()
+                        .meta(&holding.dataset, path)
+                        .ok()
+                        .flatten()
+                        .and_then(|meta| meta.hash_hex())
+                        .as_deref()
+                        == Some(hash.as_str())
+                })
+                .map(|(path, _)| path.clone())
+                .collect();
+            if paths.is_empty() {
+                continue;
+            }
+            if let Err(err) = tracker.announce(&self.id, &holding.dataset, &holding.version, paths)
+            {
+                tracing::warn!(error = %err, "cannot announce {}@{}", holding.dataset, holding.version);
+            }
+        }
+    }
+
+    /// Registers, then heartbeats until [`BusAgent::stop`]; registers and announces again
+    /// whenever the tracker does not know this agent (it restarted, or was unreachable long).
+    pub(crate) fn run_agent(&self, cache: &CacheManager) {
+        let Some(tracker) = self.tracker.clone() else {
+            return;
+        };
+        let mut registered = false;
+        while !self.stop.load(Ordering::Relaxed) {
+            if !registered {
+                match tracker.register(&self.id, &self.addr) {
+                    Ok(()) => {
+                        tracing::info!(tracker = %tracker.base(), id = %self.id, "registered with the tracker");
+                        self.announce_all(&tracker, cache);
+                        registered = true;
+                    }
+                    Err(err) => tracing::debug!(error = %err, "cannot register with the tracker"),
+                }
+            } else if let Err(err) =
+                tracker.heartbeat(&self.id, self.uploads.load(Ordering::Relaxed))
+            {
+                if err.is_unknown_agent() {
+                    registered = false;
+                    continue;
+                }
+                tracing::debug!(error = %err, "heartbeat failed");
+            }
+            std::thread::sleep(vbus_sync::tracker::HEARTBEAT_INTERVAL);
+        }
+    }
+
+    /// Ends [`BusAgent::run_agent`] at its next beat.
+    pub(crate) fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Pulled files go through the cache: a publish drops the memory tiers' copies of the path.
+struct CacheSink<'a>(&'a CacheManager);
+
+impl Sink for CacheSink<'_> {
+    fn held(&self, dataset: &str, path: &str) -> Result<Option<(u64, String)>, PullError> {
+        Sink::held(self.0.store(), dataset, path)
+    }
+
+    fn writer(&self, dataset: &str, path: &str) -> Result<vbus_store::FileWriter, PullError> {
+        Sink::writer(self.0.store(), dataset, path)
+    }
+
+    fn publish(
+        &self,
+        dataset: &str,
+        path: &str,
+        writer: vbus_store::FileWriter,
+    ) -> Result<String, PullError> {
+        self.0
+            .commit(CacheKey::new(dataset, path), writer)
+            .map_err(|err| PullError::Stage {
+                dataset: dataset.to_owned(),
+                path: path.to_owned(),
+                source: std::io::Error::other(err.to_string()),
+            })?;
+        Ok(Sink::held(self.0.store(), dataset, path)?
+            .map(|(_, hash)| hash)
+            .unwrap_or_default())
+    }
+
+    fn remove(&self, dataset: &str, path: &str) -> Result<(), PullError> {
+        Sink::remove(self.0.store(), dataset, path)
+    }
+}
+
+/// `dataset` or `dataset@version`.
+pub fn split_version(spec: &str) -> (&str, &str) {
+    match spec.split_once('@') {
+        Some((dataset, version)) => (dataset, version),
+        None => (spec, vbus_sync::LATEST),
+    }
+}
+
+/// A refusal: answered as `{"error": MESSAGE}` with its status, like every API error.
+fn error(status: StatusCode, message: impl Into<String>) -> ApiError {
+    ApiError::new(status, message)
+}
+
+/// [`error`], as a response.
+fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
+    error(status, message).into_response()
+}
+
+/// The routes of the BUS on a daemon.
+pub(crate) fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/v1/bus/files/{dataset}/{*path}", get(serve_range))
+        .route("/v1/sync/pull", post(pull))
+        .route("/v1/sync/push", post(push))
+        .route("/v1/sync/status", get(status))
+}
+
+/// Peer routes (`/v1/bus/…`) take the cluster token instead of the API token; without a cluster
+/// token configured they are refused.
+pub(crate) fn is_peer_route(path: &str) -> bool {
+    path.starts_with("/v1/bus/")
+}
+
+/// Checks the cluster token of a peer request.
+pub(crate) fn peer_authorised(state: &AppState, request: &Request) -> Result<(), ApiError> {
+    let Some(token) = &state.bus.cluster_token else {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "this daemon is in no cluster (config key bus_config.cluster_token)",
+        ));
+    };
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    match presented {
+        Some(presented) if crate::api::constant_time_eq(presented.as_bytes(), token.as_bytes()) => {
+            Ok(())
+        }
+        _ => Err(error(
+            StatusCode::UNAUTHORIZED,
+            "peer requests need `Authorization: Bearer CLUSTER_TOKEN`",
+        )),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RangeQuery {
+    blake3: String,
+    offset: u64,
+    len: u64,
+}
+
+/// Counts an upload for as long as it lives.
+struct Upload<'a>(&'a AtomicU32);
+
+impl Drop for Upload<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn serve_range(
+    State(state): State<Arc<AppState>>,
+    Path((dataset, path)): Path<(String, String)>,
+    Query(query): Query<RangeQuery>,
+) -> Response {
+    if query.len > RANGE_BYTES_MAX {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            format!("len {} is over {RANGE_BYTES_MAX}", query.len),
+        );
+    }
+    let work = move || -> Result<Vec<u8>, ApiError> {
+        state.bus.uploads.fetch_add(1, Ordering::Relaxed);
+        let _upload = Upload(&state.bus.uploads);
+        let store = state.tiers.cache.store();
+        let not_held = || {
+            error(
+                StatusCode::NOT_FOUND,
+                format!("{dataset}/{path} is not held here with that hash"),
+            )
+        };
+        let mut reader = match store.file_reader(&dataset, &path) {
+            Ok(Some(reader)) => reader,
+            Ok(None) => return Err(not_held()),
+            Err(err) => return Err(error(StatusCode::BAD_REQUEST, err.to_string())),
+        };
+        let meta = reader.meta().clone();
+        if meta.hash_hex().as_deref() != Some(query.blake3.as_str()) {
+            return Err(not_held());
+        }
+        if query.offset.saturating_add(query.len) > meta.size_bytes {
+            return Err(error(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                format!(
+                    "{} bytes at {} is past the end ({} bytes)",
+                    query.len, query.offset, meta.size_bytes
+                ),
+            ));
+        }
+        let mut bytes = Vec::with_capacity(query.len as usize);
+        let read = reader
+            .seek(SeekFrom::Start(query.offset))
+            .and_then(|_| (&mut reader).take(query.len).read_to_end(&mut bytes));
+        match read {
+            Ok(n) if n as u64 == query.len => Ok(bytes),
+            Ok(n) => Err(error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("read {n} of {} bytes", query.len),
+            )),
+            Err(err) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string())),
+        }
+    };
+    match tokio::task::spawn_blocking(work).await {
+        Ok(Ok(bytes)) => bytes.into_response(),
+        Ok(Err(refused)) => refused.into_response(),
+        Err(err) => refuse(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PullRequest {
+    dataset: String,
+    #[serde(default)]
+    version: Option<String>,
+}
+
+async fn pull(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -> Response {
+    let request: PullRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(err) => return refuse(StatusCode::BAD_REQUEST, format!("bad pull request: {err}")),
+    };
+    let work = move || -> Result<serde_json::Value, ApiError> {
+        let bus = &state.bus;
+        let version = request.version.as_deref().unwrap_or(vbus_sync::LATEST);
+        let manifest = bus
+            .origin
+            .stored_manifest(&request.dataset, version)
+            .map_err(|err| {
+                error(
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "no version {version} of {} at the master: {err}",
+                        request.dataset
+                    ),
+                )
+            })?;
+        let started = Instant::now();
+        let swarm = Swarm {
+            tracker: bus.tracker.as_ref(),
+            http: &bus.http,
+            self_id: &bus.id,
+            workers: bus.workers,
+        };
+        let report = vbus_sync::pull_swarm(
+            &manifest,
+            &bus.origin,
+            &CacheSink(&state.tiers.cache),
+            swarm,
+            |_| {},
+        )
+        .map_err(|err| error(StatusCode::BAD_GATEWAY, err.to_string()))?;
+        bus.record(&manifest)
+            .map_err(|err| error(StatusCode::INTERNAL_SERVER_ERROR, format!("{err:#}")))?;
+        tracing::info!(
+            dataset = %manifest.dataset,
+            version = %manifest.version,
+            from_peers = report.bytes_from_peers,
+            from_origin = report.bytes_from_origin,
+            "pulled"
+        );
+        Ok(json!({
+            "dataset": manifest.dataset,
+            "version": manifest.version,
+            "files": manifest.files.len(),
+            "bytes": manifest.total_bytes(),
+            "files_fetched": report.files_fetched,
+            "files_skipped": report.files_skipped,
+            "bytes_from_peers": report.bytes_from_peers,
+            "bytes_from_origin": report.bytes_from_origin,
+            "pieces_rejected": report.pieces_rejected,
+            "peer_errors": report.peer_errors,
+            "tracker_errors": report.tracker_errors,
+            "seconds": started.elapsed().as_secs_f64(),
+        }))
+    };
+    match tokio::task::spawn_blocking(work).await {
+        Ok(Ok(report)) => Json(report).into_response(),
+        Ok(Err(refused)) => refused.into_response(),
+        Err(err) => refuse(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PushRequest {
+    dataset: String,
+}
+
+async fn push(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -> Response {
+    let request: PushRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(err) => return refuse(StatusCode::BAD_REQUEST, format!("bad push request: {err}")),
+    };
+    let work = move || state.bus.origin.publish_version(&request.dataset);
+    match tokio::task::spawn_blocking(work).await {
+        Ok(Ok(manifest)) => Json(json!({
+            "dataset": manifest.dataset,
+            "version": manifest.version,
+            "files": manifest.files.len(),
+            "bytes": manifest.total_bytes(),
+        }))
+        .into_response(),
+        Ok(Err(err)) => refuse(StatusCode::BAD_REQUEST, err.to_string()),
+        Err(err) => refuse(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
+    }
+}
+
+async fn status(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    let bus = &state.bus;
+    let held: Vec<_> = bus
+        .holdings()
+        .values()
+        .map(|h| json!({ "dataset": h.dataset, "version": h.version, "files": h.files.len() }))
+        .collect();
+    Json(json!({
+        "agent_id": bus.id,
+        "advertise": bus.addr,
+        "tracker": bus.tracker.as_ref().map(TrackerClient::base),
+        "master": bus.origin.root().display().to_string(),
+        "uploads_now": bus.uploads.load(Ordering::Relaxed),
+        "held": held,
+    }))
+}
+
+/// `vbus tracker`: serves the tracker on `listen` until SIGINT or SIGTERM.
+pub fn run_tracker(home: &Home, listen: &str, token: Option<String>) -> anyhow::Result<()> {
+    let token = token
+        .or_else(|| std::env::var("VBUS_CLUSTER_TOKEN").ok())
+        .or_else(|| {
+            home.config_path()
+                .is_file()
+                .then(|| home.load_config().ok())
+                .flatten()
+                .and_then(|config| config.bus_config.cluster_token)
+        })
+        .context("the tracker needs a cluster token: --token, $VBUS_CLUSTER_TOKEN or bus_config.cluster_token")?;
+    let dir = home.root().join("BUS/CONTROL_PLANE");
+    let tracker = Arc::new(vbus_sync::Tracker::open(&dir)?);
+    let addr: std::net::SocketAddr = listen
+        .parse()
+        .with_context(|| format!("--listen {listen:?} is not host:port"))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("vbus-tracker")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        let local = listener.local_addr()?;
+        eprintln!(
+            "tracker listening on http://{local} (state in {})",
+            dir.display()
+        );
+        let token = Arc::new(token);
+        let app = tracker_routes()
+            .layer(axum::middleware::from_fn_with_state(token, tracker_auth))
+            .with_state(tracker);
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                        .expect("a SIGTERM handler");
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            })
+            .await
+            .context("the tracker's HTTP server failed")
+    })
+}
+
+async fn tracker_auth(State(token): State<Arc<String>>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    match presented {
+        Some(presented) if crate::api::constant_time_eq(presented.as_bytes(), token.as_bytes()) => {
+            next.run(request).await
+        }
+        _ => refuse(
+            StatusCode::UNAUTHORIZED,
+            "tracker requests need `Authorization: Bearer CLUSTER_TOKEN`",
+        ),
+    }
+}
+
+type SharedTracker = Arc<vbus_sync::Tracker>;
+
+fn tracker_routes() -> Router<SharedTracker> {
+    Router::new()
+        .route("/v1/tracker/register", post(register))
+        .route("/v1/tracker/heartbeat", post(heartbeat))
+        .route("/v1/tracker/announce", post(announce))
+        .route("/v1/tracker/withdraw", post(withdraw))
+        .route("/v1/tracker/leave", post(leave))
+        .route("/v1/tracker/holders", get(holders))
+        .route("/v1/tracker/agents", get(agents))
+        .layer(axum::extract::DefaultBodyLimit::max(64 << 20))
+}
+
+fn tracker_error(err: vbus_sync::TrackerError) -> Response {
+    use vbus_sync::TrackerError as E;
+    let status = match &err {
+        E::UnknownAgent(_) => StatusCode::NOT_FOUND,
+        E::BadInput { .. } | E::TooMany { .. } => StatusCode::BAD_REQUEST,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    refuse(status, err.to_string())
+}
+
+/// Runs a tracker call off the async threads (it may write its state file).
+async fn tracker_call(
+    work: impl FnOnce() -> Result<(), vbus_sync::TrackerError> + Send + 'static,
+) -> Response {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(Ok(())) => Json(json!({ "ok": true })).into_response(),
+        Ok(Err(err)) => tracker_error(err),
+        Err(err) => refuse(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|err| error(StatusCode::BAD_REQUEST, format!("bad request body: {err}")))
+}
+
+async fn register(State(tracker): State<SharedTracker>, body: axum::body::Bytes) -> Response {
+    match parse::<vbus_sync::peer::RegisterRequest>(&body) {
+        Ok(r) => tracker_call(move || tracker.register(&r.id, &r.addr)).await,
+        Err(refused) => refused.into_response(),
+    }
+}
+
+async fn heartbeat(State(tracker): State<SharedTracker>, body: axum::body::Bytes) -> Response {
+    match parse::<vbus_sync::peer::HeartbeatRequest>(&body) {
+        Ok(r) => match tracker.heartbeat(&r.id, r.load) {
+            Ok(()) => Json(json!({ "ok": true })).into_response(),
+            Err(err) => tracker_error(err),
+        },
+        Err(refused) => refused.into_response(),
+    }
+}
+
+async fn announce(State(tracker): State<SharedTracker>, body: axum::body::Bytes) -> Response {
+    match parse::<vbus_sync::peer::AnnounceRequest>(&body) {
+        Ok(r) => {
+            tracker_call(move || tracker.announce(&r.id, &r.dataset, &r.version, &r.paths)).await
+        }
+        Err(refused) => refused.into_response(),
+    }
+}
+
+async fn withdraw(State(tracker): State<SharedTracker>, body: axum::body::Bytes) -> Response {
+    match parse::<vbus_sync::peer::WithdrawRequest>(&body) {
+        Ok(r) => {
+            tracker_call(move || tracker.withdraw(&r.id, &r.dataset, &r.version, &r.path)).await
+        }
+        Err(refused) => refused.into_response(),
+    }
+}
+
+async fn leave(State(tracker): State<SharedTracker>, body: axum::body::Bytes) -> Response {
+    match parse::<vbus_sync::peer::LeaveRequest>(&body) {
+        Ok(r) => tracker_call(move || tracker.leave(&r.id)).await,
+        Err(refused) => refused.into_response(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HoldersQuery {
+    dataset: String,
+    version: String,
+    path: String,
+}
+
+async fn holders(
+    State(tracker): State<SharedTracker>,
+    Query(query): Query<HoldersQuery>,
+) -> Json<Vec<vbus_sync::Agent>> {
+    Json(tracker.holders(&query.dataset, &query.version, &query.path))
+}
+
+async fn agents(State(tracker): State<SharedTracker>) -> Json<serde_json::Value> {
+    let agents: Vec<_> = tracker
+        .agents()
+        .into_iter()
+        .map(|(agent, alive)| json!({ "id": agent.id, "addr": agent.addr, "load": agent.load, "alive": alive }))
+        .collect();
+    Json(json!(agents))
+}

@@ -1,0 +1,369 @@
+//! The BUS end to end: a tracker and several daemons (agents), each its own process with its own
+//! home, on loopback, sharing one master directory.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rustix::process::Signal;
+use serde_json::Value as Json;
+
+use crate::support::{Daemon, http_raw, run_ok, vbus};
+
+const TOKEN: &str = "cluster-token-0123456789";
+
+/// A file of `n` pseudo-random bytes.
+fn random_bytes(seed: u64, n: usize) -> Vec<u8> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut bytes = vec![0u8; n];
+    rng.fill(&mut bytes);
+    bytes
+}
+
+/// Writes `n_files` files of `file_bytes` under `master/dataset`; returns path → bytes.
+fn write_dataset(
+    master: &Path,
+    dataset: &str,
+    n_files: usize,
+    file_bytes: usize,
+) -> BTreeMap<String, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    for idx in 0..n_files {
+        let path = format!("shard-{idx:02}.bin");
+        let bytes = random_bytes(idx as u64 + 1, file_bytes + idx * 4099);
+        let full = master.join(dataset).join(&path);
+        std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+        std::fs::write(&full, &bytes).unwrap();
+        files.insert(path, bytes);
+    }
+    files
+}
+
+/// An initialised home whose daemon joins `tracker` with the shared `master`.
+fn agent_home(root: &Path, name: &str, master: &Path, tracker: &str) -> PathBuf {
+    let home = root.join(name);
+    run_ok(&home, &["init"]);
+    let config_path = home.join("CONFIG/vbus_config.json");
+    let mut config: Json =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    let bus = &mut config["bus_config"];
+    bus["master_db"] = Json::String(master.display().to_string());
+    bus["tracker"] = Json::String(tracker.to_owned());
+    bus["cluster_token"] = Json::String(TOKEN.to_owned());
+    bus["agent_id"] = Json::String(name.to_owned());
+    std::fs::write(&config_path, serde_json::to_string_pretty(&config).unwrap()).unwrap();
+    home
+}
+
+/// `vbus tracker` on a free port (or `port`), its state in `home`.
+fn start_tracker(home: &Path, port: u16) -> Daemon {
+    std::fs::create_dir_all(home).unwrap();
+    Daemon::start_with(
+        home,
+        &[
+            "tracker",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--token",
+            TOKEN,
+        ],
+    )
+}
+
+fn post_json(addr: &str, path: &str, body: &Json) -> (u16, Json) {
+    let (status, text) = http_raw(
+        addr,
+        "POST",
+        path,
+        &[("Content-Type", "application/json")],
+        body.to_string().as_bytes(),
+    );
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Json::String(text)),
+    )
+}
+
+fn pull(agent: &Daemon, dataset: &str) -> Json {
+    pull_at(&agent.addr, dataset)
+}
+
+fn pull_at(addr: &str, dataset: &str) -> Json {
+    let (status, report) = post_json(
+        addr,
+        "/v1/sync/pull",
+        &serde_json::json!({ "dataset": dataset }),
+    );
+    assert_eq!(status, 200, "pull on {addr}: {report}");
+    report
+}
+
+/// The holders the tracker names for one file.
+fn holders(tracker: &str, dataset: &str, version: &str, path: &str) -> Vec<String> {
+    let auth = format!("Bearer {TOKEN}");
+    let (status, text) = http_raw(
+        tracker,
+        "GET",
+        &format!("/v1/tracker/holders?dataset={dataset}&version={version}&path={path}"),
+        &[("Authorization", auth.as_str())],
+        &[],
+    );
+    assert_eq!(status, 200, "{text}");
+    let holders: Json = serde_json::from_str(&text).unwrap();
+    holders
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|agent| agent["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Waits until the tracker names `want` holders of `path`.
+fn wait_for_holders(tracker: &str, dataset: &str, version: &str, path: &str, want: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = holders(tracker, dataset, version, path);
+        if now.len() >= want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the tracker names {now:?} for {path}, want {want}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Every file of the dataset in `home`'s L3 equals the master's, byte for byte.
+fn assert_holds(home: &Path, dataset: &str, files: &BTreeMap<String, Vec<u8>>) {
+    for (path, bytes) in files {
+        let held = std::fs::read(home.join("CACHE/L3_DISK").join(dataset).join(path))
+            .unwrap_or_else(|err| panic!("{}: {path}: {err}", home.display()));
+        assert!(
+            held == *bytes,
+            "{}: {path} differs from the master",
+            home.display()
+        );
+    }
+}
+
+fn as_u64(report: &Json, key: &str) -> u64 {
+    report[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} in {report}"))
+}
+
+#[test]
+fn four_agents_pull_one_dataset_and_the_master_serves_it_about_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = dir.path().join("master");
+    let files = write_dataset(&master, "ds", 8, 8 << 20);
+    let total: u64 = files.values().map(|b| b.len() as u64).sum();
+    let tracker = start_tracker(&dir.path().join("tracker"), 0);
+    let homes: Vec<PathBuf> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|name| agent_home(dir.path(), name, &master, &tracker.addr))
+        .collect();
+    let agents: Vec<Daemon> = homes.iter().map(|home| Daemon::start(home)).collect();
+
+    // Record a version of the master's `ds`, by the CLI.
+    let pushed = run_ok(
+        &homes[0],
+        &["--addr", &agents[0].addr, "sync", "push", "ds"],
+    );
+    let version = pushed
+        .stdout
+        .split_whitespace()
+        .next()
+        .and_then(|spec| spec.split_once('@'))
+        .map(|(_, version)| version.trim_end_matches(':').to_owned())
+        .unwrap_or_else(|| panic!("push printed {:?}", pushed.stdout));
+
+    // The first agent has no peer: everything from the master.
+    let first = pull(&agents[0], "ds");
+    assert_eq!(as_u64(&first, "bytes_from_origin"), total, "{first}");
+    assert_eq!(first["version"], version.as_str());
+    let first_path = files.keys().next().unwrap();
+    wait_for_holders(&tracker.addr, "ds", &version, first_path, 1);
+
+    // The other three at once: from the first agent, and from each other.
+    let reports: Vec<Json> = std::thread::scope(|scope| {
+        let handles: Vec<_> = agents[1..]
+            .iter()
+            .map(|agent| {
+                let addr = agent.addr.as_str();
+                scope.spawn(move || pull_at(addr, "ds"))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    eprintln!("first pull: {first}\nthe next three: {reports:#?}");
+    let mut egress = as_u64(&first, "bytes_from_origin");
+    for report in &reports {
+        assert_eq!(
+            as_u64(report, "bytes_from_peers") + as_u64(report, "bytes_from_origin"),
+            total,
+            "{report}"
+        );
+        assert_eq!(as_u64(report, "pieces_rejected"), 0, "{report}");
+        egress += as_u64(report, "bytes_from_origin");
+    }
+    assert!(
+        egress as f64 <= 1.25 * total as f64,
+        "the master served {egress} bytes for a {total}-byte dataset: {reports:?}"
+    );
+    for home in &homes {
+        assert_holds(home, "ds", &files);
+    }
+    // A second pull fetches nothing.
+    let again = pull(&agents[1], "ds");
+    assert_eq!(
+        as_u64(&again, "files_skipped"),
+        files.len() as u64,
+        "{again}"
+    );
+    // Status, by the CLI.
+    let status = run_ok(&homes[3], &["--addr", &agents[3].addr, "sync", "status"]);
+    assert!(status.stdout.contains(&version), "{}", status.stdout);
+}
+
+#[test]
+fn pulls_survive_a_dead_peer_a_corrupt_peer_and_a_tracker_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = dir.path().join("master");
+    let files = write_dataset(&master, "ds", 4, 6 << 20);
+    let tracker_home = dir.path().join("tracker");
+    let mut tracker = start_tracker(&tracker_home, 0);
+    let tracker_addr = tracker.addr.clone();
+    let port: u16 = tracker_addr.rsplit(':').next().unwrap().parse().unwrap();
+    let homes: Vec<PathBuf> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|name| agent_home(dir.path(), name, &master, &tracker_addr))
+        .collect();
+    let agents: Vec<Daemon> = homes.iter().map(|home| Daemon::start(home)).collect();
+    let (status, pushed) = post_json(
+        &agents[0].addr,
+        "/v1/sync/push",
+        &serde_json::json!({ "dataset": "ds" }),
+    );
+    assert_eq!(status, 200, "{pushed}");
+    let version = pushed["version"].as_str().unwrap().to_owned();
+    let first_path = files.keys().next().unwrap().clone();
+
+    // a pulls from the master, c from a.
+    pull(&agents[0], "ds");
+    wait_for_holders(&tracker_addr, "ds", &version, &first_path, 1);
+    pull(&agents[2], "ds");
+    wait_for_holders(&tracker_addr, "ds", &version, &first_path, 2);
+
+    // c's copy of the first file goes bad on disk; a is killed as b starts pulling.
+    let on_c = homes[2].join("CACHE/L3_DISK/ds").join(&first_path);
+    let mut bytes = std::fs::read(&on_c).unwrap();
+    // Both of its pieces: whichever b asks c for is damaged.
+    bytes[1000] ^= 0xff;
+    bytes[(4 << 20) + 1000] ^= 0xff;
+    std::fs::write(&on_c, &bytes).unwrap();
+    let report = std::thread::scope(|scope| {
+        let b = agents[1].addr.as_str();
+        let pulling = scope.spawn(move || pull_at(b, "ds"));
+        std::thread::sleep(Duration::from_millis(20));
+        agents[0].signal(Signal::KILL);
+        pulling.join().unwrap()
+    });
+    eprintln!("b, with a killed and c damaged: {report}");
+    assert_holds(&homes[1], "ds", &files);
+    assert!(
+        as_u64(&report, "pieces_rejected") >= 1,
+        "c's damaged piece was not caught: {report}"
+    );
+    // c's damaged copy was withdrawn at the tracker.
+    let named = holders(&tracker_addr, "ds", &version, &first_path);
+    assert!(
+        !named.contains(&"c".to_owned()),
+        "the tracker still names c: {named:?}"
+    );
+
+    // The tracker is killed and restarted on its port while d pulls; the pull finishes and the
+    // agents are known again.
+    let report = std::thread::scope(|scope| {
+        let d = agents[3].addr.as_str();
+        let pulling = scope.spawn(move || pull_at(d, "ds"));
+        tracker.signal(Signal::KILL);
+        let _ = tracker.wait();
+        tracker = start_tracker(&tracker_home, port);
+        pulling.join().unwrap()
+    });
+    eprintln!("d, across a tracker restart: {report}");
+    assert_holds(&homes[3], "ds", &files);
+    let total: u64 = files.values().map(|b| b.len() as u64).sum();
+    assert_eq!(
+        as_u64(&report, "bytes_from_peers") + as_u64(&report, "bytes_from_origin"),
+        total,
+        "{report}"
+    );
+    wait_for_holders(
+        &tracker.addr,
+        "ds",
+        &version,
+        &files.keys().nth(1).unwrap().clone(),
+        2,
+    );
+    drop(agents);
+}
+
+#[test]
+fn peer_routes_need_the_cluster_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = dir.path().join("master");
+    write_dataset(&master, "ds", 1, 1000);
+    let tracker = start_tracker(&dir.path().join("tracker"), 0);
+    let home = agent_home(dir.path(), "a", &master, &tracker.addr);
+    let agent = Daemon::start(&home);
+    let (status, body) = http_raw(
+        &agent.addr,
+        "GET",
+        "/v1/bus/files/ds/shard-00.bin?blake3=00&offset=0&len=1",
+        &[],
+        &[],
+    );
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = http_raw(
+        &tracker.addr,
+        "GET",
+        "/v1/tracker/agents",
+        &[("Authorization", "Bearer wrong-token-0123456789")],
+        &[],
+    );
+    assert_eq!(status, 401, "{body}");
+    // With the token, a file not held is a 404, not bytes.
+    let auth = format!("Bearer {TOKEN}");
+    let (status, body) = http_raw(
+        &agent.addr,
+        "GET",
+        "/v1/bus/files/ds/shard-00.bin?blake3=00&offset=0&len=1",
+        &[("Authorization", auth.as_str())],
+        &[],
+    );
+    assert_eq!(status, 404, "{body}");
+    // A home without a cluster refuses peers, and a tracker without a token is refused.
+    let lone = dir.path().join("lone");
+    run_ok(&lone, &["init"]);
+    let lone_daemon = Daemon::start(&lone);
+    let (status, body) = http_raw(
+        &lone_daemon.addr,
+        "GET",
+        "/v1/bus/files/ds/x?blake3=00&offset=0&len=1",
+        &[("Authorization", auth.as_str())],
+        &[],
+    );
+    assert_eq!(status, 403, "{body}");
+    let refused = crate::support::run(vbus(&lone).env_remove("VBUS_CLUSTER_TOKEN").args([
+        "tracker",
+        "--listen",
+        "127.0.0.1:0",
+    ]));
+    assert!(
+        !refused.success && refused.stderr.contains("cluster token"),
+        "{refused:?}"
+    );
+}
