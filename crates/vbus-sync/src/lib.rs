@@ -15,11 +15,13 @@
 pub mod manifest;
 pub mod origin;
 pub mod peer;
+pub mod rate;
 pub mod swarm;
 pub mod tracker;
 
 pub use manifest::{FileEntry, Manifest, ManifestError, PIECE_BYTES_DEFAULT};
 pub use origin::{DirOrigin, LATEST, PullError, PullReport, pull};
 pub use peer::{Http, PeerError, TrackerClient};
+pub use rate::RateLimiter;
 pub use swarm::{Sink, Swarm, SwarmReport, pull_swarm};
 pub use tracker::{Agent, Tracker, TrackerError};

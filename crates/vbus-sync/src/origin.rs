@@ -10,6 +10,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::manifest::{self, Manifest, ManifestError};
+use crate::rate::RateLimiter;
 
 /// What can go wrong in a pull.
 #[derive(Debug, thiserror::Error)]
@@ -38,12 +39,24 @@ pub enum PullError {
 #[derive(Debug, Clone)]
 pub struct DirOrigin {
     root: PathBuf,
+    /// A limit on the bytes of pieces read from it (its egress), shared by its clones.
+    egress: Option<std::sync::Arc<RateLimiter>>,
 }
 
 impl DirOrigin {
     /// The origin at `root`.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self {
+            root: root.into(),
+            egress: None,
+        }
+    }
+
+    /// The same origin with its piece reads limited by `limiter` (as a remote master's
+    /// bandwidth would be).
+    pub fn with_egress_limit(mut self, limiter: std::sync::Arc<RateLimiter>) -> Self {
+        self.egress = Some(limiter);
+        self
     }
 
     fn dataset_dir(&self, dataset: &str) -> PathBuf {
@@ -140,6 +153,10 @@ impl DirOrigin {
         file: &manifest::FileEntry,
         index: usize,
     ) -> Result<Vec<u8>, ManifestError> {
+        crate::rate::acquire(
+            self.egress.as_deref(),
+            manifest::piece_len(file.size_bytes, manifest.piece_bytes, index),
+        );
         manifest::read_piece(
             &self.dataset_dir(&manifest.dataset).join(&file.path),
             manifest.piece_bytes,

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::manifest::{FileEntry, Manifest, ManifestError, piece_len};
 use crate::origin::{DirOrigin, PullError};
 use crate::peer::{Http, TrackerClient, fetch_range};
+use crate::rate::{self, RateLimiter};
 use crate::tracker::Agent;
 
 /// Where pulled files go: the L3 store itself, or a cache over it (which must drop its memory
@@ -72,6 +73,8 @@ pub struct Swarm<'a> {
     pub self_id: &'a str,
     /// Pieces fetched at once (at least 1).
     pub workers: usize,
+    /// This agent's download limit, shared by every piece it fetches.
+    pub download: Option<&'a RateLimiter>,
 }
 
 /// What a swarm pull did.
@@ -238,6 +241,7 @@ fn fetch_piece(
 ) -> Result<Vec<u8>, PullError> {
     let offset = index as u64 * manifest.piece_bytes;
     let len = piece_len(file.size_bytes, manifest.piece_bytes, index);
+    rate::acquire(swarm.download, len);
     let is_skipped = |id: &str| {
         skipped
             .lock()

@@ -27,6 +27,8 @@ pub const CHECKPOINTS_RETAINED_MAX: u32 = 64;
 pub const API_TOKEN_LEN_MIN: usize = 16;
 /// Longest accepted API token, in bytes.
 pub const API_TOKEN_LEN_MAX: usize = 4096;
+/// The largest upload or download limit accepted (1 TB/s; 0 means no limit).
+pub const RATE_BYTES_PER_SECOND_MAX: u64 = 1_000_000_000_000;
 /// Largest number of repositories in `bus_config.repositories`.
 pub const REPOSITORIES_MAX: usize = 1024;
 
@@ -242,6 +244,11 @@ pub struct BusConfig {
     pub advertise: String,
     /// Pieces a pull fetches at once, 1 to 64. Default 4.
     pub pull_workers: u32,
+    /// This agent's upload limit to peers, bytes per second; 0 (the default) means none.
+    pub upload_bytes_per_second: u64,
+    /// This agent's download limit (peers and master together), bytes per second; 0 (the
+    /// default) means none.
+    pub download_bytes_per_second: u64,
 }
 
 impl Default for BusConfig {
@@ -257,6 +264,8 @@ impl Default for BusConfig {
             agent_id: String::new(),
             advertise: String::new(),
             pull_workers: 4,
+            upload_bytes_per_second: 0,
+            download_bytes_per_second: 0,
         }
     }
 }
@@ -535,6 +544,18 @@ impl Config {
             64,
             "pieces",
         )?;
+        for (key, value) in [
+            (
+                "bus_config.upload_bytes_per_second",
+                bus.upload_bytes_per_second,
+            ),
+            (
+                "bus_config.download_bytes_per_second",
+                bus.download_bytes_per_second,
+            ),
+        ] {
+            check_range(key, value, 0, RATE_BYTES_PER_SECOND_MAX, "bytes per second")?;
+        }
         if let Some(token) = &bus.cluster_token {
             let token_ok = (API_TOKEN_LEN_MIN..=API_TOKEN_LEN_MAX).contains(&token.len())
                 && token.chars().all(|c| c.is_ascii_graphic());

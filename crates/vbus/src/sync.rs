@@ -58,6 +58,10 @@ pub(crate) struct BusAgent {
     pub(crate) tracker: Option<TrackerClient>,
     pub(crate) origin: DirOrigin,
     pub(crate) workers: usize,
+    /// `bus_config.upload_bytes_per_second`, over every range served to peers.
+    upload: Option<vbus_sync::RateLimiter>,
+    /// `bus_config.download_bytes_per_second`, over every piece pulled.
+    download: Option<vbus_sync::RateLimiter>,
     holdings_path: PathBuf,
     holdings: Mutex<BTreeMap<String, Holding>>,
     /// Byte ranges being served to peers now (the load the tracker orders holders by).
@@ -113,6 +117,8 @@ impl BusAgent {
             tracker,
             origin,
             workers: bus.pull_workers as usize,
+            upload: vbus_sync::RateLimiter::new(bus.upload_bytes_per_second),
+            download: vbus_sync::RateLimiter::new(bus.download_bytes_per_second),
             holdings_path,
             holdings: Mutex::new(holdings),
             uploads: AtomicU32::new(0),
@@ -363,6 +369,7 @@ async fn serve_range(
                 ),
             ));
         }
+        vbus_sync::rate::acquire(state.bus.upload.as_ref(), query.len);
         let mut bytes = Vec::with_capacity(query.len as usize);
         let read = reader
             .seek(SeekFrom::Start(query.offset))
@@ -417,6 +424,7 @@ async fn pull(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -> Re
             http: &bus.http,
             self_id: &bus.id,
             workers: bus.workers,
+            download: bus.download.as_ref(),
         };
         let report = vbus_sync::pull_swarm(
             &manifest,

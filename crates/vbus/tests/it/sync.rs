@@ -367,3 +367,63 @@ fn peer_routes_need_the_cluster_token() {
         "{refused:?}"
     );
 }
+
+/// Sets `bus_config.KEY` in `home`'s config.
+fn set_bus_key(home: &Path, key: &str, value: Json) {
+    let config_path = home.join("CONFIG/vbus_config.json");
+    let mut config: Json =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    config["bus_config"][key] = value;
+    std::fs::write(&config_path, serde_json::to_string_pretty(&config).unwrap()).unwrap();
+}
+
+#[test]
+fn upload_and_download_limits_pace_pulls() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = dir.path().join("master");
+    let files = write_dataset(&master, "ds", 2, 8_000_000);
+    let total: u64 = files.values().map(|b| b.len() as u64).sum();
+    let tracker = start_tracker(&dir.path().join("tracker"), 0);
+    let homes: Vec<PathBuf> = ["a", "b", "c"]
+        .iter()
+        .map(|name| agent_home(dir.path(), name, &master, &tracker.addr))
+        .collect();
+    // a serves peers at 8 MB/s; c downloads at 8 MB/s.
+    set_bus_key(
+        &homes[0],
+        "upload_bytes_per_second",
+        Json::from(8_000_000u64),
+    );
+    set_bus_key(
+        &homes[2],
+        "download_bytes_per_second",
+        Json::from(8_000_000u64),
+    );
+    let agents: Vec<Daemon> = homes.iter().map(|home| Daemon::start(home)).collect();
+    let (status, pushed) = post_json(
+        &agents[0].addr,
+        "/v1/sync/push",
+        &serde_json::json!({ "dataset": "ds" }),
+    );
+    assert_eq!(status, 200, "{pushed}");
+    let version = pushed["version"].as_str().unwrap().to_owned();
+    pull(&agents[0], "ds");
+    for path in files.keys() {
+        wait_for_holders(&tracker.addr, "ds", &version, path, 1);
+    }
+    let floor = total as f64 / 8_000_000.0 * 0.9;
+    // b from a, paced by a's upload limit.
+    let from_a = pull(&agents[1], "ds");
+    assert_eq!(as_u64(&from_a, "bytes_from_peers"), total, "{from_a}");
+    let seconds = from_a["seconds"].as_f64().unwrap();
+    assert!(seconds >= floor, "{total} bytes at 8 MB/s took {seconds} s");
+    // c, paced by its own download limit.
+    let paced = pull(&agents[2], "ds");
+    let seconds = paced["seconds"].as_f64().unwrap();
+    assert!(
+        seconds >= floor,
+        "{total} bytes at 8 MB/s took {seconds} s: {paced}"
+    );
+    assert_holds(&homes[1], "ds", &files);
+    assert_holds(&homes[2], "ds", &files);
+}
