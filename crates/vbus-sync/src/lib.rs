@@ -24,4 +24,4 @@ pub use origin::{DirOrigin, LATEST, PullError, PullReport, pull};
 pub use peer::{Http, PeerError, TrackerClient};
 pub use rate::RateLimiter;
 pub use swarm::{Sink, Swarm, SwarmReport, pull_swarm};
-pub use tracker::{Agent, Tracker, TrackerError};
+pub use tracker::{Agent, Availability, Tracker, TrackerError};

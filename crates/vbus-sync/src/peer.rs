@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::tracker::Agent;
+use crate::tracker::{Agent, Availability};
 
 /// The largest JSON answer read from a tracker.
 const JSON_BYTES_MAX: u64 = 16 << 20;
@@ -201,6 +201,20 @@ pub struct WithdrawRequest {
     pub path: String,
 }
 
+/// `claim`'s body: one file the agent starts fetching.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimRequest {
+    /// The agent.
+    pub id: String,
+    /// The dataset.
+    pub dataset: String,
+    /// Its version.
+    pub version: String,
+    /// The file.
+    pub path: String,
+}
+
 /// `leave`'s body.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -294,6 +308,44 @@ impl TrackerClient {
                 path: path.to_owned(),
             },
         )
+    }
+
+    /// Says that `id` starts fetching one file.
+    pub fn claim(
+        &self,
+        id: &str,
+        dataset: &str,
+        version: &str,
+        path: &str,
+    ) -> Result<(), PeerError> {
+        self.post(
+            "claim",
+            &ClaimRequest {
+                id: id.to_owned(),
+                dataset: dataset.to_owned(),
+                version: version.to_owned(),
+                path: path.to_owned(),
+            },
+        )
+    }
+
+    /// Holders and fetchers of every file of a version someone holds or fetches.
+    pub fn availability(
+        &self,
+        dataset: &str,
+        version: &str,
+    ) -> Result<Vec<Availability>, PeerError> {
+        let url = format!(
+            "{}/v1/tracker/availability?dataset={}&version={}",
+            self.base,
+            encode(dataset, false),
+            encode(version, false)
+        );
+        let body = self.http.get(&url, JSON_BYTES_MAX)?;
+        serde_json::from_slice(&body).map_err(|err| PeerError::BadAnswer {
+            url,
+            why: err.to_string(),
+        })
     }
 
     /// Leaves the cluster.

@@ -2,8 +2,10 @@
 //! limiter (an agent's uploads, or its downloads).
 //!
 //! Each transfer reserves the next `n / rate` seconds of the limiter's timeline and waits until
-//! its reservation ends, so over any stretch the bytes let through never exceed the rate times
-//! the time since the first reservation (no credit is saved up while idle).
+//! its reservation starts, so over any stretch the bytes let through never exceed the rate times
+//! the time since the first reservation plus one transfer (no credit is saved up while idle).
+//! Waiting for the start, not the end, lets limits in series (a peer's upload, this agent's
+//! download) pace a transfer together rather than one after the other.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -37,7 +39,7 @@ impl RateLimiter {
             let mut free_at = self.free_at.lock().unwrap_or_else(|p| p.into_inner());
             let start = (*free_at).max(Instant::now());
             *free_at = start + span;
-            *free_at
+            start
         };
         let now = Instant::now();
         if until > now {
@@ -64,7 +66,8 @@ mod tests {
 
     #[test]
     fn concurrent_transfers_share_the_rate() {
-        // 4 threads × 5 × 50 KB = 1 MB at 2 MB/s: at least half a second, whatever the threads.
+        // 4 threads × 5 × 50 KB = 1 MB at 2 MB/s: the last 50 KB start at least 475 ms in,
+        // whatever the threads.
         let limiter = RateLimiter::new(2_000_000).unwrap();
         let started = Instant::now();
         std::thread::scope(|scope| {
@@ -78,7 +81,7 @@ mod tests {
         });
         let elapsed = started.elapsed();
         assert!(
-            elapsed >= Duration::from_millis(490),
+            elapsed >= Duration::from_millis(470),
             "1 MB passed a 2 MB/s limit in {elapsed:?}"
         );
     }

@@ -5,7 +5,10 @@
 //! that sends a piece that fails verification is skipped too and its copy is withdrawn at the
 //! tracker (flagged: no one is sent to it for that file again until it announces it anew).
 //! Files are written in order through the store's staged writer and published atomically when
-//! whole; then the agent announces every file of the version it holds.
+//! whole, and each is announced as soon as it is published (peers may fetch it from here while
+//! the pull goes on); at the end the agent announces every file of the version it holds. Agents
+//! start at different files (by a hash of their id) and prefer files a peer already holds, so
+//! that the origin serves each file about once.
 
 use std::collections::HashSet;
 use std::io::Write as _;
@@ -112,27 +115,60 @@ pub fn pull_swarm(
     origin: &DirOrigin,
     sink: &dyn Sink,
     swarm: Swarm<'_>,
-    mut progress: impl FnMut(u64),
+    progress: &(dyn Fn(u64) + Sync),
 ) -> Result<SwarmReport, PullError> {
     let counters = Counters::default();
     let mut report = SwarmReport::default();
+    let mut wanted: Vec<&FileEntry> = Vec::new();
     for file in &manifest.files {
         let held = sink.held(&manifest.dataset, &file.path)?;
         if held.is_some_and(|(size, hash)| size == file.size_bytes && hash == file.blake3) {
             report.files_skipped += 1;
-            continue;
+        } else {
+            wanted.push(file);
         }
-        pull_file(
-            manifest,
-            file,
-            origin,
-            sink,
-            swarm,
-            &counters,
-            &mut progress,
-        )?;
-        report.files_fetched += 1;
     }
+    // Agents start at different files (by their id), so that early on they fetch different
+    // files from the origin and then have something to give each other.
+    if !wanted.is_empty() {
+        let start =
+            (blake3::hash(swarm.self_id.as_bytes()).as_bytes()[0] as usize * wanted.len()) / 256;
+        wanted.rotate_left(start);
+    }
+    let wanted = Mutex::new(wanted);
+    let fetched = AtomicU64::new(0);
+    let failure: Mutex<Option<PullError>> = Mutex::new(None);
+    // Two tracks with a tracker: one fetches what no one has yet from the origin, the other
+    // what peers already hold, so the origin and the peers are both kept busy.
+    let tracks: &[Track] = if swarm.tracker.is_some() {
+        &[Track::OriginFirst, Track::PeersOnly]
+    } else {
+        &[Track::OriginFirst]
+    };
+    std::thread::scope(|scope| {
+        for &track in tracks {
+            let (wanted, fetched, failure, counters) = (&wanted, &fetched, &failure, &counters);
+            scope.spawn(move || {
+                let run = || -> Result<(), PullError> {
+                    while let Some(file) = next_file(manifest, wanted, track, swarm, counters) {
+                        if lock(failure).is_some() {
+                            return Ok(());
+                        }
+                        fetch_file(manifest, file, origin, sink, swarm, counters, progress)?;
+                        fetched.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(())
+                };
+                if let Err(err) = run() {
+                    lock(failure).get_or_insert(err);
+                }
+            });
+        }
+    });
+    if let Some(err) = failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(err);
+    }
+    report.files_fetched = fetched.into_inner() as usize;
     if let Some(tracker) = swarm.tracker {
         let paths = manifest.files.iter().map(|f| f.path.clone()).collect();
         if let Err(err) =
@@ -150,29 +186,152 @@ pub fn pull_swarm(
     Ok(report)
 }
 
-fn pull_file(
+/// How long a track waits for files that others are fetching from the origin before it
+/// fetches one from the origin itself.
+const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// What a pull thread prefers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Track {
+    /// A file no one holds or fetches (from the origin), else one a peer holds, else wait for
+    /// one being fetched.
+    OriginFirst,
+    /// Only files a peer holds; waits for them.
+    PeersOnly,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Takes the next file for `track` out of `wanted`; `None` when none is left. Without a tracker,
+/// simply the next one.
+fn next_file<'m>(
+    manifest: &Manifest,
+    wanted: &Mutex<Vec<&'m FileEntry>>,
+    track: Track,
+    swarm: Swarm<'_>,
+    counters: &Counters,
+) -> Option<&'m FileEntry> {
+    let Some(tracker) = swarm.tracker else {
+        let mut wanted = lock(wanted);
+        return (!wanted.is_empty()).then(|| wanted.remove(0));
+    };
+    let deadline = std::time::Instant::now() + CLAIM_WAIT;
+    loop {
+        if lock(wanted).is_empty() {
+            return None;
+        }
+        let availability = match tracker.availability(&manifest.dataset, &manifest.version) {
+            Ok(availability) => availability,
+            Err(err) => {
+                tracing::debug!(error = %err, "no availability from the tracker");
+                counters.tracker_errors.fetch_add(1, Ordering::Relaxed);
+                Vec::new()
+            }
+        };
+        let of = |path: &str| {
+            availability
+                .binary_search_by(|a| a.path.as_str().cmp(path))
+                .ok()
+                .map_or((0, 0), |at| {
+                    (availability[at].holders, availability[at].fetchers)
+                })
+        };
+        let mut wanted = lock(wanted);
+        let held = wanted.iter().position(|file| of(&file.path).0 > 0);
+        let free = wanted.iter().position(|file| of(&file.path) == (0, 0));
+        let pick = match track {
+            Track::OriginFirst => free.or(held),
+            Track::PeersOnly => held,
+        }
+        .or_else(|| (std::time::Instant::now() >= deadline && !wanted.is_empty()).then_some(0));
+        if let Some(at) = pick {
+            let file = wanted.remove(at);
+            drop(wanted);
+            if of(&file.path).0 == 0
+                && tracker
+                    .claim(
+                        swarm.self_id,
+                        &manifest.dataset,
+                        &manifest.version,
+                        &file.path,
+                    )
+                    .is_err()
+            {
+                counters.tracker_errors.fetch_add(1, Ordering::Relaxed);
+            }
+            return Some(file);
+        }
+        drop(wanted);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// One file: from its holders and the origin, published, then announced at once (peers may
+/// fetch it from here while this pull goes on).
+fn fetch_file(
     manifest: &Manifest,
     file: &FileEntry,
     origin: &DirOrigin,
     sink: &dyn Sink,
     swarm: Swarm<'_>,
     counters: &Counters,
-    progress: &mut impl FnMut(u64),
+    progress: &(dyn Fn(u64) + Sync),
 ) -> Result<(), PullError> {
-    let holders: Vec<Agent> = match swarm.tracker {
-        Some(tracker) => match tracker.holders(&manifest.dataset, &manifest.version, &file.path) {
-            Ok(holders) => holders
+    let holders = holders_of(manifest, file, swarm, counters).unwrap_or_default();
+    pull_file(
+        manifest, file, &holders, origin, sink, swarm, counters, progress,
+    )?;
+    if let Some(tracker) = swarm.tracker
+        && let Err(err) = tracker.announce(
+            swarm.self_id,
+            &manifest.dataset,
+            &manifest.version,
+            vec![file.path.clone()],
+        )
+    {
+        tracing::debug!(error = %err, "cannot announce {}", file.path);
+        counters.tracker_errors.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// The live holders of `file` other than this agent; `None` without a tracker, or when the
+/// tracker does not answer.
+fn holders_of(
+    manifest: &Manifest,
+    file: &FileEntry,
+    swarm: Swarm<'_>,
+    counters: &Counters,
+) -> Option<Vec<Agent>> {
+    let tracker = swarm.tracker?;
+    match tracker.holders(&manifest.dataset, &manifest.version, &file.path) {
+        Ok(holders) => Some(
+            holders
                 .into_iter()
                 .filter(|agent| agent.id != swarm.self_id)
                 .collect(),
-            Err(err) => {
-                tracing::warn!(error = %err, "no holders from the tracker; using the origin");
-                counters.tracker_errors.fetch_add(1, Ordering::Relaxed);
-                Vec::new()
-            }
-        },
-        None => Vec::new(),
-    };
+        ),
+        Err(err) => {
+            tracing::warn!(error = %err, "no holders from the tracker; using the origin");
+            counters.tracker_errors.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn pull_file(
+    manifest: &Manifest,
+    file: &FileEntry,
+    holders: &[Agent],
+    origin: &DirOrigin,
+    sink: &dyn Sink,
+    swarm: Swarm<'_>,
+    counters: &Counters,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<(), PullError> {
     // Peers not to ask again for this file.
     let skipped: Mutex<HashSet<String>> = Mutex::new(HashSet::new());
     let stage_error = |source| PullError::Stage {
@@ -188,7 +347,7 @@ fn pull_file(
             let handles: Vec<_> = window
                 .clone()
                 .map(|index| {
-                    let (holders, skipped) = (&holders, &skipped);
+                    let skipped = &skipped;
                     scope.spawn(move || {
                         fetch_piece(
                             manifest, file, index, holders, skipped, origin, swarm, counters,

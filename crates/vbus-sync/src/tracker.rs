@@ -100,6 +100,21 @@ struct Persisted {
 struct Inner {
     persisted: Persisted,
     last_seen: HashMap<String, Instant>,
+    /// `dataset@version` → path → agents fetching it now (not persisted: a claim lapses when
+    /// its agent announces the file, leaves, or falls silent).
+    claims: HashMap<String, HashMap<String, BTreeSet<String>>>,
+}
+
+/// What the tracker knows of one file of a version, for an agent choosing what to fetch next.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Availability {
+    /// The file.
+    pub path: String,
+    /// Live agents holding it whole.
+    pub holders: u32,
+    /// Live agents fetching it now.
+    pub fetchers: u32,
 }
 
 /// The tracker's state, shared by its request handlers.
@@ -174,6 +189,7 @@ impl Tracker {
             inner: Mutex::new(Inner {
                 persisted,
                 last_seen,
+                claims: HashMap::new(),
             }),
         })
     }
@@ -263,11 +279,15 @@ impl Tracker {
             return Err(TrackerError::UnknownAgent(id.chars().take(64).collect()));
         }
         inner.last_seen.insert(id.to_owned(), Instant::now());
-        let files = inner
-            .persisted
-            .holdings
-            .entry(holding_key(dataset, version))
-            .or_default();
+        let key = holding_key(dataset, version);
+        if let Some(claims) = inner.claims.get_mut(&key) {
+            for path in paths {
+                if let Some(fetchers) = claims.get_mut(path) {
+                    fetchers.remove(id);
+                }
+            }
+        }
+        let files = inner.persisted.holdings.entry(key).or_default();
         let mut changed = false;
         for path in paths {
             changed |= files.entry(path.clone()).or_default().insert(id.to_owned());
@@ -307,12 +327,90 @@ impl Tracker {
             return Ok(());
         }
         inner.last_seen.remove(id);
+        for files in inner.claims.values_mut() {
+            for fetchers in files.values_mut() {
+                fetchers.remove(id);
+            }
+        }
         for files in inner.persisted.holdings.values_mut() {
             for holders in files.values_mut() {
                 holders.remove(id);
             }
         }
         self.save(&inner)
+    }
+
+    /// `id` is fetching `path` of `dataset@version` (until it announces it): others prefer
+    /// files no one is fetching, so that the origin serves each file about once.
+    pub fn claim(
+        &self,
+        id: &str,
+        dataset: &str,
+        version: &str,
+        path: &str,
+    ) -> Result<(), TrackerError> {
+        check_name("dataset", dataset)?;
+        check_name("version", version)?;
+        check_name("path", path)?;
+        let mut inner = self.lock();
+        if !inner.persisted.agents.contains_key(id) {
+            return Err(TrackerError::UnknownAgent(id.chars().take(64).collect()));
+        }
+        let files = inner
+            .claims
+            .entry(holding_key(dataset, version))
+            .or_default();
+        if !files.contains_key(path) && files.len() >= ANNOUNCE_PATHS_MAX {
+            return Err(TrackerError::TooMany {
+                what: "files being fetched in one version",
+                max: ANNOUNCE_PATHS_MAX,
+            });
+        }
+        files
+            .entry(path.to_owned())
+            .or_default()
+            .insert(id.to_owned());
+        Ok(())
+    }
+
+    /// For every file of `dataset@version` someone holds or fetches: how many live agents
+    /// hold it and how many fetch it.
+    pub fn availability(&self, dataset: &str, version: &str) -> Vec<Availability> {
+        let inner = self.lock();
+        let now = Instant::now();
+        let alive = |id: &String| {
+            inner
+                .last_seen
+                .get(id)
+                .is_some_and(|seen| now.duration_since(*seen) < AGENT_TTL)
+        };
+        let key = holding_key(dataset, version);
+        let mut out: BTreeMap<&str, Availability> = BTreeMap::new();
+        if let Some(files) = inner.persisted.holdings.get(&key) {
+            for (path, holders) in files {
+                let n = holders.iter().filter(|id| alive(id)).count() as u32;
+                out.entry(path.as_str())
+                    .or_insert_with(|| Availability {
+                        path: path.clone(),
+                        holders: 0,
+                        fetchers: 0,
+                    })
+                    .holders = n;
+            }
+        }
+        if let Some(files) = inner.claims.get(&key) {
+            for (path, fetchers) in files {
+                let n = fetchers.iter().filter(|id| alive(id)).count() as u32;
+                out.entry(path.as_str())
+                    .or_insert_with(|| Availability {
+                        path: path.clone(),
+                        holders: 0,
+                        fetchers: 0,
+                    })
+                    .fetchers = n;
+            }
+        }
+        out.into_values().collect()
     }
 
     /// The live agents holding `path` of `dataset@version`, least loaded first (ties in a
@@ -406,6 +504,34 @@ mod tests {
         drop(tracker);
         let tracker = Tracker::open(dir.path()).unwrap();
         assert_eq!(tracker.agents().len(), 1);
+    }
+
+    #[test]
+    fn claims_show_as_fetchers_until_the_file_is_announced() {
+        let dir = tempfile::tempdir().unwrap();
+        let tracker = Tracker::open(dir.path()).unwrap();
+        tracker.register("a", "127.0.0.1:1").unwrap();
+        tracker.register("b", "127.0.0.1:2").unwrap();
+        assert!(tracker.availability("ds", "v1").is_empty());
+        tracker.claim("a", "ds", "v1", "f1").unwrap();
+        tracker.claim("b", "ds", "v1", "f1").unwrap();
+        tracker.claim("b", "ds", "v1", "f2").unwrap();
+        let avail = |path: &str| {
+            let all = tracker.availability("ds", "v1");
+            all.into_iter()
+                .find(|a| a.path == path)
+                .map(|a| (a.holders, a.fetchers))
+        };
+        assert_eq!(avail("f1"), Some((0, 2)));
+        tracker.announce("a", "ds", "v1", &["f1".to_owned()]).unwrap();
+        assert_eq!(avail("f1"), Some((1, 1)));
+        tracker.leave("b").unwrap();
+        assert_eq!(avail("f1"), Some((1, 0)));
+        assert_eq!(avail("f2"), Some((0, 0)));
+        assert!(matches!(
+            tracker.claim("zz", "ds", "v1", "f1"),
+            Err(TrackerError::UnknownAgent(_))
+        ));
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod gpu;
 mod scan;
 mod state;
 mod store;
+mod sync;
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -19,7 +20,7 @@ use serde::Serialize;
 use crate::home::Home;
 
 /// The suites `vbus bench` knows, with one line each.
-pub const SUITES: [(&str, &str); 6] = [
+pub const SUITES: [(&str, &str); 7] = [
     (
         "api",
         "the daemon's HTTP API (64 connections, a large object) against the library in process",
@@ -43,6 +44,10 @@ pub const SUITES: [(&str, &str); 6] = [
     (
         "store",
         "the L3 store's writes, reads and reopen against plain std::fs",
+    ),
+    (
+        "sync",
+        "a dataset to several rate-limited agents, peer to peer against the master alone",
     ),
 ];
 
@@ -253,6 +258,7 @@ pub fn run<W: Write>(
         "scan" => scan::run(mode, home, reporter),
         "state" => state::run(mode, home, reporter),
         "store" => store::run(mode, home, reporter),
+        "sync" => sync::run(mode, home, reporter),
         "gpu" => gpu::run(mode, home, reporter),
         _ => {
             let known: Vec<&str> = SUITES.iter().map(|(name, _)| *name).collect();

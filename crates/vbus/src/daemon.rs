@@ -60,7 +60,12 @@ pub fn up(home: &Home, listen: Option<&str>) -> anyhow::Result<()> {
     let local_addr = listener
         .local_addr()
         .context("cannot read the bound address")?;
-    let bus = Arc::new(crate::sync::BusAgent::new(home, &config, local_addr)?);
+    let bus = Arc::new(crate::sync::BusAgent::new(
+        home,
+        &config,
+        local_addr,
+        tiers.cache.store().clone(),
+    )?);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

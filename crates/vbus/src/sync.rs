@@ -53,19 +53,16 @@ struct Holding {
 pub(crate) struct BusAgent {
     pub(crate) id: String,
     pub(crate) addr: String,
-    pub(crate) cluster_token: Option<String>,
     pub(crate) http: Http,
     pub(crate) tracker: Option<TrackerClient>,
     pub(crate) origin: DirOrigin,
     pub(crate) workers: usize,
-    /// `bus_config.upload_bytes_per_second`, over every range served to peers.
-    upload: Option<vbus_sync::RateLimiter>,
     /// `bus_config.download_bytes_per_second`, over every piece pulled.
     download: Option<vbus_sync::RateLimiter>,
     holdings_path: PathBuf,
     holdings: Mutex<BTreeMap<String, Holding>>,
-    /// Byte ranges being served to peers now (the load the tracker orders holders by).
-    uploads: AtomicU32,
+    /// What peers are served from.
+    pub(crate) peer: Arc<PeerFiles>,
     stop: AtomicBool,
 }
 
@@ -75,6 +72,7 @@ impl BusAgent {
         home: &Home,
         config: &crate::Config,
         listen: std::net::SocketAddr,
+        store: vbus_store::FileStore,
     ) -> anyhow::Result<Self> {
         let bus = &config.bus_config;
         let addr = if bus.advertise.is_empty() {
@@ -112,16 +110,18 @@ impl BusAgent {
         Ok(Self {
             id,
             addr,
-            cluster_token: bus.cluster_token.clone(),
             http,
             tracker,
             origin,
             workers: bus.pull_workers as usize,
-            upload: vbus_sync::RateLimiter::new(bus.upload_bytes_per_second),
             download: vbus_sync::RateLimiter::new(bus.download_bytes_per_second),
             holdings_path,
             holdings: Mutex::new(holdings),
-            uploads: AtomicU32::new(0),
+            peer: Arc::new(PeerFiles::new(
+                store,
+                bus.cluster_token.clone(),
+                bus.upload_bytes_per_second,
+            )),
             stop: AtomicBool::new(false),
         })
     }
@@ -202,9 +202,7 @@ impl BusAgent {
                     }
                     Err(err) => tracing::debug!(error = %err, "cannot register with the tracker"),
                 }
-            } else if let Err(err) =
-                tracker.heartbeat(&self.id, self.uploads.load(Ordering::Relaxed))
-            {
+            } else if let Err(err) = tracker.heartbeat(&self.id, self.peer.uploads_now()) {
                 if err.is_unknown_agent() {
                     registered = false;
                     continue;
@@ -291,7 +289,141 @@ pub(crate) fn is_peer_route(path: &str) -> bool {
 
 /// Checks the cluster token of a peer request.
 pub(crate) fn peer_authorised(state: &AppState, request: &Request) -> Result<(), ApiError> {
-    let Some(token) = &state.bus.cluster_token else {
+    state.bus.peer.authorise(request)
+}
+
+/// Byte ranges of the complete files of one store, served to peers that present the cluster
+/// token, counted (the load reported to the tracker) and paced by the upload limit.
+#[derive(Debug)]
+pub(crate) struct PeerFiles {
+    store: vbus_store::FileStore,
+    token: Option<String>,
+    /// Ranges being served now.
+    uploads: AtomicU32,
+    upload: Option<vbus_sync::RateLimiter>,
+}
+
+impl PeerFiles {
+    pub(crate) fn new(
+        store: vbus_store::FileStore,
+        token: Option<String>,
+        upload_bytes_per_second: u64,
+    ) -> Self {
+        Self {
+            store,
+            token,
+            uploads: AtomicU32::new(0),
+            upload: vbus_sync::RateLimiter::new(upload_bytes_per_second),
+        }
+    }
+
+    pub(crate) fn uploads_now(&self) -> u32 {
+        self.uploads.load(Ordering::Relaxed)
+    }
+
+    /// Checks the cluster token of a request.
+    pub(crate) fn authorise(&self, request: &Request) -> Result<(), ApiError> {
+        authorise_peer(self.token.as_deref(), request)
+    }
+
+    /// `len` bytes at `offset` of `dataset/path`, if held with hash `blake3`.
+    fn read_range(
+        &self,
+        dataset: &str,
+        path: &str,
+        query: &RangeQuery,
+    ) -> Result<Vec<u8>, ApiError> {
+        if query.len > RANGE_BYTES_MAX {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                format!("len {} is over {RANGE_BYTES_MAX}", query.len),
+            ));
+        }
+        self.uploads.fetch_add(1, Ordering::Relaxed);
+        let _upload = Upload(&self.uploads);
+        let not_held = || {
+            error(
+                StatusCode::NOT_FOUND,
+                format!("{dataset}/{path} is not held here with that hash"),
+            )
+        };
+        let mut reader = match self.store.file_reader(dataset, path) {
+            Ok(Some(reader)) => reader,
+            Ok(None) => return Err(not_held()),
+            Err(err) => return Err(error(StatusCode::BAD_REQUEST, err.to_string())),
+        };
+        let meta = reader.meta().clone();
+        if meta.hash_hex().as_deref() != Some(query.blake3.as_str()) {
+            return Err(not_held());
+        }
+        if query.offset.saturating_add(query.len) > meta.size_bytes {
+            return Err(error(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                format!(
+                    "{} bytes at {} is past the end ({} bytes)",
+                    query.len, query.offset, meta.size_bytes
+                ),
+            ));
+        }
+        vbus_sync::rate::acquire(self.upload.as_ref(), query.len);
+        let mut bytes = Vec::with_capacity(query.len as usize);
+        let read = reader
+            .seek(SeekFrom::Start(query.offset))
+            .and_then(|_| (&mut reader).take(query.len).read_to_end(&mut bytes));
+        match read {
+            Ok(n) if n as u64 == query.len => Ok(bytes),
+            Ok(n) => Err(error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("read {n} of {} bytes", query.len),
+            )),
+            Err(err) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string())),
+        }
+    }
+
+    /// Answers a range request off the async threads.
+    async fn respond(
+        self: Arc<Self>,
+        dataset: String,
+        path: String,
+        query: RangeQuery,
+    ) -> Response {
+        let work = move || self.read_range(&dataset, &path, &query);
+        match tokio::task::spawn_blocking(work).await {
+            Ok(Ok(bytes)) => bytes.into_response(),
+            Ok(Err(refused)) => refused.into_response(),
+            Err(err) => refuse(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
+        }
+    }
+}
+
+/// A router serving only `peer`'s ranges, behind its cluster token (for `vbus bench sync`,
+/// whose agents run in one process).
+pub(crate) fn peer_router(peer: Arc<PeerFiles>) -> Router {
+    async fn handler(
+        State(peer): State<Arc<PeerFiles>>,
+        Path((dataset, path)): Path<(String, String)>,
+        Query(query): Query<RangeQuery>,
+    ) -> Response {
+        peer.respond(dataset, path, query).await
+    }
+    async fn auth(State(peer): State<Arc<PeerFiles>>, request: Request, next: Next) -> Response {
+        match peer.authorise(&request) {
+            Ok(()) => next.run(request).await,
+            Err(refused) => refused.into_response(),
+        }
+    }
+    Router::new()
+        .route("/v1/bus/files/{dataset}/{*path}", get(handler))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&peer),
+            auth,
+        ))
+        .with_state(peer)
+}
+
+/// Checks a peer request's bearer token against `token`; refused (403) without one.
+fn authorise_peer(token: Option<&str>, request: &Request) -> Result<(), ApiError> {
+    let Some(token) = token else {
         return Err(error(
             StatusCode::FORBIDDEN,
             "this daemon is in no cluster (config key bus_config.cluster_token)",
@@ -335,59 +467,9 @@ async fn serve_range(
     Path((dataset, path)): Path<(String, String)>,
     Query(query): Query<RangeQuery>,
 ) -> Response {
-    if query.len > RANGE_BYTES_MAX {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            format!("len {} is over {RANGE_BYTES_MAX}", query.len),
-        );
-    }
-    let work = move || -> Result<Vec<u8>, ApiError> {
-        state.bus.uploads.fetch_add(1, Ordering::Relaxed);
-        let _upload = Upload(&state.bus.uploads);
-        let store = state.tiers.cache.store();
-        let not_held = || {
-            error(
-                StatusCode::NOT_FOUND,
-                format!("{dataset}/{path} is not held here with that hash"),
-            )
-        };
-        let mut reader = match store.file_reader(&dataset, &path) {
-            Ok(Some(reader)) => reader,
-            Ok(None) => return Err(not_held()),
-            Err(err) => return Err(error(StatusCode::BAD_REQUEST, err.to_string())),
-        };
-        let meta = reader.meta().clone();
-        if meta.hash_hex().as_deref() != Some(query.blake3.as_str()) {
-            return Err(not_held());
-        }
-        if query.offset.saturating_add(query.len) > meta.size_bytes {
-            return Err(error(
-                StatusCode::RANGE_NOT_SATISFIABLE,
-                format!(
-                    "{} bytes at {} is past the end ({} bytes)",
-                    query.len, query.offset, meta.size_bytes
-                ),
-            ));
-        }
-        vbus_sync::rate::acquire(state.bus.upload.as_ref(), query.len);
-        let mut bytes = Vec::with_capacity(query.len as usize);
-        let read = reader
-            .seek(SeekFrom::Start(query.offset))
-            .and_then(|_| (&mut reader).take(query.len).read_to_end(&mut bytes));
-        match read {
-            Ok(n) if n as u64 == query.len => Ok(bytes),
-            Ok(n) => Err(error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("read {n} of {} bytes", query.len),
-            )),
-            Err(err) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string())),
-        }
-    };
-    match tokio::task::spawn_blocking(work).await {
-        Ok(Ok(bytes)) => bytes.into_response(),
-        Ok(Err(refused)) => refused.into_response(),
-        Err(err) => refuse(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
-    }
+    Arc::clone(&state.bus.peer)
+        .respond(dataset, path, query)
+        .await
 }
 
 #[derive(Debug, Deserialize)]
@@ -431,7 +513,7 @@ async fn pull(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -> Re
             &bus.origin,
             &CacheSink(&state.tiers.cache),
             swarm,
-            |_| {},
+            &|_| {},
         )
         .map_err(|err| error(StatusCode::BAD_GATEWAY, err.to_string()))?;
         bus.record(&manifest)
@@ -502,7 +584,7 @@ async fn status(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
         "advertise": bus.addr,
         "tracker": bus.tracker.as_ref().map(TrackerClient::base),
         "master": bus.origin.root().display().to_string(),
-        "uploads_now": bus.uploads.load(Ordering::Relaxed),
+        "uploads_now": bus.peer.uploads_now(),
         "held": held,
     }))
 }
@@ -539,10 +621,7 @@ pub fn run_tracker(home: &Home, listen: &str, token: Option<String>) -> anyhow::
             "tracker listening on http://{local} (state in {})",
             dir.display()
         );
-        let token = Arc::new(token);
-        let app = tracker_routes()
-            .layer(axum::middleware::from_fn_with_state(token, tracker_auth))
-            .with_state(tracker);
+        let app = tracker_router(tracker, token);
         axum::serve(listener, app)
             .with_graceful_shutdown(async {
                 let mut term =
@@ -556,6 +635,16 @@ pub fn run_tracker(home: &Home, listen: &str, token: Option<String>) -> anyhow::
             .await
             .context("the tracker's HTTP server failed")
     })
+}
+
+/// The tracker's routes behind the cluster token.
+pub(crate) fn tracker_router(tracker: SharedTracker, token: String) -> Router {
+    tracker_routes()
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(token),
+            tracker_auth,
+        ))
+        .with_state(tracker)
 }
 
 async fn tracker_auth(State(token): State<Arc<String>>, request: Request, next: Next) -> Response {
@@ -584,6 +673,8 @@ fn tracker_routes() -> Router<SharedTracker> {
         .route("/v1/tracker/announce", post(announce))
         .route("/v1/tracker/withdraw", post(withdraw))
         .route("/v1/tracker/leave", post(leave))
+        .route("/v1/tracker/claim", post(claim))
+        .route("/v1/tracker/availability", get(availability))
         .route("/v1/tracker/holders", get(holders))
         .route("/v1/tracker/agents", get(agents))
         .layer(axum::extract::DefaultBodyLimit::max(64 << 20))
@@ -655,6 +746,30 @@ async fn leave(State(tracker): State<SharedTracker>, body: axum::body::Bytes) ->
         Ok(r) => tracker_call(move || tracker.leave(&r.id)).await,
         Err(refused) => refused.into_response(),
     }
+}
+
+async fn claim(State(tracker): State<SharedTracker>, body: axum::body::Bytes) -> Response {
+    match parse::<vbus_sync::peer::ClaimRequest>(&body) {
+        Ok(r) => match tracker.claim(&r.id, &r.dataset, &r.version, &r.path) {
+            Ok(()) => Json(json!({ "ok": true })).into_response(),
+            Err(err) => tracker_error(err),
+        },
+        Err(refused) => refused.into_response(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VersionQuery {
+    dataset: String,
+    version: String,
+}
+
+async fn availability(
+    State(tracker): State<SharedTracker>,
+    Query(query): Query<VersionQuery>,
+) -> Json<Vec<vbus_sync::Availability>> {
+    Json(tracker.availability(&query.dataset, &query.version))
 }
 
 #[derive(Debug, Deserialize)]

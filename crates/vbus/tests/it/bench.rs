@@ -369,3 +369,35 @@ fn bench_api_quick_measures_the_api_beside_the_library() {
         "bench left its scratch directory"
     );
 }
+
+#[test]
+fn bench_sync_quick_compares_peer_to_peer_with_the_master_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let result = run_ok(dir.path(), &["bench", "sync", "--quick", "--json"]);
+    let lines = json_lines(&result.stdout);
+    let metric = |name: &str| {
+        lines
+            .iter()
+            .find(|line| line["metric"] == name)
+            .unwrap_or_else(|| panic!("{name} missing from {}", result.stdout))
+    };
+    let distribute = metric("distribute_64.0MiB_to_4_agents");
+    assert_eq!(distribute["reference"], "every agent from the master alone");
+    assert!(distribute["ours"].as_f64().unwrap() > 0.0);
+    // The master alone serves the dataset once per agent; its egress limit (40 MB/s) bounds
+    // that run from below.
+    let alone = metric("master_egress_origin_only");
+    assert_eq!(alone["ours"].as_f64().unwrap(), 4.0 * 64.0 * 1048576.0);
+    assert!(distribute["reference_value"].as_f64().unwrap() >= 4.0 * 64.0 * 1048576.0 / 40e6 * 0.9);
+    // Peer to peer, the master serves at least the dataset once, and less than the four copies.
+    let p2p = metric("master_egress_peer_to_peer")["ours"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        (64.0 * 1048576.0..4.0 * 64.0 * 1048576.0).contains(&p2p),
+        "{p2p}"
+    );
+    for line in &lines {
+        assert_eq!(line["suite"], "sync");
+    }
+}
