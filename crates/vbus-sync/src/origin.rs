@@ -83,14 +83,7 @@ impl DirOrigin {
             )));
         }
         let mut manifest = self.manifest(dataset, "")?;
-        let mut hasher = blake3::Hasher::new();
-        for file in &manifest.files {
-            hasher.update(file.path.as_bytes());
-            hasher.update(&[0]);
-            hasher.update(&file.size_bytes.to_le_bytes());
-            hasher.update(file.blake3.as_bytes());
-        }
-        manifest.version = hasher.finalize().to_hex()[..16].to_owned();
+        manifest.version = content_version(&manifest);
         let dir = self.manifests_dir(dataset);
         std::fs::create_dir_all(&dir).map_err(|source| ManifestError::Io {
             op: "create",
@@ -169,6 +162,24 @@ impl DirOrigin {
     pub fn root(&self) -> &Path {
         &self.root
     }
+}
+
+/// The name a version gets from its content: a hash of its piece size and of every file's path,
+/// size and BLAKE3, 16 hex digits. A manifest from anywhere (a peer, when the master is down) is
+/// checked by recomputing it.
+pub fn content_version(manifest: &Manifest) -> String {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&manifest.piece_bytes.to_le_bytes());
+    for file in &manifest.files {
+        hasher.update(file.path.as_bytes());
+        hasher.update(&[0]);
+        hasher.update(&file.size_bytes.to_le_bytes());
+        hasher.update(file.blake3.as_bytes());
+        for piece in &file.pieces {
+            hasher.update(piece.as_bytes());
+        }
+    }
+    hasher.finalize().to_hex()[..16].to_owned()
 }
 
 /// The name of the newest version.

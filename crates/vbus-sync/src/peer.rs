@@ -375,6 +375,37 @@ impl TrackerClient {
     }
 }
 
+/// The manifest of `dataset@version` as the peer at `addr` recorded it, checked: its dataset
+/// and its content's version must be the ones asked for (so a peer cannot pass off other files).
+pub fn fetch_manifest(
+    http: &Http,
+    addr: &str,
+    dataset: &str,
+    version: &str,
+) -> Result<crate::Manifest, PeerError> {
+    let url = format!(
+        "{}/v1/bus/manifests/{}/{}",
+        base_url(addr),
+        encode(dataset, false),
+        encode(version, false)
+    );
+    let body = http.get(&url, JSON_BYTES_MAX)?;
+    let bad = |why: String| PeerError::BadAnswer {
+        url: url.clone(),
+        why,
+    };
+    let text = String::from_utf8(body).map_err(|err| bad(err.to_string()))?;
+    let manifest = crate::Manifest::from_json(&text).map_err(|err| bad(err.to_string()))?;
+    let actual = crate::origin::content_version(&manifest);
+    if manifest.dataset != dataset || manifest.version != version || actual != version {
+        return Err(bad(format!(
+            "a manifest of {}@{} whose content is version {actual}",
+            manifest.dataset, manifest.version
+        )));
+    }
+    Ok(manifest)
+}
+
 /// Reads `len` bytes at `offset` of `dataset/path` from the peer at `addr`, which serves them
 /// only if it holds the file with hash `blake3`. The caller verifies the bytes.
 pub fn fetch_range(

@@ -65,6 +65,33 @@ impl Sink for vbus_store::FileStore {
     }
 }
 
+/// The manifest of `dataset@version` from a peer that holds files of it (when the origin cannot
+/// give it), checked against the version's name.
+pub fn manifest_from_peers(
+    tracker: &TrackerClient,
+    http: &Http,
+    self_id: &str,
+    dataset: &str,
+    version: &str,
+) -> Result<Manifest, String> {
+    let availability = tracker
+        .availability(dataset, version)
+        .map_err(|err| err.to_string())?;
+    let mut last_error = format!("no peer holds {dataset}@{version}");
+    for held in availability.iter().filter(|a| a.holders > 0).take(8) {
+        let holders = tracker
+            .holders(dataset, version, &held.path)
+            .map_err(|err| err.to_string())?;
+        for peer in holders.iter().filter(|peer| peer.id != self_id) {
+            match crate::peer::fetch_manifest(http, &peer.addr, dataset, version) {
+                Ok(manifest) => return Ok(manifest),
+                Err(err) => last_error = err.to_string(),
+            }
+        }
+    }
+    Err(last_error)
+}
+
 /// Who to ask, besides the origin.
 #[derive(Debug, Clone, Copy)]
 pub struct Swarm<'a> {

@@ -523,7 +523,9 @@ mod tests {
                 .map(|a| (a.holders, a.fetchers))
         };
         assert_eq!(avail("f1"), Some((0, 2)));
-        tracker.announce("a", "ds", "v1", &["f1".to_owned()]).unwrap();
+        tracker
+            .announce("a", "ds", "v1", &["f1".to_owned()])
+            .unwrap();
         assert_eq!(avail("f1"), Some((1, 1)));
         tracker.leave("b").unwrap();
         assert_eq!(avail("f1"), Some((1, 0)));

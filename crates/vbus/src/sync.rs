@@ -119,6 +119,7 @@ impl BusAgent {
             holdings: Mutex::new(holdings),
             peer: Arc::new(PeerFiles::new(
                 store,
+                Some(control.join("manifests")),
                 bus.cluster_token.clone(),
                 bus.upload_bytes_per_second,
             )),
@@ -130,8 +131,17 @@ impl BusAgent {
         self.holdings.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records a version as held (whole, synced, renamed).
+    /// Records a version as held (whole, synced, renamed), and keeps its manifest for peers
+    /// that cannot reach the master.
     fn record(&self, manifest: &Manifest) -> anyhow::Result<()> {
+        if let Some(dir) = &self.peer.manifests_dir {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            write_whole(
+                &dir.join(format!("{}@{}.json", manifest.dataset, manifest.version)),
+                manifest.to_json().as_bytes(),
+            )?;
+        }
         let mut holdings = self.holdings();
         holdings.insert(
             format!("{}@{}", manifest.dataset, manifest.version),
@@ -145,15 +155,7 @@ impl BusAgent {
                     .collect(),
             },
         );
-        let text = serde_json::to_vec_pretty(&*holdings)?;
-        let tmp = self.holdings_path.with_extension("json.tmp");
-        let mut file = std::fs::File::create(&tmp)
-            .with_context(|| format!("cannot create {}", tmp.display()))?;
-        file.write_all(&text)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, &self.holdings_path)
-            .with_context(|| format!("cannot write {}", self.holdings_path.display()))?;
-        Ok(())
+        write_whole(&self.holdings_path, &serde_json::to_vec_pretty(&*holdings)?)
     }
 
     /// Announces every recorded version whose files the store still holds with their hashes.
@@ -219,6 +221,17 @@ impl BusAgent {
     }
 }
 
+/// Writes `bytes` to `path` whole: a temporary file beside it, synced, renamed.
+fn write_whole(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut file =
+        std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
 /// Pulled files go through the cache: a publish drops the memory tiers' copies of the path.
 struct CacheSink<'a>(&'a CacheManager);
 
@@ -276,6 +289,7 @@ fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
 pub(crate) fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/v1/bus/files/{dataset}/{*path}", get(serve_range))
+        .route("/v1/bus/manifests/{dataset}/{version}", get(serve_manifest))
         .route("/v1/sync/pull", post(pull))
         .route("/v1/sync/push", post(push))
         .route("/v1/sync/status", get(status))
@@ -297,6 +311,8 @@ pub(crate) fn peer_authorised(state: &AppState, request: &Request) -> Result<(),
 #[derive(Debug)]
 pub(crate) struct PeerFiles {
     store: vbus_store::FileStore,
+    /// Where the manifests of held versions are kept (`None`: none served).
+    manifests_dir: Option<PathBuf>,
     token: Option<String>,
     /// Ranges being served now.
     uploads: AtomicU32,
@@ -306,11 +322,13 @@ pub(crate) struct PeerFiles {
 impl PeerFiles {
     pub(crate) fn new(
         store: vbus_store::FileStore,
+        manifests_dir: Option<PathBuf>,
         token: Option<String>,
         upload_bytes_per_second: u64,
     ) -> Self {
         Self {
             store,
+            manifests_dir,
             token,
             uploads: AtomicU32::new(0),
             upload: vbus_sync::RateLimiter::new(upload_bytes_per_second),
@@ -378,6 +396,32 @@ impl PeerFiles {
             )),
             Err(err) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string())),
         }
+    }
+
+    /// The recorded manifest of `dataset@version`, as JSON.
+    fn manifest(&self, dataset: &str, version: &str) -> Result<String, ApiError> {
+        vbus_store::validate_dataset(dataset)
+            .map_err(|err| error(StatusCode::BAD_REQUEST, err.to_string()))?;
+        if version.is_empty()
+            || version.len() > 64
+            || !version
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                format!("bad version {version:?}"),
+            ));
+        }
+        let not_held = || {
+            error(
+                StatusCode::NOT_FOUND,
+                format!("no manifest of {dataset}@{version} here"),
+            )
+        };
+        let dir = self.manifests_dir.as_ref().ok_or_else(not_held)?;
+        std::fs::read_to_string(dir.join(format!("{dataset}@{version}.json")))
+            .map_err(|_| not_held())
     }
 
     /// Answers a range request off the async threads.
@@ -462,6 +506,18 @@ impl Drop for Upload<'_> {
     }
 }
 
+async fn serve_manifest(
+    State(state): State<Arc<AppState>>,
+    Path((dataset, version)): Path<(String, String)>,
+) -> Response {
+    let peer = Arc::clone(&state.bus.peer);
+    match tokio::task::spawn_blocking(move || peer.manifest(&dataset, &version)).await {
+        Ok(Ok(json)) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
+        Ok(Err(refused)) => refused.into_response(),
+        Err(err) => refuse(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
+    }
+}
+
 async fn serve_range(
     State(state): State<Arc<AppState>>,
     Path((dataset, path)): Path<(String, String)>,
@@ -488,18 +544,38 @@ async fn pull(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -> Re
     let work = move || -> Result<serde_json::Value, ApiError> {
         let bus = &state.bus;
         let version = request.version.as_deref().unwrap_or(vbus_sync::LATEST);
-        let manifest = bus
-            .origin
-            .stored_manifest(&request.dataset, version)
-            .map_err(|err| {
-                error(
-                    StatusCode::NOT_FOUND,
-                    format!(
-                        "no version {version} of {} at the master: {err}",
-                        request.dataset
-                    ),
+        let manifest = match bus.origin.stored_manifest(&request.dataset, version) {
+            Ok(manifest) => manifest,
+            // The master cannot say: a named version may still come from peers (checked
+            // against its name).
+            Err(master_err) => match (&bus.tracker, version != vbus_sync::LATEST) {
+                (Some(tracker), true) => vbus_sync::manifest_from_peers(
+                    tracker,
+                    &bus.http,
+                    &bus.id,
+                    &request.dataset,
+                    version,
                 )
-            })?;
+                .map_err(|peer_err| {
+                    error(
+                        StatusCode::NOT_FOUND,
+                        format!(
+                            "no version {version} of {}: the master: {master_err}; peers: {peer_err}",
+                            request.dataset
+                        ),
+                    )
+                })?,
+                _ => {
+                    return Err(error(
+                        StatusCode::NOT_FOUND,
+                        format!(
+                            "no version {version} of {} at the master: {master_err}",
+                            request.dataset
+                        ),
+                    ));
+                }
+            },
+        };
         let started = Instant::now();
         let swarm = Swarm {
             tracker: bus.tracker.as_ref(),

@@ -68,3 +68,36 @@ fn a_damaged_origin_piece_stops_the_file_and_publishes_nothing() {
     );
     assert!(!dir.path().join("L3_DISK/llama/shards/w.bin").exists());
 }
+
+#[test]
+fn versions_are_named_by_content_and_read_back_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = origin_with_dataset(dir.path());
+    let published = origin.publish_version("llama").unwrap();
+    assert_eq!(published.version, vbus_sync::content_version(&published));
+    assert_eq!(published.version.len(), 16);
+    // The same content, the same name; `latest` and the name read back the same manifest.
+    assert_eq!(
+        origin.publish_version("llama").unwrap().version,
+        published.version
+    );
+    assert_eq!(
+        origin.stored_manifest("llama", "latest").unwrap(),
+        published
+    );
+    assert_eq!(
+        origin.stored_manifest("llama", &published.version).unwrap(),
+        published
+    );
+    // Any change to a file, a piece hash or the piece size names another version.
+    let mut changed = published.clone();
+    changed.files[0].pieces[0] = "00".repeat(32);
+    assert_ne!(vbus_sync::content_version(&changed), published.version);
+    let mut changed = published.clone();
+    changed.piece_bytes *= 2;
+    assert_ne!(vbus_sync::content_version(&changed), published.version);
+    // Names that could leave the manifests directory are refused.
+    assert!(origin.stored_manifest("llama", "../x").is_err());
+    assert!(origin.publish_version("../llama").is_err());
+    assert!(origin.stored_manifest("llama", "ffffffffffffffff").is_err());
+}

@@ -175,7 +175,12 @@ fn distribute(
     let mut agents = Vec::new();
     for idx in 0..n_agents {
         let store = FileStore::open(dir.join(format!("agent{idx}")))?;
-        let peer = Arc::new(PeerFiles::new(store.clone(), Some(TOKEN.to_owned()), rate));
+        let peer = Arc::new(PeerFiles::new(
+            store.clone(),
+            None,
+            Some(TOKEN.to_owned()),
+            rate,
+        ));
         let addr = serve(runtime, peer_router(Arc::clone(&peer)))?;
         let id = format!(
             "{}-agent{idx}",

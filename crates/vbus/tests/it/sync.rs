@@ -228,7 +228,7 @@ fn four_agents_pull_one_dataset_and_the_master_serves_it_about_once() {
 }
 
 #[test]
-fn pulls_survive_a_dead_peer_a_corrupt_peer_and_a_tracker_restart() {
+fn pulls_survive_a_dead_peer_a_corrupt_peer_a_tracker_restart_and_a_master_outage() {
     let dir = tempfile::tempdir().unwrap();
     let master = dir.path().join("master");
     let files = write_dataset(&master, "ds", 4, 6 << 20);
@@ -236,7 +236,7 @@ fn pulls_survive_a_dead_peer_a_corrupt_peer_and_a_tracker_restart() {
     let mut tracker = start_tracker(&tracker_home, 0);
     let tracker_addr = tracker.addr.clone();
     let port: u16 = tracker_addr.rsplit(':').next().unwrap().parse().unwrap();
-    let homes: Vec<PathBuf> = ["a", "b", "c", "d"]
+    let homes: Vec<PathBuf> = ["a", "b", "c", "d", "e"]
         .iter()
         .map(|name| agent_home(dir.path(), name, &master, &tracker_addr))
         .collect();
@@ -301,13 +301,28 @@ fn pulls_survive_a_dead_peer_a_corrupt_peer_and_a_tracker_restart() {
         total,
         "{report}"
     );
-    wait_for_holders(
-        &tracker.addr,
-        "ds",
-        &version,
-        &files.keys().nth(1).unwrap().clone(),
-        2,
+    let second_path = files.keys().nth(1).unwrap().clone();
+    wait_for_holders(&tracker.addr, "ds", &version, &second_path, 2);
+
+    // The master goes away: e pulls the named version from its peers alone (the manifest too,
+    // checked against the version's name); the newest version needs the master.
+    std::fs::rename(&master, dir.path().join("master-offline")).unwrap();
+    let (status, report) = post_json(
+        &agents[4].addr,
+        "/v1/sync/pull",
+        &serde_json::json!({ "dataset": "ds", "version": version }),
     );
+    assert_eq!(status, 200, "{report}");
+    eprintln!("e, with the master gone: {report}");
+    assert_eq!(as_u64(&report, "bytes_from_origin"), 0, "{report}");
+    assert_holds(&homes[4], "ds", &files);
+    let (status, refused) = post_json(
+        &agents[4].addr,
+        "/v1/sync/pull",
+        &serde_json::json!({ "dataset": "ds" }),
+    );
+    assert_eq!(status, 404, "{refused}");
+    assert!(refused.to_string().contains("at the master"), "{refused}");
     drop(agents);
 }
 
