@@ -263,6 +263,40 @@ impl Read for CountingReader<'_> {
     }
 }
 
+impl Client {
+    /// `POST /v1/sync/pull` for `dataset@version`; meanwhile, when stderr is a terminal, a
+    /// progress line drawn from the pull's entry in `/v1/sync/status`.
+    pub fn sync_pull(&self, dataset: &str, version: &str) -> anyhow::Result<Json> {
+        let body = serde_json::json!({ "dataset": dataset, "version": version });
+        std::thread::scope(|scope| {
+            let pulling = scope.spawn(|| self.post_json("/v1/sync/pull", Some(&body)));
+            let mut progress = Progress::new("pull", &format!("{dataset}@{version}"), None);
+            while !pulling.is_finished() {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                let Ok(status) = self.get_json("/v1/sync/status") else {
+                    continue;
+                };
+                let entry = status["pulls_in_progress"].as_array().and_then(|pulls| {
+                    pulls.iter().find(|p| {
+                        p["dataset"] == dataset
+                            && (version == vbus_sync::LATEST || p["version"] == version)
+                    })
+                });
+                if let Some(entry) = entry {
+                    progress.set(
+                        entry["bytes_done"].as_u64().unwrap_or(0),
+                        entry["bytes"].as_u64().unwrap_or(0),
+                    );
+                }
+            }
+            progress.finish();
+            pulling
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    }
+}
+
 /// A one-line progress display on stderr, for transfers above [`PROGRESS_MIN_BYTES`] when
 /// stderr is a terminal.
 struct Progress {
@@ -287,6 +321,12 @@ impl Progress {
             started: now,
             last_draw: now,
         }
+    }
+
+    /// Sets where a transfer measured elsewhere stands.
+    fn set(&mut self, done: u64, total: u64) {
+        self.total = Some(total);
+        self.advance(done.saturating_sub(self.done));
     }
 
     fn advance(&mut self, n: u64) {

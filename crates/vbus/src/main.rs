@@ -435,8 +435,7 @@ fn run_sync(
     match command {
         SyncCommand::Pull { spec } => {
             let (dataset, version) = vbus::sync::split_version(&spec);
-            let body = serde_json::json!({ "dataset": dataset, "version": version });
-            let r = client.post_json("/v1/sync/pull", Some(&body))?;
+            let r = client.sync_pull(dataset, version)?;
             writeln!(
                 stdout,
                 "{}@{}: {} files, {} bytes ({} fetched, {} already held) in {:.2} s; \

@@ -61,6 +61,8 @@ pub(crate) struct BusAgent {
     download: Option<vbus_sync::RateLimiter>,
     holdings_path: PathBuf,
     holdings: Mutex<BTreeMap<String, Holding>>,
+    /// Pulls running now, for `/v1/sync/status` (and the CLI's progress line).
+    pulls: Mutex<Vec<Arc<PullProgress>>>,
     /// What peers are served from.
     pub(crate) peer: Arc<PeerFiles>,
     stop: AtomicBool,
@@ -117,6 +119,7 @@ impl BusAgent {
             download: vbus_sync::RateLimiter::new(bus.download_bytes_per_second),
             holdings_path,
             holdings: Mutex::new(holdings),
+            pulls: Mutex::new(Vec::new()),
             peer: Arc::new(PeerFiles::new(
                 store,
                 Some(control.join("manifests")),
@@ -219,6 +222,40 @@ impl BusAgent {
     pub(crate) fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
     }
+}
+
+/// A pull in progress.
+#[derive(Debug)]
+struct PullProgress {
+    dataset: String,
+    version: String,
+    bytes: u64,
+    bytes_done: std::sync::atomic::AtomicU64,
+    started: Instant,
+}
+
+/// Lists a pull in `/v1/sync/status` for as long as it lives.
+struct Listed<'a> {
+    pulls: &'a Mutex<Vec<Arc<PullProgress>>>,
+    progress: Arc<PullProgress>,
+}
+
+impl<'a> Listed<'a> {
+    fn new(pulls: &'a Mutex<Vec<Arc<PullProgress>>>, progress: PullProgress) -> Self {
+        let progress = Arc::new(progress);
+        lock(pulls).push(Arc::clone(&progress));
+        Self { pulls, progress }
+    }
+}
+
+impl Drop for Listed<'_> {
+    fn drop(&mut self) {
+        lock(self.pulls).retain(|other| !Arc::ptr_eq(other, &self.progress));
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Writes `bytes` to `path` whole: a temporary file beside it, synced, renamed.
@@ -577,6 +614,16 @@ async fn pull(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -> Re
             },
         };
         let started = Instant::now();
+        let listed = Listed::new(
+            &bus.pulls,
+            PullProgress {
+                dataset: manifest.dataset.clone(),
+                version: manifest.version.clone(),
+                bytes: manifest.total_bytes(),
+                bytes_done: std::sync::atomic::AtomicU64::new(0),
+                started,
+            },
+        );
         let swarm = Swarm {
             tracker: bus.tracker.as_ref(),
             http: &bus.http,
@@ -589,7 +636,9 @@ async fn pull(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -> Re
             &bus.origin,
             &CacheSink(&state.tiers.cache),
             swarm,
-            &|_| {},
+            &|n| {
+                listed.progress.bytes_done.fetch_add(n, Ordering::Relaxed);
+            },
         )
         .map_err(|err| error(StatusCode::BAD_GATEWAY, err.to_string()))?;
         bus.record(&manifest)
@@ -655,6 +704,18 @@ async fn status(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
         .values()
         .map(|h| json!({ "dataset": h.dataset, "version": h.version, "files": h.files.len() }))
         .collect();
+    let pulls: Vec<_> = lock(&bus.pulls)
+        .iter()
+        .map(|p| {
+            json!({
+                "dataset": p.dataset,
+                "version": p.version,
+                "bytes": p.bytes,
+                "bytes_done": p.bytes_done.load(Ordering::Relaxed),
+                "seconds": p.started.elapsed().as_secs_f64(),
+            })
+        })
+        .collect();
     Json(json!({
         "agent_id": bus.id,
         "advertise": bus.addr,
@@ -662,6 +723,7 @@ async fn status(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
         "master": bus.origin.root().display().to_string(),
         "uploads_now": bus.peer.uploads_now(),
         "held": held,
+        "pulls_in_progress": pulls,
     }))
 }
 

@@ -215,13 +215,14 @@ fn four_agents_pull_one_dataset_and_the_master_serves_it_about_once() {
     for home in &homes {
         assert_holds(home, "ds", &files);
     }
-    // A second pull fetches nothing.
-    let again = pull(&agents[1], "ds");
-    assert_eq!(
-        as_u64(&again, "files_skipped"),
-        files.len() as u64,
-        "{again}"
+    // A second pull fetches nothing (by the CLI, naming the version).
+    let spec = format!("ds@{version}");
+    let again = run_ok(
+        &homes[1],
+        &["--addr", &agents[1].addr, "sync", "pull", &spec],
     );
+    let expected = format!("(0 fetched, {} already held)", files.len());
+    assert!(again.stdout.contains(&expected), "{}", again.stdout);
     // Status, by the CLI.
     let status = run_ok(&homes[3], &["--addr", &agents[3].addr, "sync", "status"]);
     assert!(status.stdout.contains(&version), "{}", status.stdout);
@@ -433,8 +434,28 @@ fn upload_and_download_limits_pace_pulls() {
     assert_eq!(as_u64(&from_a, "bytes_from_peers"), total, "{from_a}");
     let seconds = from_a["seconds"].as_f64().unwrap();
     assert!(seconds >= floor, "{total} bytes at 8 MB/s took {seconds} s");
-    // c, paced by its own download limit.
-    let paced = pull(&agents[2], "ds");
+    // c, paced by its own download limit; its status shows the pull going on.
+    let (paced, seen) = std::thread::scope(|scope| {
+        let c = agents[2].addr.as_str();
+        let pulling = scope.spawn(move || pull_at(c, "ds"));
+        let mut seen = Vec::new();
+        while !pulling.is_finished() {
+            let (status, body) = http_raw(c, "GET", "/v1/sync/status", &[], &[]);
+            assert_eq!(status, 200, "{body}");
+            let status: Json = serde_json::from_str(&body).unwrap();
+            if let Some(entry) = status["pulls_in_progress"].as_array().unwrap().first() {
+                assert_eq!(entry["dataset"], "ds");
+                assert_eq!(as_u64(entry, "bytes"), total);
+                seen.push(as_u64(entry, "bytes_done"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        (pulling.join().unwrap(), seen)
+    });
+    assert!(
+        seen.iter().any(|&done| done > 0 && done < total),
+        "no pull in progress seen in the status: {seen:?}"
+    );
     let seconds = paced["seconds"].as_f64().unwrap();
     assert!(
         seconds >= floor,
