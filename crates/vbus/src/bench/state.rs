@@ -164,8 +164,13 @@ fn bus_figures<W: Write>(
         50.0,
     )?;
 
-    // Sparse delta: 1% of a 2 MiB page, in 64-byte runs spread over the page.
-    let (mut samples, mut apply_only) = (Vec::new(), Vec::new());
+    // Sparse delta: 1% of a 2 MiB page, in 64-byte runs spread over the page. Each round is
+    // followed by the floor the log sets: each delta's record (~21 KB) must reach the page
+    // cache, so the same bytes written with plain `write` calls on the same disk, in the same
+    // state of the page cache (rounds alternate).
+    let mut record = Vec::new();
+    vbus_state::delta::encode(&sparse_delta(0), &mut record);
+    let (mut samples, mut apply_only, mut floors) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..3 {
         let bus = open_bus(&scratch.join(format!("delta{round}")), durability)?;
         let page = bus.create_page(2 << 20, Location::Cpu)?;
@@ -176,6 +181,12 @@ fn bus_figures<W: Write>(
         }
         samples.push(us(started, n_deltas));
         apply_only.push(bus.metrics().delta_apply.mean_ns / 1e3);
+        drop(bus);
+        floors.push(raw_write_us(
+            &scratch.join(format!("raw_writes{round}.bin")),
+            record.len(),
+            n_deltas,
+        )?);
     }
     let sparse_us = median(&mut samples);
     report_vs_seed(
@@ -185,11 +196,7 @@ fn bus_figures<W: Write>(
         SEED_SPARSE_DELTA_US,
         40.0,
     )?;
-    // The floor the log sets: each delta's record (~21 KB) must reach the page cache, so the
-    // same bytes written with plain `write` calls on the same disk, in the same run.
-    let mut record = Vec::new();
-    vbus_state::delta::encode(&sparse_delta(0), &mut record);
-    let floor_us = raw_write_us(&scratch.join("raw_writes.bin"), record.len(), n_deltas)?;
+    let floor_us = median(&mut floors);
     reporter.report(Measurement::new(
         SUITE,
         &format!("sparse_delta_1pct_of_2MiB{suffix}"),
@@ -282,22 +289,17 @@ fn sparse_delta(variant: u64) -> Delta {
     Delta::sparse(runs)
 }
 
-/// Microseconds per `write` of `record_bytes` to a new file, `n` of them (median of 3 files).
+/// Microseconds per `write` of `record_bytes` to a new file, `n` of them. The file stays (its
+/// dirty pages weigh on the next round as the log's do).
 fn raw_write_us(path: &Path, record_bytes: usize, n: usize) -> anyhow::Result<f64> {
     let record = vec![7u8; record_bytes];
-    let mut samples = Vec::new();
-    for _ in 0..3 {
-        let mut file = std::fs::File::create(path)
-            .with_context(|| format!("cannot create {}", path.display()))?;
-        let started = Instant::now();
-        for _ in 0..n {
-            file.write_all(&record)?;
-        }
-        samples.push(started.elapsed().as_secs_f64() * 1e6 / n as f64);
-        drop(file);
-        std::fs::remove_file(path)?;
+    let mut file =
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let started = Instant::now();
+    for _ in 0..n {
+        file.write_all(&record)?;
     }
-    Ok(median(&mut samples))
+    Ok(started.elapsed().as_secs_f64() * 1e6 / n as f64)
 }
 
 fn open_bus(dir: &Path, durability: Durability) -> anyhow::Result<StateBus> {
