@@ -23,5 +23,5 @@ pub use manifest::{FileEntry, Manifest, ManifestError, PIECE_BYTES_DEFAULT};
 pub use origin::{DirOrigin, LATEST, PullError, PullReport, content_version, pull};
 pub use peer::{Http, PeerError, TrackerClient};
 pub use rate::RateLimiter;
-pub use swarm::{Sink, Swarm, SwarmReport, manifest_from_peers, pull_swarm};
+pub use swarm::{Sink, Swarm, SwarmReport, fetch_file_bytes, manifest_from_peers, pull_swarm};
 pub use tracker::{Agent, Availability, Tracker, TrackerError};

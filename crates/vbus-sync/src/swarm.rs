@@ -92,6 +92,66 @@ pub fn manifest_from_peers(
     Err(last_error)
 }
 
+/// One file of `manifest` into memory (for a cache miss), from its holders and the origin,
+/// every piece verified and then the whole; files over `max_bytes` are refused.
+pub fn fetch_file_bytes(
+    manifest: &Manifest,
+    file: &FileEntry,
+    origin: &DirOrigin,
+    swarm: Swarm<'_>,
+    max_bytes: u64,
+) -> Result<Vec<u8>, PullError> {
+    if file.size_bytes > max_bytes {
+        return Err(ManifestError::Invalid(format!(
+            "{}/{} is {} bytes, over the {max_bytes} a get fetches whole; pull it with `vbus sync pull`",
+            manifest.dataset, file.path, file.size_bytes
+        ))
+        .into());
+    }
+    let counters = Counters::default();
+    let holders = holders_of(manifest, file, swarm, &counters).unwrap_or_default();
+    let skipped: Mutex<HashSet<String>> = Mutex::new(HashSet::new());
+    let mut bytes = Vec::with_capacity(file.size_bytes as usize);
+    let workers = swarm.workers.max(1);
+    for window_start in (0..file.pieces.len()).step_by(workers) {
+        let window = window_start..(window_start + workers).min(file.pieces.len());
+        let pieces: Vec<Result<Vec<u8>, PullError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = window
+                .map(|index| {
+                    let (holders, skipped, counters) = (&holders, &skipped, &counters);
+                    scope.spawn(move || {
+                        fetch_piece(
+                            manifest, file, index, holders, skipped, origin, swarm, counters,
+                        )
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|handle| {
+                    handle
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
+                .collect()
+        });
+        for piece in pieces {
+            bytes.extend_from_slice(&piece?);
+        }
+    }
+    let whole = blake3::hash(&bytes).to_hex().to_string();
+    if whole != file.blake3 {
+        return Err(ManifestError::Mismatch {
+            path: file.path.clone(),
+            what: "the file".to_owned(),
+            expected: file.blake3.clone(),
+            actual: whole,
+        }
+        .into());
+    }
+    Ok(bytes)
+}
+
 /// Who to ask, besides the origin.
 #[derive(Debug, Clone, Copy)]
 pub struct Swarm<'a> {

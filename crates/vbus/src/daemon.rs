@@ -48,7 +48,11 @@ pub fn up(home: &Home, listen: Option<&str>) -> anyhow::Result<()> {
     let _lock = HomeLock::acquire(home)?;
     install_logging(home, &config.audit)?;
     let listen_addr = config.api.listen_addr()?;
-    let tiers = tiers::open(home, &config)?;
+    // A get that misses every tier fetches through the BUS (the master's newest version, pieces
+    // from peers and the master).
+    let source = crate::sync::BusSource::new(home, &config);
+    let download = source.download();
+    let tiers = tiers::open(home, &config, Some(Arc::new(source)))?;
     let state_bus = tiers::open_state(home, &config, tiers.device.as_ref())?.map(Arc::new);
 
     // Bound now, so the BUS agent advertises the real port (with `--listen HOST:0`).
@@ -65,6 +69,7 @@ pub fn up(home: &Home, listen: Option<&str>) -> anyhow::Result<()> {
         &config,
         local_addr,
         tiers.cache.store().clone(),
+        download,
     )?);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()

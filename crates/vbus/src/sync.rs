@@ -57,8 +57,9 @@ pub(crate) struct BusAgent {
     pub(crate) tracker: Option<TrackerClient>,
     pub(crate) origin: DirOrigin,
     pub(crate) workers: usize,
-    /// `bus_config.download_bytes_per_second`, over every piece pulled.
-    download: Option<vbus_sync::RateLimiter>,
+    /// `bus_config.download_bytes_per_second`, over every piece pulled (shared with the
+    /// cache's [`BusSource`]).
+    download: Option<Arc<vbus_sync::RateLimiter>>,
     holdings_path: PathBuf,
     holdings: Mutex<BTreeMap<String, Holding>>,
     /// Pulls running now, for `/v1/sync/status` (and the CLI's progress line).
@@ -75,6 +76,7 @@ impl BusAgent {
         config: &crate::Config,
         listen: std::net::SocketAddr,
         store: vbus_store::FileStore,
+        download: Option<Arc<vbus_sync::RateLimiter>>,
     ) -> anyhow::Result<Self> {
         let bus = &config.bus_config;
         let addr = if bus.advertise.is_empty() {
@@ -116,7 +118,7 @@ impl BusAgent {
             tracker,
             origin,
             workers: bus.pull_workers as usize,
-            download: vbus_sync::RateLimiter::new(bus.download_bytes_per_second),
+            download,
             holdings_path,
             holdings: Mutex::new(holdings),
             pulls: Mutex::new(Vec::new()),
@@ -267,6 +269,85 @@ fn write_whole(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
     file.sync_all()?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
+}
+
+/// The most bytes a cache miss fetches whole through the BUS (larger files are pulled).
+pub const SOURCE_FETCH_MAX_BYTES: u64 = 1 << 30;
+
+/// The cache's source when every tier misses: the master's newest version of the dataset names
+/// the file, and its pieces come from peers (with a tracker) and the master, each verified, then
+/// the whole file.
+pub(crate) struct BusSource {
+    name: String,
+    origin: DirOrigin,
+    tracker: Option<TrackerClient>,
+    http: Http,
+    id: String,
+    workers: usize,
+    download: Option<Arc<vbus_sync::RateLimiter>>,
+}
+
+impl BusSource {
+    pub(crate) fn new(home: &Home, config: &crate::Config) -> Self {
+        let bus = &config.bus_config;
+        let http = Http::new(bus.cluster_token.clone());
+        let master = std::path::Path::new(&bus.master_db);
+        let origin = DirOrigin::new(if master.is_absolute() {
+            master.to_owned()
+        } else {
+            home.root().join(master)
+        });
+        Self {
+            name: format!("bus (master {})", origin.root().display()),
+            tracker: (!bus.tracker.is_empty())
+                .then(|| TrackerClient::new(&bus.tracker, http.clone())),
+            origin,
+            http,
+            id: bus.agent_id.clone(),
+            workers: bus.pull_workers as usize,
+            download: vbus_sync::RateLimiter::new(bus.download_bytes_per_second).map(Arc::new),
+        }
+    }
+
+    /// The download limit, to share with the agent's pulls.
+    pub(crate) fn download(&self) -> Option<Arc<vbus_sync::RateLimiter>> {
+        self.download.clone()
+    }
+}
+
+impl vbus_cache::Source for BusSource {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn fetch(&self, key: &CacheKey) -> Result<Option<Vec<u8>>, String> {
+        let manifest = match self
+            .origin
+            .stored_manifest(key.dataset(), vbus_sync::LATEST)
+        {
+            Ok(manifest) => manifest,
+            // No version of that dataset at the master: not there.
+            Err(vbus_sync::ManifestError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                return Ok(None);
+            }
+            Err(err) => return Err(err.to_string()),
+        };
+        let Some(file) = manifest.file(key.path()) else {
+            return Ok(None);
+        };
+        let swarm = Swarm {
+            tracker: self.tracker.as_ref(),
+            http: &self.http,
+            self_id: &self.id,
+            workers: self.workers,
+            download: self.download.as_deref(),
+        };
+        vbus_sync::fetch_file_bytes(&manifest, file, &self.origin, swarm, SOURCE_FETCH_MAX_BYTES)
+            .map(Some)
+            .map_err(|err| err.to_string())
+    }
 }
 
 /// Pulled files go through the cache: a publish drops the memory tiers' copies of the path.
@@ -629,7 +710,7 @@ async fn pull(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -> Re
             http: &bus.http,
             self_id: &bus.id,
             workers: bus.workers,
-            download: bus.download.as_ref(),
+            download: bus.download.as_deref(),
         };
         let report = vbus_sync::pull_swarm(
             &manifest,

@@ -32,7 +32,11 @@ pub fn policy_kind(policy: EvictionPolicy) -> PolicyKind {
 }
 
 /// Opens the tiers of `config` at `home`. L3 is required by this version of the cache.
-pub fn open(home: &Home, config: &Config) -> anyhow::Result<Tiers> {
+pub fn open(
+    home: &Home,
+    config: &Config,
+    source: Option<std::sync::Arc<dyn vbus_cache::Source>>,
+) -> anyhow::Result<Tiers> {
     let hierarchy = &config.cache_hierarchy;
     anyhow::ensure!(
         hierarchy.l3_disk.enabled,
@@ -52,6 +56,9 @@ pub fn open(home: &Home, config: &Config) -> anyhow::Result<Tiers> {
             WriteMode::WriteThrough => CacheWriteMode::Through,
             WriteMode::WriteBack => CacheWriteMode::Back,
         });
+    if let Some(source) = source {
+        builder = builder.source(source);
+    }
     let mut l1_backend = None;
     let mut l1_device = None;
     if hierarchy.l1_vram.enabled {

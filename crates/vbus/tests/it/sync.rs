@@ -464,3 +464,52 @@ fn upload_and_download_limits_pace_pulls() {
     assert_holds(&homes[1], "ds", &files);
     assert_holds(&homes[2], "ds", &files);
 }
+
+#[test]
+fn a_get_that_misses_every_tier_fetches_through_the_bus() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = dir.path().join("master");
+    let files = write_dataset(&master, "ds", 2, 5 << 20);
+    let tracker = start_tracker(&dir.path().join("tracker"), 0);
+    let homes: Vec<PathBuf> = ["a", "b"]
+        .iter()
+        .map(|name| agent_home(dir.path(), name, &master, &tracker.addr))
+        .collect();
+    let agents: Vec<Daemon> = homes.iter().map(|home| Daemon::start(home)).collect();
+    // Before any version is recorded, the master has nothing to give: a plain 404.
+    let (status, body) = http_raw(
+        &agents[1].addr,
+        "GET",
+        "/v1/objects/ds/shard-00.bin",
+        &[],
+        &[],
+    );
+    assert_eq!(status, 404, "{body}");
+    let (status, pushed) = post_json(
+        &agents[0].addr,
+        "/v1/sync/push",
+        &serde_json::json!({ "dataset": "ds" }),
+    );
+    assert_eq!(status, 200, "{pushed}");
+    let version = pushed["version"].as_str().unwrap().to_owned();
+    pull(&agents[0], "ds");
+    wait_for_holders(&tracker.addr, "ds", &version, "shard-00.bin", 1);
+    // b never pulled: its get goes to the BUS (a peer holds it), and L3 keeps it.
+    let out = dir.path().join("got.bin");
+    run_ok(
+        &homes[1],
+        &[
+            "--addr",
+            &agents[1].addr,
+            "get",
+            "ds/shard-00.bin",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(std::fs::read(&out).unwrap() == files["shard-00.bin"]);
+    let held = std::fs::read(homes[1].join("CACHE/L3_DISK/ds/shard-00.bin")).unwrap();
+    assert!(held == files["shard-00.bin"]);
+    // A path the version does not have is still a 404.
+    let (status, body) = http_raw(&agents[1].addr, "GET", "/v1/objects/ds/nope.bin", &[], &[]);
+    assert_eq!(status, 404, "{body}");
+}
