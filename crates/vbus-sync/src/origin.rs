@@ -187,19 +187,26 @@ pub const LATEST: &str = "latest";
 
 /// Writes `bytes` to `path` whole: a temporary file beside it, synced, renamed, directory synced.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ManifestError> {
-    let io = |op: &'static str| {
-        let path = path.to_owned();
-        move |source| ManifestError::Io { op, path, source }
-    };
+    write_file_whole(path, bytes).map_err(|(op, source)| ManifestError::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Writes `bytes` to `path` whole, so that a crash leaves the old file or the new one: a
+/// temporary file beside it, synced, renamed over it, the directory synced. An error says which
+/// step failed.
+pub fn write_file_whole(path: &Path, bytes: &[u8]) -> Result<(), (&'static str, std::io::Error)> {
     let tmp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&tmp).map_err(io("create"))?;
-    file.write_all(bytes).map_err(io("write"))?;
-    file.sync_all().map_err(io("sync"))?;
-    std::fs::rename(&tmp, path).map_err(io("rename into"))?;
+    let mut file = std::fs::File::create(&tmp).map_err(|e| ("create", e))?;
+    file.write_all(bytes).map_err(|e| ("write", e))?;
+    file.sync_all().map_err(|e| ("sync", e))?;
+    std::fs::rename(&tmp, path).map_err(|e| ("rename into", e))?;
     if let Some(dir) = path.parent() {
         std::fs::File::open(dir)
             .and_then(|dir| dir.sync_all())
-            .map_err(io("sync the directory of"))?;
+            .map_err(|e| ("sync the directory of", e))?;
     }
     Ok(())
 }

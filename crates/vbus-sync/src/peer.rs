@@ -201,19 +201,8 @@ pub struct WithdrawRequest {
     pub path: String,
 }
 
-/// `claim`'s body: one file the agent starts fetching.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClaimRequest {
-    /// The agent.
-    pub id: String,
-    /// The dataset.
-    pub dataset: String,
-    /// Its version.
-    pub version: String,
-    /// The file.
-    pub path: String,
-}
+/// `claim`'s body (one file the agent starts fetching): the fields of `withdraw`'s.
+pub type ClaimRequest = WithdrawRequest;
 
 /// `leave`'s body.
 #[derive(Debug, Serialize, Deserialize)]
@@ -320,7 +309,7 @@ impl TrackerClient {
     ) -> Result<(), PeerError> {
         self.post(
             "claim",
-            &ClaimRequest {
+            &WithdrawRequest {
                 id: id.to_owned(),
                 dataset: dataset.to_owned(),
                 version: version.to_owned(),
@@ -335,15 +324,19 @@ impl TrackerClient {
         dataset: &str,
         version: &str,
     ) -> Result<Vec<Availability>, PeerError> {
-        let url = format!(
+        self.get_json(&format!(
             "{}/v1/tracker/availability?dataset={}&version={}",
             self.base,
             encode(dataset, false),
             encode(version, false)
-        );
-        let body = self.http.get(&url, JSON_BYTES_MAX)?;
+        ))
+    }
+
+    /// A JSON answer of the tracker.
+    fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, PeerError> {
+        let body = self.http.get(url, JSON_BYTES_MAX)?;
         serde_json::from_slice(&body).map_err(|err| PeerError::BadAnswer {
-            url,
+            url: url.to_owned(),
             why: err.to_string(),
         })
     }
@@ -360,18 +353,13 @@ impl TrackerClient {
         version: &str,
         path: &str,
     ) -> Result<Vec<Agent>, PeerError> {
-        let url = format!(
+        self.get_json(&format!(
             "{}/v1/tracker/holders?dataset={}&version={}&path={}",
             self.base,
             encode(dataset, false),
             encode(version, false),
             encode(path, false)
-        );
-        let body = self.http.get(&url, JSON_BYTES_MAX)?;
-        serde_json::from_slice(&body).map_err(|err| PeerError::BadAnswer {
-            url,
-            why: err.to_string(),
-        })
+        ))
     }
 }
 

@@ -110,35 +110,19 @@ pub fn fetch_file_bytes(
     }
     let counters = Counters::default();
     let holders = holders_of(manifest, file, swarm, &counters).unwrap_or_default();
-    let skipped: Mutex<HashSet<String>> = Mutex::new(HashSet::new());
     let mut bytes = Vec::with_capacity(file.size_bytes as usize);
-    let workers = swarm.workers.max(1);
-    for window_start in (0..file.pieces.len()).step_by(workers) {
-        let window = window_start..(window_start + workers).min(file.pieces.len());
-        let pieces: Vec<Result<Vec<u8>, PullError>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = window
-                .map(|index| {
-                    let (holders, skipped, counters) = (&holders, &skipped, &counters);
-                    scope.spawn(move || {
-                        fetch_piece(
-                            manifest, file, index, holders, skipped, origin, swarm, counters,
-                        )
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|handle| {
-                    handle
-                        .join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-                })
-                .collect()
-        });
-        for piece in pieces {
-            bytes.extend_from_slice(&piece?);
-        }
-    }
+    for_each_piece(
+        manifest,
+        file,
+        &holders,
+        origin,
+        swarm,
+        &counters,
+        |piece| {
+            bytes.extend_from_slice(&piece);
+            Ok(())
+        },
+    )?;
     let whole = blake3::hash(&bytes).to_hex().to_string();
     if whole != file.blake3 {
         return Err(ManifestError::Mismatch {
@@ -419,20 +403,49 @@ fn pull_file(
     counters: &Counters,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<(), PullError> {
-    // Peers not to ask again for this file.
-    let skipped: Mutex<HashSet<String>> = Mutex::new(HashSet::new());
     let stage_error = |source| PullError::Stage {
         dataset: manifest.dataset.clone(),
         path: file.path.clone(),
         source,
     };
     let mut writer = sink.writer(&manifest.dataset, &file.path)?;
+    for_each_piece(manifest, file, holders, origin, swarm, counters, |piece| {
+        writer.write_all(&piece).map_err(stage_error)?;
+        progress(piece.len() as u64);
+        Ok(())
+    })?;
+    // Every piece matched, so the whole does; the store hashed it again while writing.
+    let hash = sink.publish(&manifest.dataset, &file.path, writer)?;
+    if hash != file.blake3 {
+        sink.remove(&manifest.dataset, &file.path)?;
+        return Err(ManifestError::Mismatch {
+            path: file.path.clone(),
+            what: "the file".to_owned(),
+            expected: file.blake3.clone(),
+            actual: hash,
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// Every piece of `file` in order, verified, to `each`: fetched `swarm.workers` at a time, a
+/// peer that fails or sends a bad piece skipped for the rest of the file.
+fn for_each_piece(
+    manifest: &Manifest,
+    file: &FileEntry,
+    holders: &[Agent],
+    origin: &DirOrigin,
+    swarm: Swarm<'_>,
+    counters: &Counters,
+    mut each: impl FnMut(Vec<u8>) -> Result<(), PullError>,
+) -> Result<(), PullError> {
+    let skipped: Mutex<HashSet<String>> = Mutex::new(HashSet::new());
     let workers = swarm.workers.max(1);
     for window_start in (0..file.pieces.len()).step_by(workers) {
         let window = window_start..(window_start + workers).min(file.pieces.len());
         let pieces: Vec<Result<Vec<u8>, PullError>> = std::thread::scope(|scope| {
             let handles: Vec<_> = window
-                .clone()
                 .map(|index| {
                     let skipped = &skipped;
                     scope.spawn(move || {
@@ -452,22 +465,8 @@ fn pull_file(
                 .collect()
         });
         for piece in pieces {
-            let piece = piece?;
-            writer.write_all(&piece).map_err(stage_error)?;
-            progress(piece.len() as u64);
+            each(piece?)?;
         }
-    }
-    // Every piece matched, so the whole does; the store hashed it again while writing.
-    let hash = sink.publish(&manifest.dataset, &file.path, writer)?;
-    if hash != file.blake3 {
-        sink.remove(&manifest.dataset, &file.path)?;
-        return Err(ManifestError::Mismatch {
-            path: file.path.clone(),
-            what: "the file".to_owned(),
-            expected: file.blake3.clone(),
-            actual: hash,
-        }
-        .into());
     }
     Ok(())
 }

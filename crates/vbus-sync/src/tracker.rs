@@ -8,7 +8,6 @@
 //! This is the state machine; the `vbus tracker` command serves it over HTTP.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -103,6 +102,15 @@ struct Inner {
     /// `dataset@version` → path → agents fetching it now (not persisted: a claim lapses when
     /// its agent announces the file, leaves, or falls silent).
     claims: HashMap<String, HashMap<String, BTreeSet<String>>>,
+}
+
+impl Inner {
+    /// Whether `id` was heard from within [`AGENT_TTL`] of `now`.
+    fn alive(&self, id: &str, now: Instant) -> bool {
+        self.last_seen
+            .get(id)
+            .is_some_and(|seen| now.duration_since(*seen) < AGENT_TTL)
+    }
 }
 
 /// What the tracker knows of one file of a version, for an agent choosing what to fetch next.
@@ -200,23 +208,14 @@ impl Tracker {
 
     /// Writes the persisted state whole: temporary file, sync, rename, directory sync.
     fn save(&self, inner: &Inner) -> Result<(), TrackerError> {
-        let io = |op, source| TrackerError::Io {
-            op,
-            path: self.path.clone(),
-            source,
-        };
         let text = serde_json::to_vec(&inner.persisted).expect("the state serialises");
-        let tmp = self.path.with_extension("json.tmp");
-        let mut file = std::fs::File::create(&tmp).map_err(|e| io("create", e))?;
-        file.write_all(&text).map_err(|e| io("write", e))?;
-        file.sync_all().map_err(|e| io("sync", e))?;
-        std::fs::rename(&tmp, &self.path).map_err(|e| io("rename into", e))?;
-        if let Some(dir) = self.path.parent() {
-            std::fs::File::open(dir)
-                .and_then(|dir| dir.sync_all())
-                .map_err(|e| io("sync the directory of", e))?;
-        }
-        Ok(())
+        crate::origin::write_file_whole(&self.path, &text).map_err(|(op, source)| {
+            TrackerError::Io {
+                op,
+                path: self.path.clone(),
+                source,
+            }
+        })
     }
 
     /// Registers (or re-registers) agent `id` answering at `addr`.
@@ -378,36 +377,25 @@ impl Tracker {
     pub fn availability(&self, dataset: &str, version: &str) -> Vec<Availability> {
         let inner = self.lock();
         let now = Instant::now();
-        let alive = |id: &String| {
-            inner
-                .last_seen
-                .get(id)
-                .is_some_and(|seen| now.duration_since(*seen) < AGENT_TTL)
-        };
+        let alive = |id: &String| inner.alive(id, now);
         let key = holding_key(dataset, version);
         let mut out: BTreeMap<&str, Availability> = BTreeMap::new();
-        if let Some(files) = inner.persisted.holdings.get(&key) {
-            for (path, holders) in files {
-                let n = holders.iter().filter(|id| alive(id)).count() as u32;
-                out.entry(path.as_str())
-                    .or_insert_with(|| Availability {
-                        path: path.clone(),
-                        holders: 0,
-                        fetchers: 0,
-                    })
-                    .holders = n;
-            }
-        }
-        if let Some(files) = inner.claims.get(&key) {
-            for (path, fetchers) in files {
-                let n = fetchers.iter().filter(|id| alive(id)).count() as u32;
-                out.entry(path.as_str())
-                    .or_insert_with(|| Availability {
-                        path: path.clone(),
-                        holders: 0,
-                        fetchers: 0,
-                    })
-                    .fetchers = n;
+        let holdings = inner.persisted.holdings.get(&key).into_iter().flatten();
+        let claims = inner.claims.get(&key).into_iter().flatten();
+        for (is_holding, (path, agents)) in holdings
+            .map(|entry| (true, entry))
+            .chain(claims.map(|entry| (false, entry)))
+        {
+            let n = agents.iter().filter(|id| alive(id)).count() as u32;
+            let entry = out.entry(path.as_str()).or_insert_with(|| Availability {
+                path: path.clone(),
+                holders: 0,
+                fetchers: 0,
+            });
+            if is_holding {
+                entry.holders = n;
+            } else {
+                entry.fetchers = n;
             }
         }
         out.into_values().collect()
@@ -418,12 +406,7 @@ impl Tracker {
     pub fn holders(&self, dataset: &str, version: &str, path: &str) -> Vec<Agent> {
         let inner = self.lock();
         let now = Instant::now();
-        let alive = |id: &str| {
-            inner
-                .last_seen
-                .get(id)
-                .is_some_and(|seen| now.duration_since(*seen) < AGENT_TTL)
-        };
+        let alive = |id: &str| inner.alive(id, now);
         let mut holders: Vec<Agent> = inner
             .persisted
             .holdings
@@ -447,13 +430,7 @@ impl Tracker {
             .persisted
             .agents
             .values()
-            .map(|agent| {
-                let alive = inner
-                    .last_seen
-                    .get(&agent.id)
-                    .is_some_and(|seen| now.duration_since(*seen) < AGENT_TTL);
-                (agent.clone(), alive)
-            })
+            .map(|agent| (agent.clone(), inner.alive(&agent.id, now)))
             .collect()
     }
 }

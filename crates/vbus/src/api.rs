@@ -172,12 +172,7 @@ pub(crate) async fn require_token(
     if request.uri().path() == "/health" {
         return next.run(request).await;
     }
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "));
-    match presented {
+    match bearer(&request) {
         Some(presented) if constant_time_eq(presented.as_bytes(), token.as_bytes()) => {
             next.run(request).await
         }
@@ -190,6 +185,21 @@ pub(crate) async fn require_token(
         )
         .into_response(),
     }
+}
+
+/// The token of an `Authorization: Bearer TOKEN` header, if any.
+pub(crate) fn bearer(request: &Request) -> Option<&str> {
+    request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+}
+
+/// Whether `request` presents `token` as its bearer token (compared in constant time).
+pub(crate) fn presents(request: &Request, token: &str) -> bool {
+    bearer(request)
+        .is_some_and(|presented| constant_time_eq(presented.as_bytes(), token.as_bytes()))
 }
 
 /// Equality in time that depends only on the lengths.

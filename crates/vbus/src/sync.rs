@@ -11,7 +11,7 @@
 //! `vbus tracker` serves [`vbus_sync::Tracker`] over HTTP, its state in `BUS/CONTROL_PLANE`.
 
 use std::collections::BTreeMap;
-use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
+use std::io::{Read as _, Seek as _, SeekFrom};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -260,15 +260,10 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Writes `bytes` to `path` whole: a temporary file beside it, synced, renamed.
+/// Writes `bytes` to `path` whole (temporary file, sync, rename, directory sync).
 fn write_whole(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut file =
-        std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
+    vbus_sync::origin::write_file_whole(path, bytes)
+        .map_err(|(op, err)| anyhow::anyhow!("cannot {op} {}: {err}", path.display()))
 }
 
 /// The most bytes a cache miss fetches whole through the BUS (larger files are pulled).
@@ -591,19 +586,13 @@ fn authorise_peer(token: Option<&str>, request: &Request) -> Result<(), ApiError
             "this daemon is in no cluster (config key bus_config.cluster_token)",
         ));
     };
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "));
-    match presented {
-        Some(presented) if crate::api::constant_time_eq(presented.as_bytes(), token.as_bytes()) => {
-            Ok(())
-        }
-        _ => Err(error(
+    if crate::api::presents(request, token) {
+        Ok(())
+    } else {
+        Err(error(
             StatusCode::UNAUTHORIZED,
             "peer requests need `Authorization: Bearer CLUSTER_TOKEN`",
-        )),
+        ))
     }
 }
 
@@ -867,19 +856,13 @@ pub(crate) fn tracker_router(tracker: SharedTracker, token: String) -> Router {
 }
 
 async fn tracker_auth(State(token): State<Arc<String>>, request: Request, next: Next) -> Response {
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "));
-    match presented {
-        Some(presented) if crate::api::constant_time_eq(presented.as_bytes(), token.as_bytes()) => {
-            next.run(request).await
-        }
-        _ => refuse(
+    if crate::api::presents(&request, &token) {
+        next.run(request).await
+    } else {
+        refuse(
             StatusCode::UNAUTHORIZED,
             "tracker requests need `Authorization: Bearer CLUSTER_TOKEN`",
-        ),
+        )
     }
 }
 

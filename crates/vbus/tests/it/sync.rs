@@ -84,6 +84,17 @@ fn post_json(addr: &str, path: &str, body: &Json) -> (u16, Json) {
     )
 }
 
+/// Records a version of the master's `dataset` through `agent`; returns its name.
+fn push(agent: &Daemon, dataset: &str) -> String {
+    let (status, pushed) = post_json(
+        &agent.addr,
+        "/v1/sync/push",
+        &serde_json::json!({ "dataset": dataset }),
+    );
+    assert_eq!(status, 200, "{pushed}");
+    pushed["version"].as_str().unwrap().to_owned()
+}
+
 fn pull(agent: &Daemon, dataset: &str) -> Json {
     pull_at(&agent.addr, dataset)
 }
@@ -242,13 +253,7 @@ fn pulls_survive_a_dead_peer_a_corrupt_peer_a_tracker_restart_and_a_master_outag
         .map(|name| agent_home(dir.path(), name, &master, &tracker_addr))
         .collect();
     let agents: Vec<Daemon> = homes.iter().map(|home| Daemon::start(home)).collect();
-    let (status, pushed) = post_json(
-        &agents[0].addr,
-        "/v1/sync/push",
-        &serde_json::json!({ "dataset": "ds" }),
-    );
-    assert_eq!(status, 200, "{pushed}");
-    let version = pushed["version"].as_str().unwrap().to_owned();
+    let version = push(&agents[0], "ds");
     let first_path = files.keys().next().unwrap().clone();
 
     // a pulls from the master, c from a.
@@ -416,13 +421,7 @@ fn upload_and_download_limits_pace_pulls() {
         Json::from(8_000_000u64),
     );
     let agents: Vec<Daemon> = homes.iter().map(|home| Daemon::start(home)).collect();
-    let (status, pushed) = post_json(
-        &agents[0].addr,
-        "/v1/sync/push",
-        &serde_json::json!({ "dataset": "ds" }),
-    );
-    assert_eq!(status, 200, "{pushed}");
-    let version = pushed["version"].as_str().unwrap().to_owned();
+    let version = push(&agents[0], "ds");
     pull(&agents[0], "ds");
     for path in files.keys() {
         wait_for_holders(&tracker.addr, "ds", &version, path, 1);
@@ -485,13 +484,7 @@ fn a_get_that_misses_every_tier_fetches_through_the_bus() {
         &[],
     );
     assert_eq!(status, 404, "{body}");
-    let (status, pushed) = post_json(
-        &agents[0].addr,
-        "/v1/sync/push",
-        &serde_json::json!({ "dataset": "ds" }),
-    );
-    assert_eq!(status, 200, "{pushed}");
-    let version = pushed["version"].as_str().unwrap().to_owned();
+    let version = push(&agents[0], "ds");
     pull(&agents[0], "ds");
     wait_for_holders(&tracker.addr, "ds", &version, "shard-00.bin", 1);
     // b never pulled: its get goes to the BUS (a peer holds it), and L3 keeps it.
