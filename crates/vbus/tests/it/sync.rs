@@ -168,7 +168,7 @@ fn as_u64(report: &Json, key: &str) -> u64 {
 fn four_agents_pull_one_dataset_and_the_master_serves_it_about_once() {
     let dir = tempfile::tempdir().unwrap();
     let master = dir.path().join("master");
-    let files = write_dataset(&master, "ds", 8, 8 << 20);
+    let files = write_dataset(&master, "ds", 8, 32 << 20);
     let total: u64 = files.values().map(|b| b.len() as u64).sum();
     let tracker = start_tracker(&dir.path().join("tracker"), 0);
     let homes: Vec<PathBuf> = ["a", "b", "c", "d"]
