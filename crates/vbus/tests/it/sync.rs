@@ -333,7 +333,7 @@ fn pulls_survive_a_dead_peer_a_corrupt_peer_a_tracker_restart_and_a_master_outag
 }
 
 #[test]
-fn peer_routes_need_the_cluster_token() {
+fn peer_routes_need_the_cluster_token_and_a_daemon_alone_still_syncs() {
     let dir = tempfile::tempdir().unwrap();
     let master = dir.path().join("master");
     write_dataset(&master, "ds", 1, 1000);
@@ -387,6 +387,14 @@ fn peer_routes_need_the_cluster_token() {
         !refused.success && refused.stderr.contains("cluster token"),
         "{refused:?}"
     );
+    // Without a cluster, push and pull still work against the home's own master.
+    let files = write_dataset(&lone.join("DATA/MASTER_DB"), "solo", 2, 3 << 20);
+    let total: u64 = files.values().map(|b| b.len() as u64).sum();
+    push(&lone_daemon, "solo");
+    let report = pull(&lone_daemon, "solo");
+    assert_eq!(as_u64(&report, "bytes_from_origin"), total, "{report}");
+    assert_eq!(as_u64(&report, "tracker_errors"), 0, "{report}");
+    assert_holds(&lone, "solo", &files);
 }
 
 /// Sets `bus_config.KEY` in `home`'s config.
