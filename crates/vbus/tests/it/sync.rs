@@ -514,3 +514,37 @@ fn a_get_that_misses_every_tier_fetches_through_the_bus() {
     let (status, body) = http_raw(&agents[1].addr, "GET", "/v1/objects/ds/nope.bin", &[], &[]);
     assert_eq!(status, 404, "{body}");
 }
+
+#[test]
+fn a_peer_cannot_pass_off_a_tampered_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = dir.path().join("master");
+    write_dataset(&master, "ds", 1, 1 << 20);
+    let tracker = start_tracker(&dir.path().join("tracker"), 0);
+    let homes: Vec<PathBuf> = ["a", "b"]
+        .iter()
+        .map(|name| agent_home(dir.path(), name, &master, &tracker.addr))
+        .collect();
+    let agents: Vec<Daemon> = homes.iter().map(|home| Daemon::start(home)).collect();
+    let version = push(&agents[0], "ds");
+    pull(&agents[0], "ds");
+    wait_for_holders(&tracker.addr, "ds", &version, "shard-00.bin", 1);
+    // a's recorded manifest now claims other bytes for the file; the master is gone.
+    let recorded = homes[0].join(format!("BUS/CONTROL_PLANE/manifests/ds@{version}.json"));
+    let mut manifest: Json =
+        serde_json::from_str(&std::fs::read_to_string(&recorded).unwrap()).unwrap();
+    manifest["files"][0]["blake3"] = Json::String("ab".repeat(32));
+    std::fs::write(&recorded, manifest.to_string()).unwrap();
+    std::fs::rename(&master, dir.path().join("master-offline")).unwrap();
+    let (status, refused) = post_json(
+        &agents[1].addr,
+        "/v1/sync/pull",
+        &serde_json::json!({ "dataset": "ds", "version": version }),
+    );
+    assert_eq!(status, 404, "{refused}");
+    assert!(
+        refused.to_string().contains("whose content is version"),
+        "{refused}"
+    );
+    assert!(!homes[1].join("CACHE/L3_DISK/ds/shard-00.bin").exists());
+}
