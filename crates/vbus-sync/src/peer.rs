@@ -288,15 +288,7 @@ impl TrackerClient {
         version: &str,
         path: &str,
     ) -> Result<(), PeerError> {
-        self.post(
-            "withdraw",
-            &WithdrawRequest {
-                id: id.to_owned(),
-                dataset: dataset.to_owned(),
-                version: version.to_owned(),
-                path: path.to_owned(),
-            },
-        )
+        self.post_file("withdraw", id, dataset, version, path)
     }
 
     /// Says that `id` starts fetching one file.
@@ -307,8 +299,20 @@ impl TrackerClient {
         version: &str,
         path: &str,
     ) -> Result<(), PeerError> {
+        self.post_file("claim", id, dataset, version, path)
+    }
+
+    /// A call about one file of one agent (`withdraw`, `claim`).
+    fn post_file(
+        &self,
+        route: &str,
+        id: &str,
+        dataset: &str,
+        version: &str,
+        path: &str,
+    ) -> Result<(), PeerError> {
         self.post(
-            "claim",
+            route,
             &WithdrawRequest {
                 id: id.to_owned(),
                 dataset: dataset.to_owned(),

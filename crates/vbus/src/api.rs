@@ -159,13 +159,6 @@ pub(crate) async fn require_token(
     request: Request,
     next: Next,
 ) -> Response {
-    if crate::sync::is_peer_route(request.uri().path()) {
-        // Peers present the cluster token, not the API token.
-        return match crate::sync::peer_authorised(&state, &request) {
-            Ok(()) => next.run(request).await,
-            Err(refused) => refused.into_response(),
-        };
-    }
     let Some(token) = &state.config.api.token else {
         return next.run(request).await;
     };

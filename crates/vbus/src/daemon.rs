@@ -194,6 +194,7 @@ fn state_stats(bus: Option<&vbus_state::StateBus>) -> serde_json::Value {
 }
 
 fn router(state: Arc<AppState>) -> Router {
+    let peers = crate::sync::peer_router(Arc::clone(&state.bus.peer));
     Router::new()
         .route("/health", get(health))
         .route("/v1/stats", get(stats))
@@ -206,6 +207,8 @@ fn router(state: Arc<AppState>) -> Router {
             crate::api::require_token,
         ))
         .with_state(state)
+        // Peers present the cluster token (checked by their router), not `api.token`.
+        .merge(peers.layer(axum::middleware::from_fn(crate::audit::access_log)))
 }
 
 async fn health(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {

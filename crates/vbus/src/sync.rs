@@ -92,12 +92,7 @@ impl BusAgent {
         let http = Http::new(bus.cluster_token.clone());
         let tracker =
             (!bus.tracker.is_empty()).then(|| TrackerClient::new(&bus.tracker, http.clone()));
-        let master = std::path::Path::new(&bus.master_db);
-        let origin = DirOrigin::new(if master.is_absolute() {
-            master.to_owned()
-        } else {
-            home.root().join(master)
-        });
+        let origin = master(home, config);
         let control = home.root().join("BUS/CONTROL_PLANE");
         std::fs::create_dir_all(&control)
             .with_context(|| format!("cannot create {}", control.display()))?;
@@ -266,6 +261,16 @@ fn write_whole(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
         .map_err(|(op, err)| anyhow::anyhow!("cannot {op} {}: {err}", path.display()))
 }
 
+/// The master (`bus_config.master_db`, relative paths from the home).
+fn master(home: &Home, config: &crate::Config) -> DirOrigin {
+    let master = std::path::Path::new(&config.bus_config.master_db);
+    DirOrigin::new(if master.is_absolute() {
+        master.to_owned()
+    } else {
+        home.root().join(master)
+    })
+}
+
 /// The most bytes a cache miss fetches whole through the BUS (larger files are pulled).
 pub const SOURCE_FETCH_MAX_BYTES: u64 = 1 << 30;
 
@@ -286,12 +291,7 @@ impl BusSource {
     pub(crate) fn new(home: &Home, config: &crate::Config) -> Self {
         let bus = &config.bus_config;
         let http = Http::new(bus.cluster_token.clone());
-        let master = std::path::Path::new(&bus.master_db);
-        let origin = DirOrigin::new(if master.is_absolute() {
-            master.to_owned()
-        } else {
-            home.root().join(master)
-        });
+        let origin = master(home, config);
         Self {
             name: format!("bus (master {})", origin.root().display()),
             tracker: (!bus.tracker.is_empty())
@@ -401,22 +401,9 @@ fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
 /// The routes of the BUS on a daemon.
 pub(crate) fn routes() -> Router<Arc<AppState>> {
     Router::new()
-        .route("/v1/bus/files/{dataset}/{*path}", get(serve_range))
-        .route("/v1/bus/manifests/{dataset}/{version}", get(serve_manifest))
         .route("/v1/sync/pull", post(pull))
         .route("/v1/sync/push", post(push))
         .route("/v1/sync/status", get(status))
-}
-
-/// Peer routes (`/v1/bus/…`) take the cluster token instead of the API token; without a cluster
-/// token configured they are refused.
-pub(crate) fn is_peer_route(path: &str) -> bool {
-    path.starts_with("/v1/bus/")
-}
-
-/// Checks the cluster token of a peer request.
-pub(crate) fn peer_authorised(state: &AppState, request: &Request) -> Result<(), ApiError> {
-    state.bus.peer.authorise(request)
 }
 
 /// Byte ranges of the complete files of one store, served to peers that present the cluster
@@ -553,15 +540,26 @@ impl PeerFiles {
     }
 }
 
-/// A router serving only `peer`'s ranges, behind its cluster token (for `vbus bench sync`,
-/// whose agents run in one process).
+/// The peer routes (`/v1/bus/…`: byte ranges and manifests of `peer`), behind the cluster token
+/// rather than `api.token`; without a cluster token every request is refused (403). The daemon
+/// merges it beside its API, and `vbus bench sync` serves it for each in-process agent.
 pub(crate) fn peer_router(peer: Arc<PeerFiles>) -> Router {
-    async fn handler(
+    async fn range(
         State(peer): State<Arc<PeerFiles>>,
         Path((dataset, path)): Path<(String, String)>,
         Query(query): Query<RangeQuery>,
     ) -> Response {
         peer.respond(dataset, path, query).await
+    }
+    async fn manifest(
+        State(peer): State<Arc<PeerFiles>>,
+        Path((dataset, version)): Path<(String, String)>,
+    ) -> Response {
+        match tokio::task::spawn_blocking(move || peer.manifest(&dataset, &version)).await {
+            Ok(Ok(json)) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
+            Ok(Err(refused)) => refused.into_response(),
+            Err(err) => refuse(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
+        }
     }
     async fn auth(State(peer): State<Arc<PeerFiles>>, request: Request, next: Next) -> Response {
         match peer.authorise(&request) {
@@ -570,7 +568,8 @@ pub(crate) fn peer_router(peer: Arc<PeerFiles>) -> Router {
         }
     }
     Router::new()
-        .route("/v1/bus/files/{dataset}/{*path}", get(handler))
+        .route("/v1/bus/files/{dataset}/{*path}", get(range))
+        .route("/v1/bus/manifests/{dataset}/{version}", get(manifest))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&peer),
             auth,
@@ -611,28 +610,6 @@ impl Drop for Upload<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
-}
-
-async fn serve_manifest(
-    State(state): State<Arc<AppState>>,
-    Path((dataset, version)): Path<(String, String)>,
-) -> Response {
-    let peer = Arc::clone(&state.bus.peer);
-    match tokio::task::spawn_blocking(move || peer.manifest(&dataset, &version)).await {
-        Ok(Ok(json)) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
-        Ok(Err(refused)) => refused.into_response(),
-        Err(err) => refuse(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
-    }
-}
-
-async fn serve_range(
-    State(state): State<Arc<AppState>>,
-    Path((dataset, path)): Path<(String, String)>,
-    Query(query): Query<RangeQuery>,
-) -> Response {
-    Arc::clone(&state.bus.peer)
-        .respond(dataset, path, query)
-        .await
 }
 
 #[derive(Debug, Deserialize)]
