@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every VBUS test: unit and end-to-end tests of each crate on the simulated device, then the
 # vbus-gpu tests again on the CUDA backend through the fake driver (crates/vbus-fake-cuda, loaded
-# by cudarc as libcuda.so). Needs only a Rust toolchain (cargo); cargo builds everything else.
+# by cudarc as libcuda.so). Needs only a Rust toolchain (cargo); cargo builds everything else,
+# including the real S3-compatible server the BUS tests run against (s3s-fs, from crates.io, into
+# target/tools the first time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v cargo >/dev/null 2>&1; then
@@ -9,11 +11,19 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
+target_dir="${CARGO_TARGET_DIR:-target}"
+s3s_fs="$target_dir/tools/bin/s3s-fs"
+if [ ! -x "$s3s_fs" ]; then
+  echo "== installing s3s-fs 0.14.1 (the S3-compatible server of the BUS tests) into $target_dir/tools"
+  cargo install s3s-fs --version 0.14.1 --features binary --locked --root "$target_dir/tools"
+fi
+VBUS_TEST_S3S_FS="$(cd "$(dirname "$s3s_fs")" && pwd)/s3s-fs"
+export VBUS_TEST_S3S_FS
+
 echo "== all crates (L1 on the simulated device)"
 cargo test --workspace --locked "$@"
 
 echo "== vbus-gpu on the CUDA backend, through the fake driver"
-target_dir="${CARGO_TARGET_DIR:-target}"
 cargo build -p vbus-fake-cuda --locked
 fake_dir="$target_dir/fake-cuda"
 mkdir -p "$fake_dir"

@@ -2,12 +2,12 @@
 //! directory, S3-compatible), the MESI coherence directory and rate limits.
 //!
 //! Built so far: [`manifest`], the description of a dataset version that every transfer is
-//! checked against (files, sizes, BLAKE3 roots, pieces and their hashes); [`origin`], a
-//! local-directory origin with recorded versions and a verified, atomic pull from it into the
-//! L3 store; [`tracker`], the controller's state (agents, liveness, who holds which complete
+//! checked against (files, sizes, BLAKE3 roots, pieces and their hashes); [`origin`], the
+//! master store (a local directory, or an S3-compatible bucket through [`s3`]) with recorded
+//! versions and a verified, atomic pull from it into the L3 store; [`tracker`], the controller's state (agents, liveness, who holds which complete
 //! file); [`peer`], the HTTP client side (tracker calls, byte ranges from peers); and [`swarm`],
-//! a pull from peers with per-piece verification and fallback to the origin. The S3-compatible
-//! origin, pieces served while a file is in flight, resumable pulls, rate limits and coherence
+//! a pull from peers with per-piece verification and fallback to the origin. Pieces served
+//! while a file is in flight, resumable pulls, rate limits and coherence
 //! are the rest of the BUS issue.
 
 #![forbid(unsafe_code)]
@@ -16,12 +16,14 @@ pub mod manifest;
 pub mod origin;
 pub mod peer;
 pub mod rate;
+pub mod s3;
 pub mod swarm;
 pub mod tracker;
 
 pub use manifest::{FileEntry, Manifest, ManifestError, PIECE_BYTES_DEFAULT};
-pub use origin::{DirOrigin, LATEST, PullError, PullReport, content_version, pull};
+pub use origin::{LATEST, Origin, PullError, PullReport, content_version, pull};
 pub use peer::{Http, PeerError, TrackerClient};
 pub use rate::RateLimiter;
+pub use s3::S3Options;
 pub use swarm::{Sink, Swarm, SwarmReport, fetch_file_bytes, manifest_from_peers, pull_swarm};
 pub use tracker::{Agent, Availability, Tracker, TrackerError};

@@ -85,32 +85,6 @@ fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ManifestE
 }
 
 impl Manifest {
-    /// Hashes every file under `root` (the dataset's directory) into a manifest; hidden entries
-    /// (names starting with `.`) are skipped.
-    pub fn build(
-        root: &Path,
-        dataset: &str,
-        version: &str,
-        piece_bytes: u64,
-    ) -> Result<Self, ManifestError> {
-        check_piece_bytes(piece_bytes)?;
-        let mut paths = Vec::new();
-        collect(root, root, &mut paths)?;
-        paths.sort();
-        let mut files = Vec::with_capacity(paths.len());
-        for relative in paths {
-            let full = root.join(&relative);
-            files.push(hash_file(&full, &relative, piece_bytes)?);
-        }
-        Ok(Self {
-            format: FORMAT_VERSION,
-            dataset: dataset.to_owned(),
-            version: version.to_owned(),
-            piece_bytes,
-            files,
-        })
-    }
-
     /// Parses and checks a manifest's JSON.
     pub fn from_json(text: &str) -> Result<Self, ManifestError> {
         let manifest: Self =
@@ -207,7 +181,7 @@ impl Manifest {
     }
 }
 
-fn check_piece_bytes(piece_bytes: u64) -> Result<(), ManifestError> {
+pub(crate) fn check_piece_bytes(piece_bytes: u64) -> Result<(), ManifestError> {
     if !(PIECE_BYTES_MIN..=PIECE_BYTES_MAX).contains(&piece_bytes) {
         return Err(ManifestError::Invalid(format!(
             "piece size {piece_bytes} is outside {PIECE_BYTES_MIN}..={PIECE_BYTES_MAX}"
@@ -237,62 +211,40 @@ pub fn read_piece(
     Ok(bytes)
 }
 
-fn collect(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<(), ManifestError> {
-    for entry in std::fs::read_dir(dir).map_err(io("list", dir))? {
-        let entry = entry.map_err(io("list", dir))?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if name.starts_with('.') {
-            continue;
-        }
-        let path = entry.path();
-        let kind = entry.file_type().map_err(io("stat", &path))?;
-        if kind.is_dir() {
-            collect(root, &path, out)?;
-        } else if kind.is_file() {
-            let relative = path
-                .strip_prefix(root)
-                .expect("walked from the root")
-                .components()
-                .map(|c| c.as_os_str().to_string_lossy().into_owned())
-                .collect::<Vec<_>>()
-                .join("/");
-            out.push(relative);
-        }
-    }
-    Ok(())
-}
-
-/// Hashes a file: its root and each piece, in one read.
-fn hash_file(path: &Path, relative: &str, piece_bytes: u64) -> Result<FileEntry, ManifestError> {
-    let mut file = File::open(path).map_err(io("open", path))?;
+/// Hashes a file of `size_bytes` read piece by piece through `read(offset, len)`: its root and
+/// each piece.
+pub(crate) fn hash_pieces(
+    path: &str,
+    size_bytes: u64,
+    piece_bytes: u64,
+    mut read: impl FnMut(u64, u64) -> Result<Vec<u8>, ManifestError>,
+) -> Result<FileEntry, ManifestError> {
     let mut whole = blake3::Hasher::new();
     let mut pieces = Vec::new();
-    let mut buffer = vec![0u8; piece_bytes as usize];
-    let mut size_bytes = 0u64;
-    loop {
-        let mut filled = 0;
-        while filled < buffer.len() {
-            let n = file.read(&mut buffer[filled..]).map_err(io("read", path))?;
-            if n == 0 {
-                break;
-            }
-            filled += n;
-        }
-        if filled == 0 {
-            break;
-        }
-        whole.update(&buffer[..filled]);
-        pieces.push(blake3::hash(&buffer[..filled]).to_hex().to_string());
-        size_bytes += filled as u64;
-        if filled < buffer.len() {
-            break;
-        }
+    let mut offset = 0;
+    while offset < size_bytes {
+        let len = piece_bytes.min(size_bytes - offset);
+        let piece = read(offset, len)?;
+        whole.update(&piece);
+        pieces.push(blake3::hash(&piece).to_hex().to_string());
+        offset += len;
     }
     Ok(FileEntry {
-        path: relative.to_owned(),
+        path: path.to_owned(),
         size_bytes,
         blake3: whole.finalize().to_hex().to_string(),
         pieces,
+    })
+}
+
+/// Hashes a file on disk: its root and each piece.
+fn hash_file(path: &Path, relative: &str, piece_bytes: u64) -> Result<FileEntry, ManifestError> {
+    let file = File::open(path).map_err(io("open", path))?;
+    let size_bytes = file.metadata().map_err(io("stat", path))?.len();
+    hash_pieces(relative, size_bytes, piece_bytes, |offset, len| {
+        let mut bytes = vec![0u8; len as usize];
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut bytes, offset)
+            .map_err(io("read", path))?;
+        Ok(bytes)
     })
 }

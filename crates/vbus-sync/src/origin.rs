@@ -1,5 +1,7 @@
-//! Origins (the seed's master database) and pulls from them into the L3 store. A local directory
-//! (`DATA/MASTER_DB` by default) is the origin built so far: `{root}/{dataset}/{path}`.
+//! Origins (the seed's master database) and pulls from them into the L3 store. An origin is a
+//! local directory (`DATA/MASTER_DB` by default) or an S3-compatible bucket (`s3://bucket/prefix`,
+//! through `object_store`); either holds `{dataset}/{path}` and the recorded versions under
+//! `.vbus/manifests/{dataset}/`.
 //!
 //! A pull fetches each file piece by piece, checks every piece against the manifest before it is
 //! written, stages the file in the store and publishes it atomically at the end; a file the store
@@ -35,19 +37,68 @@ pub enum PullError {
     },
 }
 
-/// A local directory holding datasets, one subdirectory each.
+/// Where an origin keeps its objects: keys are `/`-separated paths from its root, datasets at
+/// `{dataset}/{path}` and the recorded versions under `.vbus/manifests/{dataset}/`.
+pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
+    /// Where it is, for messages (`/srv/master` or `s3://bucket/prefix`).
+    fn describe(&self) -> String;
+    /// Every object under `{dir}/` with its size: paths relative to it, sorted, hidden entries
+    /// (any component starting with `.`) left out.
+    fn list(&self, dir: &str) -> Result<Vec<(String, u64)>, ManifestError>;
+    /// `len` bytes of `key` from `offset`; fewer is an error.
+    fn read_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, ManifestError>;
+    /// All of `key`; `None` when there is no such object.
+    fn read(&self, key: &str) -> Result<Option<Vec<u8>>, ManifestError>;
+    /// Replaces `key` whole with the file at `from`: a reader sees the old object or the new
+    /// one, never a mix.
+    fn write_from_file(&self, key: &str, from: &Path) -> Result<(), ManifestError>;
+    /// Replaces `key` whole with `bytes`.
+    fn write(&self, key: &str, bytes: &[u8]) -> Result<(), ManifestError>;
+}
+
+/// The master store (the seed's master database): a local directory or an S3-compatible bucket
+/// holding datasets, one folder (prefix) each, and the versions recorded of them.
 #[derive(Debug, Clone)]
-pub struct DirOrigin {
-    root: PathBuf,
+pub struct Origin {
+    backend: std::sync::Arc<dyn Backend>,
     /// A limit on the bytes of pieces read from it (its egress), shared by its clones.
     egress: Option<std::sync::Arc<RateLimiter>>,
 }
 
-impl DirOrigin {
-    /// The origin at `root`.
-    pub fn new(root: impl Into<PathBuf>) -> Self {
+/// Checks a dataset name: one path component, not hidden.
+fn check_dataset(dataset: &str) -> Result<(), ManifestError> {
+    if dataset.is_empty() || dataset.starts_with('.') || dataset.contains(['/', '\\', '\0']) {
+        return Err(ManifestError::Invalid(format!(
+            "bad dataset name {dataset:?}"
+        )));
+    }
+    Ok(())
+}
+
+impl Origin {
+    /// The local directory at `root`.
+    pub fn dir(root: impl Into<PathBuf>) -> Self {
+        Self::with_backend(DirBackend { root: root.into() })
+    }
+
+    /// The S3-compatible bucket `url` names (`s3://bucket` or `s3://bucket/prefix`), reached
+    /// as `options` say.
+    pub fn s3(url: &str, options: &crate::s3::S3Options) -> Result<Self, ManifestError> {
+        Ok(Self::with_backend(crate::s3::S3Backend::new(url, options)?))
+    }
+
+    /// The origin `location` names: an `s3://` URL, else a directory.
+    pub fn open(location: &str, options: &crate::s3::S3Options) -> Result<Self, ManifestError> {
+        if location.starts_with("s3://") {
+            Self::s3(location, options)
+        } else {
+            Ok(Self::dir(location))
+        }
+    }
+
+    fn with_backend(backend: impl Backend + 'static) -> Self {
         Self {
-            root: root.into(),
+            backend: std::sync::Arc::new(backend),
             egress: None,
         }
     }
@@ -59,62 +110,77 @@ impl DirOrigin {
         self
     }
 
-    fn dataset_dir(&self, dataset: &str) -> PathBuf {
-        self.root.join(dataset)
+    /// Where it is: a directory, or an `s3://` URL.
+    pub fn describe(&self) -> String {
+        self.backend.describe()
     }
 
-    /// The manifest of `dataset` as the directory holds it now, named `version`.
+    /// The manifest of `dataset` as the origin holds it now, named `version`, in pieces of
+    /// [`manifest::PIECE_BYTES_DEFAULT`]: every object is read and hashed, piece by piece.
     pub fn manifest(&self, dataset: &str, version: &str) -> Result<Manifest, ManifestError> {
-        Manifest::build(
-            &self.dataset_dir(dataset),
-            dataset,
-            version,
-            manifest::PIECE_BYTES_DEFAULT,
-        )
+        self.manifest_with(dataset, version, manifest::PIECE_BYTES_DEFAULT)
     }
 
-    /// Records the directory's current content of `dataset` as a version: its manifest, named
-    /// by a hash of the file list (the same content gives the same version), is written under
-    /// `{root}/.vbus/manifests/{dataset}/` (whole, synced, renamed), and `latest` points at it.
-    pub fn publish_version(&self, dataset: &str) -> Result<Manifest, ManifestError> {
-        if dataset.is_empty() || dataset.starts_with('.') || dataset.contains(['/', '\\', '\0']) {
-            return Err(ManifestError::Invalid(format!(
-                "bad dataset name {dataset:?}"
-            )));
+    /// [`Origin::manifest`] in pieces of `piece_bytes`.
+    pub fn manifest_with(
+        &self,
+        dataset: &str,
+        version: &str,
+        piece_bytes: u64,
+    ) -> Result<Manifest, ManifestError> {
+        check_dataset(dataset)?;
+        manifest::check_piece_bytes(piece_bytes)?;
+        let mut files = Vec::new();
+        for (path, size_bytes) in self.backend.list(dataset)? {
+            let key = format!("{dataset}/{path}");
+            files.push(manifest::hash_pieces(
+                &path,
+                size_bytes,
+                piece_bytes,
+                |offset, len| self.backend.read_range(&key, offset, len),
+            )?);
         }
+        Ok(Manifest {
+            format: manifest::FORMAT_VERSION,
+            dataset: dataset.to_owned(),
+            version: version.to_owned(),
+            piece_bytes,
+            files,
+        })
+    }
+
+    /// Records the origin's current content of `dataset` as a version: its manifest, named by
+    /// a hash of the file list (the same content gives the same version), is written whole
+    /// under `.vbus/manifests/{dataset}/`, and `latest` points at it.
+    pub fn publish_version(&self, dataset: &str) -> Result<Manifest, ManifestError> {
         let mut manifest = self.manifest(dataset, "")?;
         manifest.version = content_version(&manifest);
-        let dir = self.manifests_dir(dataset);
-        std::fs::create_dir_all(&dir).map_err(|source| ManifestError::Io {
-            op: "create",
-            path: dir.clone(),
-            source,
-        })?;
-        write_atomically(
-            &dir.join(format!("{}.json", manifest.version)),
+        let dir = manifests_key(dataset);
+        self.backend.write(
+            &format!("{dir}/{}.json", manifest.version),
             manifest.to_json().as_bytes(),
         )?;
-        write_atomically(&dir.join(LATEST), manifest.version.as_bytes())?;
+        self.backend
+            .write(&format!("{dir}/{LATEST}"), manifest.version.as_bytes())?;
         Ok(manifest)
     }
 
-    /// The manifest of a version recorded by [`DirOrigin::publish_version`]; `latest` names the
-    /// newest.
+    /// The manifest of a version recorded by [`Origin::publish_version`]; `latest` names the
+    /// newest. An unknown dataset or version is an [`ManifestError::Io`] of kind `NotFound`.
     pub fn stored_manifest(&self, dataset: &str, version: &str) -> Result<Manifest, ManifestError> {
         let bad = |why: String| ManifestError::Invalid(why);
-        if dataset.is_empty() || dataset.starts_with('.') || dataset.contains(['/', '\\', '\0']) {
-            return Err(bad(format!("bad dataset name {dataset:?}")));
-        }
-        let dir = self.manifests_dir(dataset);
-        let read = |path: PathBuf| {
-            std::fs::read_to_string(&path).map_err(|source| ManifestError::Io {
+        check_dataset(dataset)?;
+        let dir = manifests_key(dataset);
+        let read = |key: String| -> Result<String, ManifestError> {
+            let bytes = self.backend.read(&key)?.ok_or_else(|| ManifestError::Io {
                 op: "read",
-                path,
-                source,
-            })
+                path: PathBuf::from(format!("{}/{key}", self.describe())),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            })?;
+            String::from_utf8(bytes).map_err(|_| bad(format!("{key} is not UTF-8")))
         };
         let version = if version == LATEST || version.is_empty() {
-            read(dir.join(LATEST))?.trim().to_owned()
+            read(format!("{dir}/{LATEST}"))?.trim().to_owned()
         } else {
             version.to_owned()
         };
@@ -125,7 +191,7 @@ impl DirOrigin {
         {
             return Err(bad(format!("bad version {version:?}")));
         }
-        let manifest = Manifest::from_json(&read(dir.join(format!("{version}.json")))?)?;
+        let manifest = Manifest::from_json(&read(format!("{dir}/{version}.json"))?)?;
         if manifest.dataset != dataset || manifest.version != version {
             return Err(bad(format!(
                 "the manifest of {dataset}@{version} names {}@{}",
@@ -135,33 +201,145 @@ impl DirOrigin {
         Ok(manifest)
     }
 
-    fn manifests_dir(&self, dataset: &str) -> PathBuf {
-        self.root.join(".vbus").join("manifests").join(dataset)
-    }
-
-    /// Piece `index` of `path` in `dataset`.
+    /// Piece `index` of `file` in `manifest`'s dataset.
     pub fn read_piece(
         &self,
         manifest: &Manifest,
         file: &manifest::FileEntry,
         index: usize,
     ) -> Result<Vec<u8>, ManifestError> {
-        crate::rate::acquire(
-            self.egress.as_deref(),
-            manifest::piece_len(file.size_bytes, manifest.piece_bytes, index),
-        );
-        manifest::read_piece(
-            &self.dataset_dir(&manifest.dataset).join(&file.path),
-            manifest.piece_bytes,
-            index,
-            file.size_bytes,
+        let len = manifest::piece_len(file.size_bytes, manifest.piece_bytes, index);
+        crate::rate::acquire(self.egress.as_deref(), len);
+        self.backend.read_range(
+            &format!("{}/{}", manifest.dataset, file.path),
+            index as u64 * manifest.piece_bytes,
+            len,
         )
     }
 
-    /// The directory itself.
-    pub fn root(&self) -> &Path {
-        &self.root
+    /// Replaces `dataset/path` at the origin whole with the file at `from` (a write-back).
+    pub fn write_file(&self, dataset: &str, path: &str, from: &Path) -> Result<(), ManifestError> {
+        check_dataset(dataset)?;
+        check_path(path)?;
+        self.backend
+            .write_from_file(&format!("{dataset}/{path}"), from)
     }
+}
+
+fn manifests_key(dataset: &str) -> String {
+    format!(".vbus/manifests/{dataset}")
+}
+
+/// Checks a path inside a dataset: `/`-separated, relative, no empty, `.`, `..` or hidden
+/// component.
+pub(crate) fn check_path(path: &str) -> Result<(), ManifestError> {
+    if path.is_empty()
+        || path.contains(['\\', '\0'])
+        || path
+            .split('/')
+            .any(|part| part.is_empty() || part.starts_with('.'))
+    {
+        return Err(ManifestError::Invalid(format!("bad path {path:?}")));
+    }
+    Ok(())
+}
+
+/// A local directory.
+#[derive(Debug)]
+struct DirBackend {
+    root: PathBuf,
+}
+
+fn io_error(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ManifestError + use<> {
+    let path = path.to_owned();
+    move |source| ManifestError::Io { op, path, source }
+}
+
+impl Backend for DirBackend {
+    fn describe(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn list(&self, dir: &str) -> Result<Vec<(String, u64)>, ManifestError> {
+        let base = self.root.join(dir);
+        let mut out = Vec::new();
+        let mut stack = vec![base.clone()];
+        while let Some(at) = stack.pop() {
+            for entry in std::fs::read_dir(&at).map_err(io_error("list", &at))? {
+                let entry = entry.map_err(io_error("list", &at))?;
+                let name = entry.file_name();
+                let Some(name) = name.to_str() else { continue };
+                if name.starts_with('.') {
+                    continue;
+                }
+                let path = entry.path();
+                let meta = std::fs::metadata(&path).map_err(io_error("stat", &path))?;
+                if meta.is_dir() {
+                    stack.push(path);
+                } else if meta.is_file() {
+                    let relative = path
+                        .strip_prefix(&base)
+                        .expect("walked from the base")
+                        .components()
+                        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                        .collect::<Vec<_>>()
+                        .join("/");
+                    out.push((relative, meta.len()));
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn read_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, ManifestError> {
+        let path = self.root.join(key);
+        let file = std::fs::File::open(&path).map_err(io_error("open", &path))?;
+        let mut bytes = vec![0u8; len as usize];
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut bytes, offset)
+            .map_err(io_error("read", &path))?;
+        Ok(bytes)
+    }
+
+    fn read(&self, key: &str) -> Result<Option<Vec<u8>>, ManifestError> {
+        let path = self.root.join(key);
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(io_error("read", &path)(err)),
+        }
+    }
+
+    fn write_from_file(&self, key: &str, from: &Path) -> Result<(), ManifestError> {
+        let path = self.root.join(key);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io_error("create", dir))?;
+        }
+        let tmp = path.with_extension("vbus-tmp");
+        std::fs::copy(from, &tmp).map_err(io_error("copy into", &tmp))?;
+        std::fs::File::open(&tmp)
+            .and_then(|file| file.sync_all())
+            .map_err(io_error("sync", &tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io_error("rename into", &path))?;
+        sync_parent(&path)
+    }
+
+    fn write(&self, key: &str, bytes: &[u8]) -> Result<(), ManifestError> {
+        let path = self.root.join(key);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io_error("create", dir))?;
+        }
+        write_atomically(&path, bytes)
+    }
+}
+
+fn sync_parent(path: &Path) -> Result<(), ManifestError> {
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(io_error("sync the directory of", path))?;
+    }
+    Ok(())
 }
 
 /// The name a version gets from its content: a hash of its piece size and of every file's path,
@@ -226,7 +404,7 @@ pub struct PullReport {
 /// of each verified piece.
 pub fn pull(
     manifest: &Manifest,
-    origin: &DirOrigin,
+    origin: &Origin,
     store: &vbus_store::FileStore,
     mut progress: impl FnMut(u64),
 ) -> Result<PullReport, PullError> {

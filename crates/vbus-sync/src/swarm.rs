@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::manifest::{FileEntry, Manifest, ManifestError, piece_len};
-use crate::origin::{DirOrigin, PullError};
+use crate::origin::{Origin, PullError};
 use crate::peer::{Http, TrackerClient, fetch_range};
 use crate::rate::{self, RateLimiter};
 use crate::tracker::Agent;
@@ -97,7 +97,7 @@ pub fn manifest_from_peers(
 pub fn fetch_file_bytes(
     manifest: &Manifest,
     file: &FileEntry,
-    origin: &DirOrigin,
+    origin: &Origin,
     swarm: Swarm<'_>,
     max_bytes: u64,
 ) -> Result<Vec<u8>, PullError> {
@@ -183,7 +183,7 @@ struct Counters {
 /// otherwise; `progress` gets the bytes of each verified piece.
 pub fn pull_swarm(
     manifest: &Manifest,
-    origin: &DirOrigin,
+    origin: &Origin,
     sink: &dyn Sink,
     swarm: Swarm<'_>,
     progress: &(dyn Fn(u64) + Sync),
@@ -344,7 +344,7 @@ fn next_file<'m>(
 fn fetch_file(
     manifest: &Manifest,
     file: &FileEntry,
-    origin: &DirOrigin,
+    origin: &Origin,
     sink: &dyn Sink,
     swarm: Swarm<'_>,
     counters: &Counters,
@@ -397,7 +397,7 @@ fn pull_file(
     manifest: &Manifest,
     file: &FileEntry,
     holders: &[Agent],
-    origin: &DirOrigin,
+    origin: &Origin,
     sink: &dyn Sink,
     swarm: Swarm<'_>,
     counters: &Counters,
@@ -435,7 +435,7 @@ fn for_each_piece(
     manifest: &Manifest,
     file: &FileEntry,
     holders: &[Agent],
-    origin: &DirOrigin,
+    origin: &Origin,
     swarm: Swarm<'_>,
     counters: &Counters,
     mut each: impl FnMut(Vec<u8>) -> Result<(), PullError>,
@@ -480,7 +480,7 @@ fn fetch_piece(
     index: usize,
     holders: &[Agent],
     skipped: &Mutex<HashSet<String>>,
-    origin: &DirOrigin,
+    origin: &Origin,
     swarm: Swarm<'_>,
     counters: &Counters,
 ) -> Result<Vec<u8>, PullError> {

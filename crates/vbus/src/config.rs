@@ -7,7 +7,7 @@
 //! is allowed.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -218,9 +218,16 @@ impl EvictionPolicy {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BusConfig {
-    /// The master store (the default origin). A path relative to the home, an absolute path, or
-    /// later an `s3://` URL. Default `DATA/MASTER_DB`.
+    /// The master store (the origin). A path relative to the home, an absolute path, or an
+    /// S3-compatible bucket as `s3://BUCKET[/PREFIX]`. Default `DATA/MASTER_DB`.
     pub master_db: String,
+    /// The S3 endpoint of an `s3://` master (`http://HOST:PORT` for a local server); empty (the
+    /// default) means `AWS_ENDPOINT_URL`, else AWS itself. Credentials always come from the
+    /// environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`).
+    pub s3_endpoint: String,
+    /// The region of an `s3://` master; empty (the default) means `AWS_REGION`, else
+    /// `us-east-1`.
+    pub s3_region: String,
     /// Repositories kept coherent with the master. Default empty; at most
     /// [`REPOSITORIES_MAX`] entries, none empty.
     pub repositories: Vec<String>,
@@ -255,6 +262,8 @@ impl Default for BusConfig {
     fn default() -> Self {
         Self {
             master_db: "DATA/MASTER_DB".to_owned(),
+            s3_endpoint: String::new(),
+            s3_region: String::new(),
             repositories: Vec::new(),
             ai_routing_enabled: true,
             coherency_protocol: CoherencyProtocol::Mesi,
@@ -510,7 +519,26 @@ impl Config {
             return Err(value_error(
                 "bus_config.master_db",
                 &bus.master_db,
-                "a non-empty directory path (relative to the home, or absolute)",
+                "a non-empty directory path (relative to the home, or absolute), or s3://BUCKET[/PREFIX]",
+            ));
+        }
+        if let Some(rest) = bus.master_db.strip_prefix("s3://")
+            && rest.split('/').next().is_none_or(str::is_empty)
+        {
+            return Err(value_error(
+                "bus_config.master_db",
+                &bus.master_db,
+                "s3://BUCKET or s3://BUCKET/PREFIX (the bucket is missing)",
+            ));
+        }
+        let endpoint_ok = bus.s3_endpoint.is_empty()
+            || bus.s3_endpoint.starts_with("http://")
+            || bus.s3_endpoint.starts_with("https://");
+        if !endpoint_ok {
+            return Err(value_error(
+                "bus_config.s3_endpoint",
+                &bus.s3_endpoint,
+                "\"\" (the environment or AWS), or an http:// or https:// URL",
             ));
         }
         if bus.repositories.len() > REPOSITORIES_MAX {
@@ -671,13 +699,15 @@ impl Config {
         text
     }
 
-    /// The master store as a path: relative entries are taken from `home`.
-    pub fn master_db_path(&self, home: &Path) -> PathBuf {
-        let path = Path::new(&self.bus_config.master_db);
-        if path.is_absolute() {
-            path.to_owned()
+    /// Where the master store is: an `s3://` URL as written, else a directory, relative
+    /// entries taken from `home`.
+    pub fn master_db_location(&self, home: &Path) -> String {
+        let master = &self.bus_config.master_db;
+        let path = Path::new(master);
+        if master.starts_with("s3://") || path.is_absolute() {
+            master.clone()
         } else {
-            home.join(path)
+            home.join(path).display().to_string()
         }
     }
 }
@@ -782,8 +812,20 @@ mod tests {
         assert_eq!(config.cache_hierarchy.l2_ram.capacity_bytes(), 8192 << 20);
         assert_eq!(config.bus_config.repositories.len(), 2);
         assert_eq!(
-            config.master_db_path(Path::new("/home")),
-            Path::new("/path/to/master/database")
+            config.master_db_location(Path::new("/home")),
+            "/path/to/master/database"
+        );
+        let mut s3 = config.clone();
+        s3.bus_config.master_db = "s3://bucket/prefix".to_owned();
+        assert_eq!(
+            s3.master_db_location(Path::new("/home")),
+            "s3://bucket/prefix"
+        );
+        let mut relative = config;
+        relative.bus_config.master_db = "DATA/MASTER_DB".to_owned();
+        assert_eq!(
+            relative.master_db_location(Path::new("/home")),
+            "/home/DATA/MASTER_DB"
         );
     }
 
@@ -835,6 +877,16 @@ mod tests {
             r#"{"bus_config": {"coherency_protocol": "moesi"}}"#,
             "bus_config.coherency_protocol",
             "`moesi`",
+        );
+        check(
+            r#"{"bus_config": {"master_db": "s3:///prefix"}}"#,
+            "bus_config.master_db",
+            "the bucket is missing",
+        );
+        check(
+            r#"{"bus_config": {"s3_endpoint": "127.0.0.1:9000"}}"#,
+            "bus_config.s3_endpoint",
+            "an http:// or https:// URL",
         );
     }
 

@@ -50,7 +50,8 @@ pub fn up(home: &Home, listen: Option<&str>) -> anyhow::Result<()> {
     let listen_addr = config.api.listen_addr()?;
     // A get that misses every tier fetches through the BUS (the master's newest version, pieces
     // from peers and the master).
-    let source = crate::sync::BusSource::new(home, &config);
+    let origin = crate::sync::master(home, &config)?;
+    let source = crate::sync::BusSource::new(&config, origin.clone());
     let download = source.download();
     let tiers = tiers::open(home, &config, Some(Arc::new(source)))?;
     let state_bus = tiers::open_state(home, &config, tiers.device.as_ref())?.map(Arc::new);
@@ -69,6 +70,7 @@ pub fn up(home: &Home, listen: Option<&str>) -> anyhow::Result<()> {
         &config,
         local_addr,
         tiers.cache.store().clone(),
+        origin,
         download,
     )?);
 

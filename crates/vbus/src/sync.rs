@@ -27,7 +27,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use vbus_cache::{CacheKey, CacheManager};
-use vbus_sync::{DirOrigin, Http, Manifest, PullError, Sink, Swarm, TrackerClient};
+use vbus_sync::{Http, Manifest, Origin, PullError, Sink, Swarm, TrackerClient};
 
 use crate::Home;
 use crate::api::ApiError;
@@ -55,7 +55,7 @@ pub(crate) struct BusAgent {
     pub(crate) addr: String,
     pub(crate) http: Http,
     pub(crate) tracker: Option<TrackerClient>,
-    pub(crate) origin: DirOrigin,
+    pub(crate) origin: Origin,
     pub(crate) workers: usize,
     /// `bus_config.download_bytes_per_second`, over every piece pulled (shared with the
     /// cache's [`BusSource`]).
@@ -76,6 +76,7 @@ impl BusAgent {
         config: &crate::Config,
         listen: std::net::SocketAddr,
         store: vbus_store::FileStore,
+        origin: Origin,
         download: Option<Arc<vbus_sync::RateLimiter>>,
     ) -> anyhow::Result<Self> {
         let bus = &config.bus_config;
@@ -92,7 +93,6 @@ impl BusAgent {
         let http = Http::new(bus.cluster_token.clone());
         let tracker =
             (!bus.tracker.is_empty()).then(|| TrackerClient::new(&bus.tracker, http.clone()));
-        let origin = master(home, config);
         let control = home.root().join("BUS/CONTROL_PLANE");
         std::fs::create_dir_all(&control)
             .with_context(|| format!("cannot create {}", control.display()))?;
@@ -261,13 +261,17 @@ fn write_whole(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
         .map_err(|(op, err)| anyhow::anyhow!("cannot {op} {}: {err}", path.display()))
 }
 
-/// The master (`bus_config.master_db`, relative paths from the home).
-fn master(home: &Home, config: &crate::Config) -> DirOrigin {
-    let master = std::path::Path::new(&config.bus_config.master_db);
-    DirOrigin::new(if master.is_absolute() {
-        master.to_owned()
-    } else {
-        home.root().join(master)
+/// The master (`bus_config.master_db`: a directory, relative paths from the home, or an
+/// `s3://` bucket).
+pub(crate) fn master(home: &Home, config: &crate::Config) -> anyhow::Result<Origin> {
+    let bus = &config.bus_config;
+    let location = config.master_db_location(home.root());
+    let options = vbus_sync::S3Options {
+        endpoint: bus.s3_endpoint.clone(),
+        region: bus.s3_region.clone(),
+    };
+    Origin::open(&location, &options).with_context(|| {
+        format!("cannot open the master {location} (config key bus_config.master_db)")
     })
 }
 
@@ -279,7 +283,7 @@ pub const SOURCE_FETCH_MAX_BYTES: u64 = 1 << 30;
 /// the whole file.
 pub(crate) struct BusSource {
     name: String,
-    origin: DirOrigin,
+    origin: Origin,
     tracker: Option<TrackerClient>,
     http: Http,
     id: String,
@@ -288,12 +292,11 @@ pub(crate) struct BusSource {
 }
 
 impl BusSource {
-    pub(crate) fn new(home: &Home, config: &crate::Config) -> Self {
+    pub(crate) fn new(config: &crate::Config, origin: Origin) -> Self {
         let bus = &config.bus_config;
         let http = Http::new(bus.cluster_token.clone());
-        let origin = master(home, config);
         Self {
-            name: format!("bus (master {})", origin.root().display()),
+            name: format!("bus (master {})", origin.describe()),
             tracker: (!bus.tracker.is_empty())
                 .then(|| TrackerClient::new(&bus.tracker, http.clone())),
             origin,
@@ -767,7 +770,7 @@ async fn status(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
         "agent_id": bus.id,
         "advertise": bus.addr,
         "tracker": bus.tracker.as_ref().map(TrackerClient::base),
-        "master": bus.origin.root().display().to_string(),
+        "master": bus.origin.describe(),
         "uploads_now": bus.peer.uploads_now(),
         "held": held,
         "pulls_in_progress": pulls,

@@ -1,13 +1,13 @@
 use vbus_store::FileStore;
-use vbus_sync::{DirOrigin, ManifestError, PullError, pull};
+use vbus_sync::{ManifestError, Origin, PullError, pull};
 
-fn origin_with_dataset(dir: &std::path::Path) -> DirOrigin {
+fn origin_with_dataset(dir: &std::path::Path) -> Origin {
     let dataset = dir.join("MASTER_DB/llama");
     std::fs::create_dir_all(dataset.join("shards")).unwrap();
     std::fs::write(dataset.join("config.json"), b"{\"layers\": 2}").unwrap();
     let big: Vec<u8> = (0..(9u64 << 20) + 5).map(|i| (i % 241) as u8).collect();
     std::fs::write(dataset.join("shards/w.bin"), big).unwrap();
-    DirOrigin::new(dir.join("MASTER_DB"))
+    Origin::dir(dir.join("MASTER_DB"))
 }
 
 #[test]
@@ -26,7 +26,7 @@ fn a_pull_publishes_verified_files_and_skips_what_is_held() {
             .get_file_by_path("llama", &file.path)
             .unwrap()
             .unwrap();
-        let original = std::fs::read(origin.root().join("llama").join(&file.path)).unwrap();
+        let original = std::fs::read(dir.path().join("MASTER_DB/llama").join(&file.path)).unwrap();
         assert!(held == original, "{} differs", file.path);
     }
     // Complete files at their final paths.
@@ -51,7 +51,7 @@ fn a_damaged_origin_piece_stops_the_file_and_publishes_nothing() {
     let origin = origin_with_dataset(dir.path());
     let manifest = origin.manifest("llama", "v1").unwrap();
     // The origin's copy changes in its second piece after the manifest was made.
-    let path = origin.root().join("llama/shards/w.bin");
+    let path = dir.path().join("MASTER_DB/llama/shards/w.bin");
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[(5 << 20) + 3] ^= 0xff;
     std::fs::write(&path, bytes).unwrap();

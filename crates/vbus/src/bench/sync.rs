@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use vbus_store::FileStore;
-use vbus_sync::{DirOrigin, Http, RateLimiter, Swarm, Tracker, TrackerClient};
+use vbus_sync::{Http, Origin, RateLimiter, Swarm, Tracker, TrackerClient};
 
 use super::{Better, Device, Measurement, Mode, Reporter, Scratch};
 use crate::home::Home;
@@ -53,7 +53,7 @@ pub(super) fn run<W: Write>(
 
     let master = scratch.0.join("master");
     write_dataset(&master.join("bench"), dataset_bytes, n_files)?;
-    let manifest = DirOrigin::new(&master).publish_version("bench")?;
+    let manifest = Origin::dir(&master).publish_version("bench")?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -169,7 +169,7 @@ fn distribute(
 ) -> anyhow::Result<Distribution> {
     let http = Http::new(Some(TOKEN.to_owned()));
     let tracker = tracker_addr.map(|addr| TrackerClient::new(addr, http.clone()));
-    let origin = DirOrigin::new(master).with_egress_limit(Arc::new(
+    let origin = Origin::dir(master).with_egress_limit(Arc::new(
         RateLimiter::new(rate).context("a rate above zero")?,
     ));
     let mut agents = Vec::new();

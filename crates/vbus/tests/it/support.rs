@@ -89,8 +89,12 @@ impl Daemon {
 
     /// `vbus --home HOME ARGS..`, a server that logs `listening on http://ADDR`.
     pub fn start_with(home: &Path, args: &[&str]) -> Self {
-        let child = vbus(home)
-            .args(args)
+        Self::spawn(vbus(home).args(args))
+    }
+
+    /// A `vbus` server command (one that logs `listening on http://ADDR`), started.
+    pub fn spawn(command: &mut Command) -> Self {
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -191,4 +195,74 @@ pub fn http_raw(
         .and_then(|code| code.parse().ok())
         .expect("a status code");
     (status, body.to_owned())
+}
+
+/// A real S3-compatible server (`s3s-fs`, installed by `scripts/test.sh`) on a free loopback
+/// port, serving the folders of `root` as buckets and checking request signatures; killed on
+/// drop.
+pub struct S3Server {
+    child: Child,
+    pub endpoint: String,
+}
+
+/// The credentials [`S3Server`] accepts.
+pub const S3_ACCESS_KEY: &str = "AKIAVBUSTEST";
+pub const S3_SECRET_KEY: &str = "vbus-test-secret-0123456789";
+
+impl S3Server {
+    pub fn start(root: &Path) -> Self {
+        let binary = std::env::var_os("VBUS_TEST_S3S_FS")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| {
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/tools/bin/s3s-fs")
+            });
+        assert!(
+            binary.is_file(),
+            "no S3 server at {}: run ./scripts/test.sh, which installs s3s-fs 0.14.1 there \
+             (or set VBUS_TEST_S3S_FS)",
+            binary.display()
+        );
+        std::fs::create_dir_all(root).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(&binary)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", S3_ACCESS_KEY, "--secret-key", S3_SECRET_KEY])
+            .arg(root)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot start {}: {err}", binary.display()));
+        let server = Self {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "s3s-fs did not listen within 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+
+    /// The environment a client of this server needs.
+    pub fn env(&self) -> [(&'static str, &'static str); 2] {
+        [
+            ("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY),
+            ("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY),
+        ]
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use rustix::process::Signal;
 use serde_json::Value as Json;
 
-use crate::support::{Daemon, http_raw, run_ok, vbus};
+use crate::support::{Daemon, S3Server, http_raw, run_ok, vbus};
 
 const TOKEN: &str = "cluster-token-0123456789";
 
@@ -41,13 +41,18 @@ fn write_dataset(
 
 /// An initialised home whose daemon joins `tracker` with the shared `master`.
 fn agent_home(root: &Path, name: &str, master: &Path, tracker: &str) -> PathBuf {
+    agent_home_at(root, name, &master.display().to_string(), tracker)
+}
+
+/// [`agent_home`] with the master at `location` (a directory or an `s3://` URL).
+fn agent_home_at(root: &Path, name: &str, location: &str, tracker: &str) -> PathBuf {
     let home = root.join(name);
     run_ok(&home, &["init"]);
     let config_path = home.join("CONFIG/vbus_config.json");
     let mut config: Json =
         serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
     let bus = &mut config["bus_config"];
-    bus["master_db"] = Json::String(master.display().to_string());
+    bus["master_db"] = Json::String(location.to_owned());
     bus["tracker"] = Json::String(tracker.to_owned());
     bus["cluster_token"] = Json::String(TOKEN.to_owned());
     bus["agent_id"] = Json::String(name.to_owned());
@@ -164,20 +169,34 @@ fn as_u64(report: &Json, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("{key} in {report}"))
 }
 
+/// A daemon whose master is on `s3`.
+fn start_s3_agent(home: &Path, s3: &S3Server) -> Daemon {
+    set_bus_key(home, "s3_endpoint", Json::String(s3.endpoint.clone()));
+    Daemon::spawn(
+        vbus(home)
+            .args(["up", "--listen", "127.0.0.1:0"])
+            .envs(s3.env()),
+    )
+}
+
+/// The cluster of the issue: a tracker, the master on a real S3-compatible server (the bucket
+/// `master`), four agents.
 #[test]
-fn four_agents_pull_one_dataset_and_the_master_serves_it_about_once() {
+fn four_agents_pull_one_dataset_from_s3_and_the_master_serves_it_about_once() {
     let dir = tempfile::tempdir().unwrap();
-    let master = dir.path().join("master");
-    let files = write_dataset(&master, "ds", 8, 32 << 20);
+    let s3_root = dir.path().join("s3");
+    // s3s-fs serves the folder `master` of its root as the bucket `master`.
+    let files = write_dataset(&s3_root.join("master"), "ds", 8, 32 << 20);
+    let s3 = S3Server::start(&s3_root);
     let total: u64 = files.values().map(|b| b.len() as u64).sum();
     let tracker = start_tracker(&dir.path().join("tracker"), 0);
     let homes: Vec<PathBuf> = ["a", "b", "c", "d"]
         .iter()
-        .map(|name| agent_home(dir.path(), name, &master, &tracker.addr))
+        .map(|name| agent_home_at(dir.path(), name, "s3://master", &tracker.addr))
         .collect();
-    let agents: Vec<Daemon> = homes.iter().map(|home| Daemon::start(home)).collect();
+    let agents: Vec<Daemon> = homes.iter().map(|home| start_s3_agent(home, &s3)).collect();
 
-    // Record a version of the master's `ds`, by the CLI.
+    // Record a version of the master's `ds`, by the CLI: its manifest is written to the bucket.
     let pushed = run_ok(
         &homes[0],
         &["--addr", &agents[0].addr, "sync", "push", "ds"],
@@ -237,6 +256,46 @@ fn four_agents_pull_one_dataset_and_the_master_serves_it_about_once() {
     // Status, by the CLI.
     let status = run_ok(&homes[3], &["--addr", &agents[3].addr, "sync", "status"]);
     assert!(status.stdout.contains(&version), "{}", status.stdout);
+    assert!(
+        s3_root
+            .join(format!("master/.vbus/manifests/ds/{version}.json"))
+            .is_file(),
+        "the version's manifest is in the bucket"
+    );
+}
+
+#[test]
+fn an_s3_master_with_wrong_credentials_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let s3_root = dir.path().join("s3");
+    write_dataset(&s3_root.join("master"), "ds", 1, 1000);
+    let s3 = S3Server::start(&s3_root);
+    let home = agent_home_at(dir.path(), "a", "s3://master", "");
+    set_bus_key(&home, "tracker", Json::String(String::new()));
+    set_bus_key(&home, "s3_endpoint", Json::String(s3.endpoint.clone()));
+    let agent = Daemon::spawn(
+        vbus(&home)
+            .args(["up", "--listen", "127.0.0.1:0"])
+            .env("AWS_ACCESS_KEY_ID", crate::support::S3_ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", "not-the-secret"),
+    );
+    let (status, refused) = post_json(
+        &agent.addr,
+        "/v1/sync/push",
+        &serde_json::json!({ "dataset": "ds" }),
+    );
+    assert_eq!(status, 400, "{refused}");
+    let message = refused["error"].as_str().unwrap_or_default();
+    assert!(message.contains("s3://master/ds"), "{message}");
+    // Nothing was recorded in the bucket.
+    assert!(!s3_root.join("master/.vbus").exists());
+    // A dataset the bucket lacks is a 404 on pull that names the master.
+    let (status, missing) = post_json(
+        &agent.addr,
+        "/v1/sync/pull",
+        &serde_json::json!({ "dataset": "nothing" }),
+    );
+    assert_eq!(status, 404, "{missing}");
 }
 
 #[test]
