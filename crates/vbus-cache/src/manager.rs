@@ -414,6 +414,11 @@ impl CacheManager {
         Ok(value)
     }
 
+    /// How puts reach L3.
+    pub fn write_mode(&self) -> WriteMode {
+        self.inner.write_mode
+    }
+
     /// Writes every dirty value to L3 (write-back mode); the values stay in L2. Returns the first
     /// error after trying them all; those that failed stay dirty.
     pub fn flush(&self) -> Result<()> {

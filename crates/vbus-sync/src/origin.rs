@@ -49,9 +49,14 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
     fn read_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, ManifestError>;
     /// All of `key`; `None` when there is no such object.
     fn read(&self, key: &str) -> Result<Option<Vec<u8>>, ManifestError>;
-    /// Replaces `key` whole with the file at `from`: a reader sees the old object or the new
-    /// one, never a mix.
-    fn write_from_file(&self, key: &str, from: &Path) -> Result<(), ManifestError>;
+    /// Replaces `key` whole with the `size_bytes` bytes `from` gives: a reader sees the old
+    /// object or the new one, never a mix.
+    fn write_from(
+        &self,
+        key: &str,
+        from: &mut dyn std::io::Read,
+        size_bytes: u64,
+    ) -> Result<(), ManifestError>;
     /// Replaces `key` whole with `bytes`.
     fn write(&self, key: &str, bytes: &[u8]) -> Result<(), ManifestError>;
 }
@@ -217,12 +222,34 @@ impl Origin {
         )
     }
 
-    /// Replaces `dataset/path` at the origin whole with the file at `from` (a write-back).
-    pub fn write_file(&self, dataset: &str, path: &str, from: &Path) -> Result<(), ManifestError> {
+    /// Replaces `dataset/path` at the origin whole with the `size_bytes` bytes `from` gives (a
+    /// write-back): readers of the origin see the old file or the new one.
+    pub fn write_file(
+        &self,
+        dataset: &str,
+        path: &str,
+        from: &mut dyn std::io::Read,
+        size_bytes: u64,
+    ) -> Result<(), ManifestError> {
         check_dataset(dataset)?;
         check_path(path)?;
         self.backend
-            .write_from_file(&format!("{dataset}/{path}"), from)
+            .write_from(&format!("{dataset}/{path}"), from, size_bytes)
+    }
+
+    /// `len` bytes at `offset` of `dataset/path` as the origin holds it now.
+    pub fn read_range(
+        &self,
+        dataset: &str,
+        path: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, ManifestError> {
+        check_dataset(dataset)?;
+        check_path(path)?;
+        crate::rate::acquire(self.egress.as_deref(), len);
+        self.backend
+            .read_range(&format!("{dataset}/{path}"), offset, len)
     }
 }
 
@@ -310,18 +337,37 @@ impl Backend for DirBackend {
         }
     }
 
-    fn write_from_file(&self, key: &str, from: &Path) -> Result<(), ManifestError> {
+    fn write_from(
+        &self,
+        key: &str,
+        from: &mut dyn std::io::Read,
+        size_bytes: u64,
+    ) -> Result<(), ManifestError> {
         let path = self.root.join(key);
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io_error("create", dir))?;
         }
-        let tmp = path.with_extension("vbus-tmp");
-        std::fs::copy(from, &tmp).map_err(io_error("copy into", &tmp))?;
-        std::fs::File::open(&tmp)
-            .and_then(|file| file.sync_all())
-            .map_err(io_error("sync", &tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io_error("rename into", &path))?;
-        sync_parent(&path)
+        // Hidden, so a manifest built meanwhile does not list it.
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        let tmp = path.with_file_name(format!(".{}.vbus-tmp", name.unwrap_or_default()));
+        let result = (|| {
+            let mut file = std::fs::File::create(&tmp).map_err(io_error("create", &tmp))?;
+            let copied = std::io::copy(&mut std::io::Read::take(from, size_bytes), &mut file)
+                .map_err(io_error("write", &tmp))?;
+            if copied != size_bytes {
+                return Err(io_error("write", &tmp)(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("{copied} of {size_bytes} bytes"),
+                )));
+            }
+            file.sync_all().map_err(io_error("sync", &tmp))?;
+            std::fs::rename(&tmp, &path).map_err(io_error("rename into", &path))?;
+            sync_parent(&path)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
     }
 
     fn write(&self, key: &str, bytes: &[u8]) -> Result<(), ManifestError> {

@@ -3,8 +3,11 @@
 //! peer. Every request carries the cluster token; every answer is size-limited.
 //!
 //! The routes (served by `vbus tracker` and by every daemon):
-//! - tracker: `POST /v1/tracker/{register,heartbeat,announce,withdraw,leave}` (JSON bodies),
-//!   `GET /v1/tracker/holders?dataset=&version=&path=`, `GET /v1/tracker/agents`;
+//! - tracker: `POST /v1/tracker/{register,heartbeat,announce,withdraw,leave,claim}` (JSON
+//!   bodies), `GET /v1/tracker/holders?dataset=&version=&path=`, `GET /v1/tracker/agents`,
+//!   `GET /v1/tracker/availability?dataset=&version=`; the coherence directory:
+//!   `POST /v1/tracker/{write,shared,writeback/begin,writeback/end}`,
+//!   `GET /v1/tracker/line?dataset=&path=`, `GET /v1/tracker/dirty?owner=&dataset=`;
 //! - peer: `GET /v1/bus/files/{dataset}/{path}?blake3=HEX&offset=N&len=N`: the bytes, only when
 //!   the peer holds that file with that hash.
 
@@ -212,6 +215,40 @@ pub struct LeaveRequest {
     pub id: String,
 }
 
+/// `write`'s body: a new version of one file, written at agent `id`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WriteRequest {
+    /// The writer.
+    pub id: String,
+    /// The dataset.
+    pub dataset: String,
+    /// The file.
+    pub path: String,
+    /// BLAKE3 (hex) of the new content.
+    pub blake3: String,
+    /// Its size.
+    pub size_bytes: u64,
+}
+
+/// The body of `shared` (the agent holds `version` now) and of the write-back calls.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LineRequest {
+    /// The agent.
+    pub id: String,
+    /// The dataset.
+    pub dataset: String,
+    /// The file.
+    pub path: String,
+    /// The line's version (0 for `writeback/begin`, which takes the newest).
+    #[serde(default)]
+    pub version: u64,
+    /// For `writeback/end`: whether the master now has that version whole.
+    #[serde(default)]
+    pub written: bool,
+}
+
 /// A tracker, as agents call it.
 #[derive(Debug, Clone)]
 pub struct TrackerClient {
@@ -320,6 +357,123 @@ impl TrackerClient {
                 path: path.to_owned(),
             },
         )
+    }
+
+    /// A JSON call whose answer is wanted.
+    fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        route: &str,
+        body: &impl Serialize,
+    ) -> Result<T, PeerError> {
+        let url = format!("{}/v1/tracker/{route}", self.base);
+        let answer = self.http.post_json(&url, body)?;
+        serde_json::from_slice(&answer).map_err(|err| PeerError::BadAnswer {
+            url,
+            why: err.to_string(),
+        })
+    }
+
+    /// Orders a new version of `dataset/path` written at `id` (the directory's `write`).
+    pub fn write(
+        &self,
+        id: &str,
+        dataset: &str,
+        path: &str,
+        blake3: &str,
+        size_bytes: u64,
+    ) -> Result<crate::Line, PeerError> {
+        self.call(
+            "write",
+            &WriteRequest {
+                id: id.to_owned(),
+                dataset: dataset.to_owned(),
+                path: path.to_owned(),
+                blake3: blake3.to_owned(),
+                size_bytes,
+            },
+        )
+    }
+
+    /// The directory's line for `dataset/path` with the holders of its newest version; `None`
+    /// when no write made one.
+    pub fn line(&self, dataset: &str, path: &str) -> Result<Option<crate::LineView>, PeerError> {
+        self.get_json(&format!(
+            "{}/v1/tracker/line?dataset={}&path={}",
+            self.base,
+            encode(dataset, false),
+            encode(path, false)
+        ))
+    }
+
+    fn line_call<T: serde::de::DeserializeOwned>(
+        &self,
+        route: &str,
+        id: &str,
+        line: &crate::Line,
+        written: bool,
+    ) -> Result<T, PeerError> {
+        self.call(
+            route,
+            &LineRequest {
+                id: id.to_owned(),
+                dataset: line.dataset.clone(),
+                path: line.path.clone(),
+                version: line.version,
+                written,
+            },
+        )
+    }
+
+    /// `id` holds `line`'s version now; whether it is still the newest.
+    pub fn shared(&self, id: &str, line: &crate::Line) -> Result<bool, PeerError> {
+        self.line_call("shared", id, line, false)
+    }
+
+    /// Starts a write-back of the newest version of `dataset/path`: the line as leased, or a
+    /// refusal (409: clean, or another write-back runs).
+    pub fn begin_writeback(
+        &self,
+        id: &str,
+        dataset: &str,
+        path: &str,
+    ) -> Result<crate::Line, PeerError> {
+        self.call(
+            "writeback/begin",
+            &LineRequest {
+                id: id.to_owned(),
+                dataset: dataset.to_owned(),
+                path: path.to_owned(),
+                version: 0,
+                written: false,
+            },
+        )
+    }
+
+    /// Ends a write-back of `line` (`written`: the master has it whole); whether the line is
+    /// clean now.
+    pub fn end_writeback(
+        &self,
+        id: &str,
+        line: &crate::Line,
+        written: bool,
+    ) -> Result<bool, PeerError> {
+        self.line_call("writeback/end", id, line, written)
+    }
+
+    /// The dirty lines owned by `owner`, or of `dataset`.
+    pub fn dirty(
+        &self,
+        owner: Option<&str>,
+        dataset: Option<&str>,
+    ) -> Result<Vec<crate::Line>, PeerError> {
+        let mut url = format!("{}/v1/tracker/dirty?", self.base);
+        if let Some(owner) = owner {
+            url.push_str(&format!("owner={}&", encode(owner, false)));
+        }
+        if let Some(dataset) = dataset {
+            url.push_str(&format!("dataset={}", encode(dataset, false)));
+        }
+        self.get_json(&url)
     }
 
     /// Holders and fetchers of every file of a version someone holds or fetches.

@@ -4,7 +4,7 @@
 //! The BUS is synchronous (threads, not tasks), so the origin owns a small Tokio runtime and
 //! blocks on each call; calls from many pull workers run at once on it.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use futures_util::TryStreamExt as _;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
@@ -185,17 +185,19 @@ impl Backend for S3Backend {
         }
     }
 
-    fn write_from_file(&self, key: &str, from: &Path) -> Result<(), ManifestError> {
-        use std::io::Read as _;
+    fn write_from(
+        &self,
+        key: &str,
+        file: &mut dyn std::io::Read,
+        size: u64,
+    ) -> Result<(), ManifestError> {
         let local = |op: &'static str| {
-            let path = from.to_owned();
+            let path = PathBuf::from(format!("the local copy of {key}"));
             move |source| ManifestError::Io { op, path, source }
         };
-        let mut file = std::fs::File::open(from).map_err(local("open"))?;
-        let size = file.metadata().map_err(local("stat"))?.len();
         if size <= PART_BYTES {
-            let mut bytes = Vec::with_capacity(size as usize);
-            file.read_to_end(&mut bytes).map_err(local("read"))?;
+            let mut bytes = vec![0u8; size as usize];
+            file.read_exact(&mut bytes).map_err(local("read"))?;
             return self.write(key, &bytes);
         }
         // Large: a multipart upload, one part in memory at a time; S3 makes the object

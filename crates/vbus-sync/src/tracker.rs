@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::coherence::{Directory, Line, WritebackRefused};
+
 /// How often agents heartbeat.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 /// An agent not heard from for this long is left out of holder lists.
@@ -94,6 +96,9 @@ struct Persisted {
     agents: BTreeMap<String, Agent>,
     /// `dataset@version` → path → ids of the agents holding that complete file.
     holdings: BTreeMap<String, BTreeMap<String, BTreeSet<String>>>,
+    /// The coherence directory (absent from states written before it existed).
+    #[serde(default)]
+    directory: Directory,
 }
 
 struct Inner {
@@ -123,6 +128,16 @@ pub struct Availability {
     pub holders: u32,
     /// Live agents fetching it now.
     pub fetchers: u32,
+}
+
+/// A directory line with the agents that hold its newest version, the owner first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LineView {
+    /// The line.
+    pub line: Line,
+    /// Who to fetch the newest version from.
+    pub holders: Vec<Agent>,
 }
 
 /// The tracker's state, shared by its request handlers.
@@ -336,6 +351,7 @@ impl Tracker {
                 holders.remove(id);
             }
         }
+        inner.persisted.directory.forget(id);
         self.save(&inner)
     }
 
@@ -420,6 +436,122 @@ impl Tracker {
         fastrand::shuffle(&mut holders);
         holders.sort_by_key(|agent| agent.load);
         holders
+    }
+
+    /// Agent `id` wrote a new version of `dataset/path` (`blake3`, `size_bytes`): the
+    /// directory orders it after every earlier write, makes `id` its `Modified` owner and every
+    /// other holder, including agents holding the file from a pull, `Invalid`.
+    pub fn write(
+        &self,
+        id: &str,
+        dataset: &str,
+        path: &str,
+        blake3: &str,
+        size_bytes: u64,
+    ) -> Result<Line, TrackerError> {
+        check_name("dataset", dataset)?;
+        check_name("path", path)?;
+        check_name("blake3", blake3)?;
+        let mut inner = self.lock();
+        if !inner.persisted.agents.contains_key(id) {
+            return Err(TrackerError::UnknownAgent(id.chars().take(64).collect()));
+        }
+        let prefix = format!("{dataset}@");
+        let pulled: BTreeSet<String> = inner
+            .persisted
+            .holdings
+            .iter()
+            .filter(|(key, _)| key.starts_with(&prefix))
+            .filter_map(|(_, files)| files.get(path))
+            .flatten()
+            .filter(|holder| *holder != id)
+            .cloned()
+            .collect();
+        let line = inner
+            .persisted
+            .directory
+            .write(id, dataset, path, blake3, size_bytes, pulled)
+            .clone();
+        self.save(&inner)?;
+        Ok(line)
+    }
+
+    /// The directory's line for `dataset/path` and the agents holding its newest version (the
+    /// owner first), if any write made one.
+    pub fn line(&self, dataset: &str, path: &str) -> Option<LineView> {
+        let inner = self.lock();
+        let line = inner.persisted.directory.line(dataset, path)?.clone();
+        let holders = line
+            .valid_holders()
+            .into_iter()
+            .filter_map(|id| inner.persisted.agents.get(id).cloned())
+            .collect();
+        Some(LineView { line, holders })
+    }
+
+    /// Agent `id` holds `version` of `dataset/path` now; whether that is the newest.
+    pub fn shared(
+        &self,
+        id: &str,
+        dataset: &str,
+        path: &str,
+        version: u64,
+    ) -> Result<bool, TrackerError> {
+        let mut inner = self.lock();
+        if !inner.persisted.agents.contains_key(id) {
+            return Err(TrackerError::UnknownAgent(id.chars().take(64).collect()));
+        }
+        let before = inner.persisted.directory.line(dataset, path).cloned();
+        let newest = inner.persisted.directory.shared(id, dataset, path, version);
+        if inner.persisted.directory.line(dataset, path) != before.as_ref() {
+            self.save(&inner)?;
+        }
+        Ok(newest)
+    }
+
+    /// Agent `id` starts writing back the newest version of `dataset/path` to the master.
+    pub fn begin_writeback(
+        &self,
+        id: &str,
+        dataset: &str,
+        path: &str,
+    ) -> Result<Line, WritebackRefused> {
+        self.lock()
+            .persisted
+            .directory
+            .begin_writeback(id, dataset, path, Instant::now())
+    }
+
+    /// Agent `id` ended its write-back of `version` (`written`: the master has it whole);
+    /// whether the line is clean now.
+    pub fn end_writeback(
+        &self,
+        id: &str,
+        dataset: &str,
+        path: &str,
+        version: u64,
+        written: bool,
+    ) -> Result<bool, TrackerError> {
+        let mut inner = self.lock();
+        let clean = inner
+            .persisted
+            .directory
+            .end_writeback(id, dataset, path, version, written);
+        if written {
+            self.save(&inner)?;
+        }
+        Ok(clean)
+    }
+
+    /// The dirty lines owned by `owner` (or, with `None`, of `dataset`; or all).
+    pub fn dirty(&self, owner: Option<&str>, dataset: Option<&str>) -> Vec<Line> {
+        let inner = self.lock();
+        let directory = &inner.persisted.directory;
+        match (owner, dataset) {
+            (Some(owner), _) => directory.dirty_of(owner),
+            (None, Some(dataset)) => directory.dirty_in(dataset),
+            (None, None) => directory.lines().filter(|l| l.dirty).cloned().collect(),
+        }
     }
 
     /// Every agent, with whether it is alive.
@@ -511,6 +643,54 @@ mod tests {
             tracker.claim("zz", "ds", "v1", "f1"),
             Err(TrackerError::UnknownAgent(_))
         ));
+    }
+
+    #[test]
+    fn the_directory_invalidates_pullers_and_survives_a_restart() {
+        use crate::coherence::LineState;
+        let dir = tempfile::tempdir().unwrap();
+        let tracker = Tracker::open(dir.path()).unwrap();
+        for (id, port) in [("a", 1), ("b", 2), ("c", 3)] {
+            tracker.register(id, &format!("127.0.0.1:{port}")).unwrap();
+        }
+        // b and c hold x from a pull of some version.
+        tracker
+            .announce("b", "ds", "v1", &["x".to_owned()])
+            .unwrap();
+        tracker
+            .announce("c", "ds", "v1", &["x".to_owned()])
+            .unwrap();
+        let line = tracker.write("a", "ds", "x", "h1", 5).unwrap();
+        assert_eq!(line.version, 1);
+        assert_eq!(line.holders["b"], LineState::Invalid);
+        assert_eq!(line.holders["c"], LineState::Invalid);
+        assert!(tracker.shared("b", "ds", "x", 1).unwrap());
+        let view = tracker.line("ds", "x").unwrap();
+        let ids: Vec<&str> = view.holders.iter().map(|a| a.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b"]);
+        assert!(tracker.write("zz", "ds", "x", "h", 1).is_err());
+        assert_eq!(tracker.dirty(Some("a"), None).len(), 1);
+        drop(tracker);
+
+        let tracker = Tracker::open(dir.path()).unwrap();
+        let line = tracker.line("ds", "x").unwrap().line;
+        assert_eq!((line.version, line.dirty), (1, true));
+        let leased = tracker.begin_writeback("a", "ds", "x").unwrap();
+        assert!(
+            tracker
+                .end_writeback("a", "ds", "x", leased.version, true)
+                .unwrap()
+        );
+        assert!(tracker.dirty(None, Some("ds")).is_empty());
+        tracker.leave("c").unwrap();
+        assert!(
+            !tracker
+                .line("ds", "x")
+                .unwrap()
+                .line
+                .holders
+                .contains_key("c")
+        );
     }
 
     #[test]

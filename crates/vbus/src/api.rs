@@ -53,6 +53,11 @@ impl ApiError {
         }
     }
 
+    /// What went wrong, as the answer's body says it.
+    pub(crate) fn message(&self) -> &str {
+        &self.message
+    }
+
     fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, message)
     }
@@ -295,12 +300,19 @@ fn object_headers(response: &mut Response, version: u64, len: u64, hash: Option<
     }
 }
 
-async fn open_object(state: &AppState, key: CacheKey) -> ApiResult<Found> {
+async fn open_object(state: &Arc<AppState>, key: CacheKey) -> ApiResult<Found> {
     let cache = state.tiers.cache.clone();
     let name = key.to_string();
-    blocking(move || Ok(cache.open(key, PROMOTE_MAX_BYTES)?))
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no object {name}")))
+    // In a cluster, the coherence directory first: an Invalid copy is replaced by the newest.
+    let coherent = state.bus.in_cluster().then(|| Arc::clone(state));
+    blocking(move || {
+        if let Some(state) = coherent {
+            state.bus.coherent_read(&state.tiers.cache, &key)?;
+        }
+        Ok(cache.open(key, PROMOTE_MAX_BYTES)?)
+    })
+    .await?
+    .ok_or_else(|| ApiError::not_found(format!("no object {name}")))
 }
 
 async fn get_object(
@@ -426,19 +438,33 @@ async fn put_object(
         ));
     }
     let cache = state.tiers.cache.clone();
+    let put_key = key.clone();
     let version = if declared.is_some_and(|len| len <= SMALL_PUT_BYTES) {
         let bytes = axum::body::to_bytes(body, SMALL_PUT_BYTES as usize)
             .await
             .map_err(|err| ApiError::bad_request(format!("cannot read the body: {err}")))?;
-        blocking(move || Ok(cache.put(key, &bytes)?.version())).await?
+        blocking(move || Ok(cache.put(put_key, &bytes)?.version())).await?
     } else {
-        stream_into_l3(cache, key, body).await?
+        stream_into_l3(cache, put_key, body).await?
     };
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ "dataset": dataset, "path": path, "version": version })),
-    )
-        .into_response())
+    let mut answer = json!({ "dataset": dataset, "path": path, "version": version });
+    if state.bus.in_cluster() {
+        // The directory orders the write and invalidates the other holders before it is
+        // acknowledged.
+        let state = Arc::clone(&state);
+        let line = blocking(move || {
+            let cache = &state.tiers.cache;
+            if cache.write_mode() == vbus_cache::WriteMode::Back {
+                cache.flush()?;
+            }
+            state.bus.coherent_write(cache, &key)
+        })
+        .await?;
+        if let Some(line) = line {
+            answer["coherence"] = json!({ "version": line.version, "owner": line.owner });
+        }
+    }
+    Ok((StatusCode::CREATED, Json(answer)).into_response())
 }
 
 /// Streams a body into a staged L3 file; published only if the whole body arrived.

@@ -33,6 +33,9 @@ use crate::Home;
 use crate::api::ApiError;
 use crate::daemon::AppState;
 
+/// Bytes per request when a file's newest version is fetched from its owner.
+const COHERENT_FETCH_BYTES: u64 = 8 << 20;
+
 /// The largest byte range a peer serves in one request.
 pub const RANGE_BYTES_MAX: u64 = vbus_sync::manifest::PIECE_BYTES_MAX;
 /// The file recording what this agent holds, under `BUS/CONTROL_PLANE`.
@@ -66,6 +69,12 @@ pub(crate) struct BusAgent {
     pulls: Mutex<Vec<Arc<PullProgress>>>,
     /// What peers are served from.
     pub(crate) peer: Arc<PeerFiles>,
+    /// `bus_config.sync_interval_seconds`: how often this agent's Modified lines are written
+    /// back to the master.
+    sync_interval: std::time::Duration,
+    /// Files this agent pinned in L3 because it owns their only newest copy, until written
+    /// back.
+    coherence_pins: Mutex<std::collections::BTreeSet<String>>,
     stop: AtomicBool,
 }
 
@@ -123,6 +132,8 @@ impl BusAgent {
                 bus.cluster_token.clone(),
                 bus.upload_bytes_per_second,
             )),
+            sync_interval: std::time::Duration::from_secs(bus.sync_interval_seconds),
+            coherence_pins: Mutex::new(std::collections::BTreeSet::new()),
             stop: AtomicBool::new(false),
         })
     }
@@ -194,7 +205,12 @@ impl BusAgent {
             return;
         };
         let mut registered = false;
+        let mut next_writeback = Instant::now() + self.sync_interval;
         while !self.stop.load(Ordering::Relaxed) {
+            if registered && Instant::now() >= next_writeback {
+                self.write_back_owned(&tracker, cache);
+                next_writeback = Instant::now() + self.sync_interval;
+            }
             if !registered {
                 match tracker.register(&self.id, &self.addr) {
                     Ok(()) => {
@@ -211,7 +227,348 @@ impl BusAgent {
                 }
                 tracing::debug!(error = %err, "heartbeat failed");
             }
-            std::thread::sleep(vbus_sync::tracker::HEARTBEAT_INTERVAL);
+            let beat = vbus_sync::tracker::HEARTBEAT_INTERVAL;
+            std::thread::sleep(beat.min(next_writeback.saturating_duration_since(Instant::now())));
+        }
+    }
+
+    /// Whether this daemon is in a cluster (reads and writes go through the directory).
+    pub(crate) fn in_cluster(&self) -> bool {
+        self.tracker.is_some()
+    }
+
+    /// The tracker, when this daemon is in a cluster.
+    fn directory(&self) -> Option<&TrackerClient> {
+        self.tracker.as_ref()
+    }
+
+    /// A directory call, registering first if the tracker does not know this agent yet (it
+    /// started, or the tracker restarted, before the agent thread's next beat).
+    fn with_registration<T>(
+        &self,
+        tracker: &TrackerClient,
+        call: impl Fn() -> Result<T, vbus_sync::PeerError>,
+    ) -> Result<T, vbus_sync::PeerError> {
+        match call() {
+            Err(err) if err.is_unknown_agent() => {
+                tracker.register(&self.id, &self.addr)?;
+                call()
+            }
+            other => other,
+        }
+    }
+
+    /// After a local write of `key` (published in L3): orders it at the coherence directory,
+    /// which makes this agent the `Modified` owner of the new version and invalidates every
+    /// other holder. `None` outside a cluster.
+    pub(crate) fn coherent_write(
+        &self,
+        cache: &CacheManager,
+        key: &CacheKey,
+    ) -> Result<Option<vbus_sync::Line>, ApiError> {
+        let Some(tracker) = self.directory() else {
+            return Ok(None);
+        };
+        let meta = cache
+            .store()
+            .meta(key.dataset(), key.path())
+            .map_err(|err| error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))?
+            .ok_or_else(|| {
+                error(
+                    StatusCode::CONFLICT,
+                    format!("{key} was removed before the directory ordered the write"),
+                )
+            })?;
+        let blake3 = meta.hash_hex().unwrap_or_default();
+        let line = self
+            .with_registration(tracker, || {
+                tracker.write(
+                    &self.id,
+                    key.dataset(),
+                    key.path(),
+                    &blake3,
+                    meta.size_bytes,
+                )
+            })
+            .map_err(|err| {
+                error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "{key} is stored here, but the coherence directory did not order the \
+                         write, so it is not acknowledged (a later read takes the directory's \
+                         newest version): {err}"
+                    ),
+                )
+            })?;
+        // This copy is the only one of the new version until it is written back: L3 must not
+        // evict it.
+        if !meta.pinned {
+            match cache.pin(key.clone()) {
+                Ok(_) => {
+                    lock(&self.coherence_pins).insert(key.to_string());
+                }
+                Err(err) => tracing::warn!(error = %err, "cannot pin {key} until written back"),
+            }
+        }
+        // Copies pulled as part of dataset versions no longer match: stop offering them.
+        for holding in self.holdings().values() {
+            if holding.dataset == key.dataset()
+                && holding
+                    .files
+                    .get(key.path())
+                    .is_some_and(|hash| *hash != blake3)
+                && let Err(err) =
+                    tracker.withdraw(&self.id, &holding.dataset, &holding.version, key.path())
+            {
+                tracing::warn!(error = %err, "cannot withdraw the pulled copy of {key}");
+            }
+        }
+        Ok(Some(line))
+    }
+
+    /// Before a read of `key`: asks the coherence directory for its newest version and, when
+    /// this agent's copy is older (Invalid), fetches the newest from an agent holding it (the
+    /// owner first) or, once written back, from the master, verifies it and publishes it in
+    /// L3. A read is refused (503) rather than served stale when the directory or every
+    /// holder of the newest version cannot be reached. Outside a cluster, or for a file no
+    /// clustered write touched, nothing is done.
+    pub(crate) fn coherent_read(
+        &self,
+        cache: &CacheManager,
+        key: &CacheKey,
+    ) -> Result<(), ApiError> {
+        let Some(tracker) = self.directory() else {
+            return Ok(());
+        };
+        let unavailable = |message: String| error(StatusCode::SERVICE_UNAVAILABLE, message);
+        let view = tracker.line(key.dataset(), key.path()).map_err(|err| {
+            unavailable(format!(
+                "cannot ask the coherence directory about {key}, so a read could be stale: {err}"
+            ))
+        })?;
+        let Some(view) = view else {
+            return Ok(());
+        };
+        let line = &view.line;
+        let held = cache
+            .store()
+            .meta(key.dataset(), key.path())
+            .ok()
+            .flatten()
+            .and_then(|meta| meta.hash_hex());
+        if held.as_deref() != Some(line.blake3.as_str()) {
+            self.fetch_newest(cache, key, &view)?;
+        }
+        let listed = line.holders.get(&self.id).copied();
+        if line.owner != self.id
+            && !matches!(listed, Some(vbus_sync::LineState::Shared))
+            && let Err(err) = self.with_registration(tracker, || tracker.shared(&self.id, line))
+        {
+            tracing::debug!(error = %err, "cannot report holding {key} at version {}", line.version);
+        }
+        Ok(())
+    }
+
+    /// Fetches the newest version of a line into L3, whole and verified.
+    fn fetch_newest(
+        &self,
+        cache: &CacheManager,
+        key: &CacheKey,
+        view: &vbus_sync::LineView,
+    ) -> Result<(), ApiError> {
+        use std::io::Write as _;
+        let line = &view.line;
+        let mut failures = Vec::new();
+        let sources = view
+            .holders
+            .iter()
+            .filter(|agent| agent.id != self.id)
+            .map(Some)
+            // Once written back, the master has the newest version too.
+            .chain((!line.dirty).then_some(None));
+        for source in sources {
+            let name = source.map_or("the master".to_owned(), |agent| agent.id.clone());
+            let fetched = (|| -> Result<vbus_store::FileWriter, String> {
+                let mut writer = cache.writer(key.clone()).map_err(|e| e.to_string())?;
+                let mut hasher = blake3::Hasher::new();
+                let mut offset = 0;
+                while offset < line.size_bytes {
+                    let len = (line.size_bytes - offset).min(COHERENT_FETCH_BYTES);
+                    let bytes = match source {
+                        Some(agent) => vbus_sync::peer::fetch_range(
+                            &self.http,
+                            &agent.addr,
+                            key.dataset(),
+                            key.path(),
+                            &line.blake3,
+                            offset,
+                            len,
+                        )
+                        .map_err(|e| e.to_string())?,
+                        None => self
+                            .origin
+                            .read_range(key.dataset(), key.path(), offset, len)
+                            .map_err(|e| e.to_string())?,
+                    };
+                    hasher.update(&bytes);
+                    writer.write_all(&bytes).map_err(|e| e.to_string())?;
+                    offset += len;
+                }
+                let got = hasher.finalize().to_hex();
+                if got.as_str() != line.blake3 {
+                    return Err(format!("its copy has BLAKE3 {got}, not {}", line.blake3));
+                }
+                Ok(writer)
+            })();
+            match fetched {
+                Ok(writer) => {
+                    cache
+                        .commit(key.clone(), writer)
+                        .map_err(|err| error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))?;
+                    return Ok(());
+                }
+                Err(why) => failures.push(format!("{name}: {why}")),
+            }
+        }
+        Err(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the newest version ({}) of {key} is owned by {} and could not be fetched: {}",
+                line.version,
+                line.owner,
+                if failures.is_empty() {
+                    "no holder is known".to_owned()
+                } else {
+                    failures.join("; ")
+                }
+            ),
+        ))
+    }
+
+    /// Writes back one dirty line to the master: leased at the directory (so versions land in
+    /// order), fetched first if this agent's copy is not the newest, then the directory is told.
+    /// Returns whether the master has the line's newest version now.
+    fn write_back(
+        &self,
+        tracker: &TrackerClient,
+        cache: &CacheManager,
+        dataset: &str,
+        path: &str,
+    ) -> Result<bool, String> {
+        let leased = match tracker.begin_writeback(&self.id, dataset, path) {
+            Ok(line) => line,
+            Err(vbus_sync::PeerError::Refused {
+                status: 409,
+                message,
+                ..
+            }) => {
+                return Ok(message.contains("already at the master"));
+            }
+            Err(err) => return Err(err.to_string()),
+        };
+        let key = CacheKey::new(dataset, path);
+        let written = (|| -> Result<(), String> {
+            let current = |cache: &CacheManager| {
+                cache
+                    .store()
+                    .file_reader(dataset, path)
+                    .map_err(|e| e.to_string())
+                    .map(|reader| {
+                        reader.filter(|r| {
+                            r.meta().hash_hex().as_deref() == Some(leased.blake3.as_str())
+                        })
+                    })
+            };
+            let reader = match current(cache)? {
+                Some(reader) => reader,
+                None => {
+                    let view = vbus_sync::LineView {
+                        line: leased.clone(),
+                        holders: tracker
+                            .line(dataset, path)
+                            .map_err(|e| e.to_string())?
+                            .map(|view| view.holders)
+                            .unwrap_or_default(),
+                    };
+                    self.fetch_newest(cache, &key, &view)
+                        .map_err(|refused| refused.message().to_owned())?;
+                    current(cache)?.ok_or("the fetched copy was replaced at once")?
+                }
+            };
+            let size = reader.meta().size_bytes;
+            let mut reader = reader;
+            self.origin
+                .write_file(dataset, path, &mut reader, size)
+                .map_err(|e| e.to_string())
+        })();
+        let ok = written.is_ok();
+        let clean = tracker
+            .end_writeback(&self.id, &leased, ok)
+            .map_err(|e| e.to_string())?;
+        written.map(|()| {
+            tracing::info!(%dataset, %path, version = leased.version, "written back to the master");
+            clean
+        })
+    }
+
+    /// The write-back timer: every dirty line this agent owns goes to the master.
+    fn write_back_owned(&self, tracker: &TrackerClient, cache: &CacheManager) {
+        let lines = match tracker.dirty(Some(&self.id), None) {
+            Ok(lines) => lines,
+            Err(err) => {
+                tracing::debug!(error = %err, "cannot list dirty lines");
+                return;
+            }
+        };
+        for line in lines {
+            if let Err(err) = self.write_back(tracker, cache, &line.dataset, &line.path) {
+                tracing::warn!(error = %err, "cannot write back {}/{}", line.dataset, line.path);
+            }
+        }
+        // Unpin what no longer needs this agent's copy: written back (by anyone), or owned
+        // by another writer now.
+        let pinned: Vec<String> = lock(&self.coherence_pins).iter().cloned().collect();
+        for name in pinned {
+            let Some((dataset, path)) = name.split_once('/') else {
+                continue;
+            };
+            let needed = match tracker.line(dataset, path) {
+                Ok(view) => view.is_some_and(|v| v.line.dirty && v.line.owner == self.id),
+                Err(_) => continue,
+            };
+            if !needed {
+                if let Err(err) = cache.unpin(CacheKey::new(dataset, path)) {
+                    tracing::warn!(error = %err, "cannot unpin {name} after its write-back");
+                }
+                lock(&self.coherence_pins).remove(&name);
+            }
+        }
+    }
+
+    /// Before a push: every dirty line of `dataset`, whoever owns it, is written back (fetched
+    /// from its owner when needed). Errors name the files that could not be.
+    fn write_back_dataset(&self, cache: &CacheManager, dataset: &str) -> Result<usize, String> {
+        let Some(tracker) = self.directory() else {
+            return Ok(0);
+        };
+        let lines = tracker
+            .dirty(None, Some(dataset))
+            .map_err(|err| format!("cannot list the dirty files of {dataset}: {err}"))?;
+        let mut failed = Vec::new();
+        for line in &lines {
+            match self.write_back(tracker, cache, &line.dataset, &line.path) {
+                Ok(true) => {}
+                Ok(false) => failed.push(format!("{}: another write-back is running", line.path)),
+                Err(err) => failed.push(format!("{}: {err}", line.path)),
+            }
+        }
+        if failed.is_empty() {
+            Ok(lines.len())
+        } else {
+            Err(format!(
+                "cannot write back every modified file of {dataset}: {}",
+                failed.join("; ")
+            ))
         }
     }
 
@@ -733,16 +1090,26 @@ async fn push(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -> Re
         Ok(request) => request,
         Err(err) => return refuse(StatusCode::BAD_REQUEST, format!("bad push request: {err}")),
     };
-    let work = move || state.bus.origin.publish_version(&request.dataset);
-    match tokio::task::spawn_blocking(work).await {
-        Ok(Ok(manifest)) => Json(json!({
+    let work = move || -> Result<serde_json::Value, ApiError> {
+        let bus = &state.bus;
+        let written_back = bus
+            .write_back_dataset(&state.tiers.cache, &request.dataset)
+            .map_err(|why| error(StatusCode::SERVICE_UNAVAILABLE, why))?;
+        let manifest = bus
+            .origin
+            .publish_version(&request.dataset)
+            .map_err(|err| error(StatusCode::BAD_REQUEST, err.to_string()))?;
+        Ok(json!({
             "dataset": manifest.dataset,
             "version": manifest.version,
             "files": manifest.files.len(),
             "bytes": manifest.total_bytes(),
+            "written_back": written_back,
         }))
-        .into_response(),
-        Ok(Err(err)) => refuse(StatusCode::BAD_REQUEST, err.to_string()),
+    };
+    match tokio::task::spawn_blocking(work).await {
+        Ok(Ok(pushed)) => Json(pushed).into_response(),
+        Ok(Err(refused)) => refused.into_response(),
         Err(err) => refuse(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
     }
 }
@@ -859,6 +1226,12 @@ fn tracker_routes() -> Router<SharedTracker> {
         .route("/v1/tracker/availability", get(availability))
         .route("/v1/tracker/holders", get(holders))
         .route("/v1/tracker/agents", get(agents))
+        .route("/v1/tracker/write", post(write))
+        .route("/v1/tracker/line", get(line))
+        .route("/v1/tracker/shared", post(shared))
+        .route("/v1/tracker/writeback/begin", post(begin_writeback))
+        .route("/v1/tracker/writeback/end", post(end_writeback))
+        .route("/v1/tracker/dirty", get(dirty))
         .layer(axum::extract::DefaultBodyLimit::max(64 << 20))
 }
 
@@ -976,4 +1349,91 @@ async fn agents(State(tracker): State<SharedTracker>) -> Json<serde_json::Value>
         .map(|(agent, alive)| json!({ "id": agent.id, "addr": agent.addr, "load": agent.load, "alive": alive }))
         .collect();
     Json(json!(agents))
+}
+
+/// Runs a tracker call that answers JSON off the async threads (it may write its state file).
+async fn tracker_answer<T: Serialize + Send + 'static>(
+    work: impl FnOnce() -> Result<T, vbus_sync::TrackerError> + Send + 'static,
+) -> Response {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(Ok(answer)) => Json(answer).into_response(),
+        Ok(Err(err)) => tracker_error(err),
+        Err(err) => refuse(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
+    }
+}
+
+async fn write(State(tracker): State<SharedTracker>, body: axum::body::Bytes) -> Response {
+    match parse::<vbus_sync::peer::WriteRequest>(&body) {
+        Ok(r) => {
+            tracker_answer(move || {
+                tracker.write(&r.id, &r.dataset, &r.path, &r.blake3, r.size_bytes)
+            })
+            .await
+        }
+        Err(refused) => refused.into_response(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LineQuery {
+    dataset: String,
+    path: String,
+}
+
+async fn line(
+    State(tracker): State<SharedTracker>,
+    Query(query): Query<LineQuery>,
+) -> Json<Option<vbus_sync::LineView>> {
+    Json(tracker.line(&query.dataset, &query.path))
+}
+
+async fn shared(State(tracker): State<SharedTracker>, body: axum::body::Bytes) -> Response {
+    match parse::<vbus_sync::peer::LineRequest>(&body) {
+        Ok(r) => {
+            tracker_answer(move || tracker.shared(&r.id, &r.dataset, &r.path, r.version)).await
+        }
+        Err(refused) => refused.into_response(),
+    }
+}
+
+async fn begin_writeback(
+    State(tracker): State<SharedTracker>,
+    body: axum::body::Bytes,
+) -> Response {
+    match parse::<vbus_sync::peer::LineRequest>(&body) {
+        Ok(r) => match tracker.begin_writeback(&r.id, &r.dataset, &r.path) {
+            Ok(line) => Json(line).into_response(),
+            Err(refused) => refuse(StatusCode::CONFLICT, refused.to_string()),
+        },
+        Err(refused) => refused.into_response(),
+    }
+}
+
+async fn end_writeback(State(tracker): State<SharedTracker>, body: axum::body::Bytes) -> Response {
+    match parse::<vbus_sync::peer::LineRequest>(&body) {
+        Ok(r) => {
+            tracker_answer(move || {
+                tracker.end_writeback(&r.id, &r.dataset, &r.path, r.version, r.written)
+            })
+            .await
+        }
+        Err(refused) => refused.into_response(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DirtyQuery {
+    #[serde(default)]
+    owner: Option<String>,
+    #[serde(default)]
+    dataset: Option<String>,
+}
+
+async fn dirty(
+    State(tracker): State<SharedTracker>,
+    Query(query): Query<DirtyQuery>,
+) -> Json<Vec<vbus_sync::Line>> {
+    Json(tracker.dirty(query.owner.as_deref(), query.dataset.as_deref()))
 }

@@ -607,3 +607,294 @@ fn a_peer_cannot_pass_off_a_tampered_manifest() {
     );
     assert!(!homes[1].join("CACHE/L3_DISK/ds/shard-00.bin").exists());
 }
+
+/// `PUT /v1/objects/{key}` with `bytes`; the status and the JSON answer.
+fn put_object(addr: &str, key: &str, bytes: &[u8]) -> (u16, Json) {
+    let (status, text) = http_raw(addr, "PUT", &format!("/v1/objects/{key}"), &[], bytes);
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Json::String(text)),
+    )
+}
+
+/// `GET /v1/objects/{key}`: the status and the body's bytes.
+fn get_object(addr: &str, key: &str) -> (u16, Vec<u8>) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut response = agent
+        .get(format!("http://{addr}/v1/objects/{key}"))
+        .call()
+        .unwrap_or_else(|err| panic!("GET {key} on {addr}: {err}"));
+    let status = response.status().as_u16();
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(1 << 30)
+        .read_to_vec()
+        .unwrap();
+    (status, body)
+}
+
+/// The coherence directory's line for `dataset/path`, as the tracker answers it.
+fn directory_line(tracker: &str, dataset: &str, path: &str) -> Json {
+    let auth = format!("Bearer {TOKEN}");
+    let (status, text) = http_raw(
+        tracker,
+        "GET",
+        &format!("/v1/tracker/line?dataset={dataset}&path={path}"),
+        &[("Authorization", auth.as_str())],
+        &[],
+    );
+    assert_eq!(status, 200, "{text}");
+    serde_json::from_str::<Json>(&text).unwrap()["line"].clone()
+}
+
+/// Waits until `check` holds, for at most `limit`; returns how long it took.
+fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !check() {
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    started.elapsed()
+}
+
+/// The seed's MESI coherence across three agents whose master is a real S3-compatible server:
+/// a write on a invalidates b and c, a read on b gets the new version, and the master has it
+/// within the sync interval; a 40 MiB file goes the same way (a multipart upload to S3).
+#[test]
+fn a_write_invalidates_the_other_holders_and_reaches_the_master_within_the_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let s3_root = dir.path().join("s3");
+    let bucket = s3_root.join("master");
+    std::fs::create_dir_all(bucket.join("ds")).unwrap();
+    std::fs::write(bucket.join("ds/x.bin"), random_bytes(1, 100_000)).unwrap();
+    std::fs::write(bucket.join("ds/big.bin"), random_bytes(2, 40 << 20)).unwrap();
+    let s3 = S3Server::start(&s3_root);
+    let tracker = start_tracker(&dir.path().join("tracker"), 0);
+    let interval = Duration::from_secs(2);
+    let homes: Vec<PathBuf> = ["a", "b", "c"]
+        .iter()
+        .map(|name| {
+            let home = agent_home_at(dir.path(), name, "s3://master", &tracker.addr);
+            set_bus_key(
+                &home,
+                "sync_interval_seconds",
+                Json::from(interval.as_secs()),
+            );
+            home
+        })
+        .collect();
+    let mut agents: Vec<Daemon> = homes.iter().map(|home| start_s3_agent(home, &s3)).collect();
+    push(&agents[0], "ds");
+    for agent in &agents {
+        pull(agent, "ds");
+    }
+
+    // a writes x.bin: b and c, which hold it from the pull, are invalid.
+    let new_x = random_bytes(3, 120_000);
+    let (status, put) = put_object(&agents[0].addr, "ds/x.bin", &new_x);
+    assert_eq!(status, 201, "{put}");
+    assert_eq!(put["coherence"]["version"], 1, "{put}");
+    let line = directory_line(&tracker.addr, "ds", "x.bin");
+    assert_eq!(line["owner"], "a", "{line}");
+    assert_eq!(line["holders"]["a"], "modified", "{line}");
+    assert_eq!(line["holders"]["b"], "invalid", "{line}");
+    assert_eq!(line["holders"]["c"], "invalid", "{line}");
+    let written = Instant::now();
+
+    // A read on b returns the new version, fetched from a; b is then Shared, and so is a.
+    let (status, got) = get_object(&agents[1].addr, "ds/x.bin");
+    assert_eq!(status, 200);
+    assert!(
+        got == new_x,
+        "b read {} bytes, not the new version",
+        got.len()
+    );
+    let line = directory_line(&tracker.addr, "ds", "x.bin");
+    assert_eq!(line["holders"]["b"], "shared", "{line}");
+    assert_eq!(line["holders"]["c"], "invalid", "{line}");
+
+    // The master has it within the sync interval (plus a beat of slack).
+    let took = wait_until(
+        interval + Duration::from_secs(2),
+        "x.bin at the master",
+        || std::fs::read(bucket.join("ds/x.bin")).is_ok_and(|held| held == new_x),
+    );
+    eprintln!(
+        "x.bin reached the master {took:?} after the read ({:?} after the write)",
+        written.elapsed()
+    );
+    wait_until(Duration::from_secs(5), "the line clean", || {
+        directory_line(&tracker.addr, "ds", "x.bin")["dirty"] == false
+    });
+
+    // A 40 MiB write on c: read on a, then written back as a multipart upload.
+    let new_big = random_bytes(4, 40 << 20);
+    let (status, put) = put_object(&agents[2].addr, "ds/big.bin", &new_big);
+    assert_eq!(status, 201, "{put}");
+    let (status, got) = get_object(&agents[0].addr, "ds/big.bin");
+    assert_eq!(status, 200);
+    assert!(
+        got == new_big,
+        "a read {} bytes, not c's version",
+        got.len()
+    );
+    wait_until(
+        interval + Duration::from_secs(4),
+        "big.bin at the master",
+        || std::fs::read(bucket.join("ds/big.bin")).is_ok_and(|held| held == new_big),
+    );
+
+    // A push records a version with both new files.
+    let (status, pushed) = post_json(
+        &agents[1].addr,
+        "/v1/sync/push",
+        &serde_json::json!({ "dataset": "ds" }),
+    );
+    assert_eq!(status, 200, "{pushed}");
+    let version = pushed["version"].as_str().unwrap().to_owned();
+    let manifest: Json = serde_json::from_slice(
+        &std::fs::read(bucket.join(format!(".vbus/manifests/ds/{version}.json"))).unwrap(),
+    )
+    .unwrap();
+    let hash_of = |path: &str| {
+        manifest["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|file| file["path"] == path)
+            .map(|file| file["blake3"].as_str().unwrap().to_owned())
+    };
+    assert_eq!(
+        hash_of("x.bin").as_deref(),
+        Some(blake3::hash(&new_x).to_hex().as_str())
+    );
+    assert_eq!(
+        hash_of("big.bin").as_deref(),
+        Some(blake3::hash(&new_big).to_hex().as_str())
+    );
+
+    // a writes again and dies at once: b is never served the older version. Either the
+    // write-back happened (b reads the new one from the master) or b's read is refused.
+    let newest = random_bytes(5, 50_000);
+    let (status, put) = put_object(&agents[0].addr, "ds/x.bin", &newest);
+    assert_eq!(status, 201, "{put}");
+    agents[0].signal(Signal::KILL);
+    let (status, got) = get_object(&agents[1].addr, "ds/x.bin");
+    match status {
+        200 => assert!(got == newest, "b was served a stale x.bin"),
+        503 => {
+            let message = String::from_utf8_lossy(&got);
+            assert!(message.contains("owned by a"), "{message}");
+        }
+        other => panic!("HTTP {other}: {}", String::from_utf8_lossy(&got)),
+    }
+    let _ = agents.remove(0).wait();
+}
+
+/// Two agents write the same file at once, many times, while a third reads it: the directory
+/// gives every acknowledged write its own version, every read returns one whole written
+/// content, and afterwards every agent and the master agree on the last version.
+#[test]
+fn concurrent_writers_end_in_one_version_order_with_no_torn_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = dir.path().join("master");
+    std::fs::create_dir_all(master.join("ds")).unwrap();
+    std::fs::write(master.join("ds/y.bin"), b"the master's first y").unwrap();
+    let tracker = start_tracker(&dir.path().join("tracker"), 0);
+    let homes: Vec<PathBuf> = ["a", "b", "c"]
+        .iter()
+        .map(|name| {
+            let home = agent_home(dir.path(), name, &master, &tracker.addr);
+            set_bus_key(&home, "sync_interval_seconds", Json::from(1));
+            home
+        })
+        .collect();
+    let agents: Vec<Daemon> = homes.iter().map(|home| Daemon::start(home)).collect();
+    const ROUNDS: usize = 15;
+    // Each write is distinct and 1 MiB + a little, so a torn mix would be seen.
+    let content = |writer: usize, round: usize| {
+        random_bytes((writer * 1000 + round) as u64, (1 << 20) + round)
+    };
+    let written: std::collections::HashSet<Vec<u8>> = (0..2)
+        .flat_map(|writer| (0..ROUNDS).map(move |round| (writer, round)))
+        .map(|(writer, round)| content(writer, round))
+        .collect();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (versions, reads) = std::thread::scope(|scope| {
+        let writers: Vec<_> = (0..2)
+            .map(|writer| {
+                let addr = agents[writer].addr.clone();
+                scope.spawn(move || {
+                    (0..ROUNDS)
+                        .map(|round| {
+                            let (status, put) =
+                                put_object(&addr, "ds/y.bin", &content(writer, round));
+                            assert_eq!(status, 201, "{put}");
+                            put["coherence"]["version"].as_u64().unwrap()
+                        })
+                        .collect::<Vec<u64>>()
+                })
+            })
+            .collect();
+        let reader_addr = agents[2].addr.clone();
+        let (written, done) = (&written, &done);
+        let reader = scope.spawn(move || {
+            let mut reads = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let (status, got) = get_object(&reader_addr, "ds/y.bin");
+                if status == 200 {
+                    assert!(
+                        written.contains(&got) || got == b"the master's first y",
+                        "c read {} bytes that no writer wrote whole",
+                        got.len()
+                    );
+                    reads += 1;
+                }
+            }
+            reads
+        });
+        let versions: Vec<u64> = writers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        (versions, reader.join().unwrap())
+    });
+    // One order: every acknowledged write has its own version, 1 to 2 x ROUNDS.
+    let mut sorted = versions.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, (1..=2 * ROUNDS as u64).collect::<Vec<_>>());
+    let line = directory_line(&tracker.addr, "ds", "y.bin");
+    assert_eq!(line["version"], 2 * ROUNDS as u64, "{line}");
+    let last = line["blake3"].as_str().unwrap().to_owned();
+    eprintln!("c read y.bin {reads} times during the writes");
+    // Every agent reads the last version, whole.
+    for agent in &agents {
+        let (status, got) = get_object(&agent.addr, "ds/y.bin");
+        assert_eq!(status, 200);
+        assert_eq!(blake3::hash(&got).to_hex().as_str(), last);
+    }
+    // The master gets the last version (the write-back timer is 1 s), never an older one after.
+    wait_until(
+        Duration::from_secs(6),
+        "y.bin's last version at the master",
+        || {
+            std::fs::read(master.join("ds/y.bin"))
+                .is_ok_and(|held| blake3::hash(&held).to_hex().as_str() == last)
+        },
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let held = std::fs::read(master.join("ds/y.bin")).unwrap();
+    assert_eq!(blake3::hash(&held).to_hex().as_str(), last);
+    // No temporary file of a write-back is left in the master.
+    let leftovers: Vec<_> = std::fs::read_dir(master.join("ds"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .filter(|name| name != "y.bin")
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
