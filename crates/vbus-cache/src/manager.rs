@@ -662,7 +662,31 @@ impl CacheManager {
     /// memory): the memory tiers drop their copies of `key` and a dirty value is superseded.
     /// Returns its version.
     pub fn commit(&self, key: impl Into<CacheKey>, writer: vbus_store::FileWriter) -> Result<u64> {
+        self.publish_l3(key.into(), || writer.commit())
+    }
+
+    /// Publishes a complete file from outside the cache (a pull's staged file, hashed by the
+    /// caller) to L3 as [`vbus_store::FileStore::adopt`] does; the memory tiers drop their
+    /// copies of `key` and a dirty value is superseded. Returns its version.
+    pub fn adopt(
+        &self,
+        key: impl Into<CacheKey>,
+        src: &std::path::Path,
+        hash: [u8; 32],
+    ) -> Result<u64> {
         let key = key.into();
+        let (dataset, path) = (key.dataset().to_owned(), key.path().to_owned());
+        self.publish_l3(key, || self.inner.l3.adopt(&dataset, &path, src, hash))
+    }
+
+    /// Publishes a file to L3 by `publish` (write-through whatever the mode: it was never in
+    /// memory): the memory tiers drop their copies of `key` first and a dirty value is
+    /// superseded. Returns its version.
+    fn publish_l3(
+        &self,
+        key: CacheKey,
+        publish: impl FnOnce() -> std::result::Result<vbus_store::FileMeta, vbus_store::Error>,
+    ) -> Result<u64> {
         let mut stripe = self.inner.stripe(&key);
         if let Some(l1) = &self.inner.l1 {
             l1.tier.remove(&key);
@@ -671,7 +695,7 @@ impl CacheManager {
             l2.remove(&key);
         }
         let dirty_pinned = stripe.get(&key).is_some_and(|dirty| dirty.pinned);
-        let meta = writer.commit()?;
+        let meta = publish()?;
         self.inner.forget_dirty(&mut stripe, &key);
         if dirty_pinned && !meta.pinned {
             self.inner.l3.pin(key.dataset(), key.path())?;

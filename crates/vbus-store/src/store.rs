@@ -407,6 +407,30 @@ impl FileStore {
         writer.commit_prehashed(hash)
     }
 
+    /// Publishes the complete file at `src` (outside the store, written and hashed by the
+    /// caller, whose BLAKE3 is `hash`) as `dataset/path`: synced, then renamed into place when
+    /// it is on the store's file system, else copied through a staged writer (which hashes it
+    /// again). `src` is gone afterwards when renamed; on an error nothing is published.
+    pub fn adopt(&self, dataset: &str, path: &str, src: &Path, hash: [u8; 32]) -> Result<FileMeta> {
+        use std::os::unix::fs::MetadataExt as _;
+        let key = name::key(dataset, path)?;
+        let file = fs::File::open(src).map_err(Error::io("open", src))?;
+        file.sync_all().map_err(Error::io("fsync", src))?;
+        let meta = file.metadata().map_err(Error::io("stat", src))?;
+        let store_dev = fs::metadata(&self.inner.root)
+            .map_err(Error::io("stat", &self.inner.root))?
+            .dev();
+        if meta.dev() != store_dev {
+            let mut file = file;
+            let copied = self.store_from_reader(dataset, path, &mut file)?;
+            let _ = fs::remove_file(src);
+            return Ok(copied);
+        }
+        drop(file);
+        let final_path = self.inner.root.join(dataset).join(path);
+        self.publish(&key, src, &final_path, meta.len(), hash, None)
+    }
+
     /// Publishes everything `reader` yields as `dataset/path`, in constant memory.
     pub fn store_from_reader(
         &self,

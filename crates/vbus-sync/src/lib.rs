@@ -18,6 +18,7 @@ pub mod origin;
 pub mod peer;
 pub mod rate;
 pub mod s3;
+pub mod staging;
 pub mod swarm;
 pub mod tracker;
 
@@ -27,5 +28,6 @@ pub use origin::{LATEST, Origin, PullError, PullReport, content_version, pull};
 pub use peer::{Http, PeerError, TrackerClient};
 pub use rate::RateLimiter;
 pub use s3::S3Options;
+pub use staging::Interconnect;
 pub use swarm::{Sink, Swarm, SwarmReport, fetch_file_bytes, manifest_from_peers, pull_swarm};
 pub use tracker::{Agent, Availability, LineView, Tracker, TrackerError};

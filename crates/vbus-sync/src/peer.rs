@@ -5,7 +5,8 @@
 //! The routes (served by `vbus tracker` and by every daemon):
 //! - tracker: `POST /v1/tracker/{register,heartbeat,announce,withdraw,leave,claim}` (JSON
 //!   bodies), `GET /v1/tracker/holders?dataset=&version=&path=`, `GET /v1/tracker/agents`,
-//!   `GET /v1/tracker/availability?dataset=&version=`; the coherence directory:
+//!   `GET /v1/tracker/availability?dataset=&version=`, `GET /v1/tracker/fetchers?…` (as
+//!   `holders`); the coherence directory:
 //!   `POST /v1/tracker/{write,shared,writeback/begin,writeback/end}`,
 //!   `GET /v1/tracker/line?dataset=&path=`, `GET /v1/tracker/dirty?owner=&dataset=`;
 //! - peer: `GET /v1/bus/files/{dataset}/{path}?blake3=HEX&offset=N&len=N`: the bytes, only when
@@ -504,6 +505,22 @@ impl TrackerClient {
         self.post("leave", &LeaveRequest { id: id.to_owned() })
     }
 
+    /// The live agents fetching a file now, least loaded first.
+    pub fn fetchers(
+        &self,
+        dataset: &str,
+        version: &str,
+        path: &str,
+    ) -> Result<Vec<Agent>, PeerError> {
+        self.get_json(&format!(
+            "{}/v1/tracker/fetchers?dataset={}&version={}&path={}",
+            self.base,
+            encode(dataset, false),
+            encode(version, false),
+            encode(path, false)
+        ))
+    }
+
     /// The live holders of a file, least loaded first.
     pub fn holders(
         &self,
@@ -552,8 +569,13 @@ pub fn fetch_manifest(
     Ok(manifest)
 }
 
+/// The status a peer answers for a range of a file it is still fetching, before the pieces the
+/// range touches are there (425 Too Early).
+pub const NOT_YET: u16 = 425;
+
 /// Reads `len` bytes at `offset` of `dataset/path` from the peer at `addr`, which serves them
-/// only if it holds the file with hash `blake3`. The caller verifies the bytes.
+/// only if it holds the file with hash `blake3`, whole or (the pieces it has verified) in
+/// flight; [`NOT_YET`] otherwise while in flight. The caller verifies the bytes.
 pub fn fetch_range(
     http: &Http,
     addr: &str,

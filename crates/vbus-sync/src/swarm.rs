@@ -4,21 +4,27 @@
 //! before it is used. A peer that does not answer is skipped for the rest of that file; a peer
 //! that sends a piece that fails verification is skipped too and its copy is withdrawn at the
 //! tracker (flagged: no one is sent to it for that file again until it announces it anew).
-//! Files are written in order through the store's staged writer and published atomically when
-//! whole, and each is announced as soon as it is published (peers may fetch it from here while
-//! the pull goes on); at the end the agent announces every file of the version it holds. Agents
+//! With a staging area ([`Interconnect`], `BUS/INTERCONNECT`) each file is staged there, its
+//! verified pieces written at their offsets and served to peers while it is in flight, a stage
+//! left by an interrupted pull resumed from its verified pieces, and the whole hashed and
+//! published into the store when complete; without one, files are written in order through the
+//! store's staged writer. Every fetcher claims its file at the tracker, so a peer may take a
+//! file no one holds yet piece by piece from those fetching it ([`PARTIAL_WAIT`] for a piece they
+//! do not have yet, then the origin). Each file is announced as soon as it is published; at the end the agent announces every file of the version it holds. Agents
 //! start at different files (by a hash of their id) and prefer files a peer already holds, so
 //! that the origin serves each file about once.
 
 use std::collections::HashSet;
 use std::io::Write as _;
+use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::manifest::{FileEntry, Manifest, ManifestError, piece_len};
 use crate::origin::{Origin, PullError};
-use crate::peer::{Http, TrackerClient, fetch_range};
+use crate::peer::{Http, NOT_YET, PeerError, TrackerClient, fetch_range};
 use crate::rate::{self, RateLimiter};
+use crate::staging::Interconnect;
 use crate::tracker::Agent;
 
 /// Where pulled files go: the L3 store itself, or a cache over it (which must drop its memory
@@ -37,6 +43,10 @@ pub trait Sink: Sync {
     ) -> Result<String, PullError>;
     /// Removes `dataset/path` (a published file that turned out wrong).
     fn remove(&self, dataset: &str, path: &str) -> Result<(), PullError>;
+    /// Publishes the complete staged file at `src`, whose BLAKE3 the caller computed, as
+    /// `dataset/path` (renamed into place when it can be).
+    fn adopt(&self, dataset: &str, path: &str, src: &Path, hash: [u8; 32])
+    -> Result<(), PullError>;
 }
 
 impl Sink for vbus_store::FileStore {
@@ -61,6 +71,17 @@ impl Sink for vbus_store::FileStore {
 
     fn remove(&self, dataset: &str, path: &str) -> Result<(), PullError> {
         vbus_store::FileStore::remove(self, dataset, path)?;
+        Ok(())
+    }
+
+    fn adopt(
+        &self,
+        dataset: &str,
+        path: &str,
+        src: &Path,
+        hash: [u8; 32],
+    ) -> Result<(), PullError> {
+        vbus_store::FileStore::adopt(self, dataset, path, src, hash)?;
         Ok(())
     }
 }
@@ -109,16 +130,18 @@ pub fn fetch_file_bytes(
         .into());
     }
     let counters = Counters::default();
-    let holders = holders_of(manifest, file, swarm, &counters).unwrap_or_default();
+    let sources = sources_of(manifest, file, Pick::Held, swarm, &counters);
     let mut bytes = Vec::with_capacity(file.size_bytes as usize);
+    let all: Vec<usize> = (0..file.pieces.len()).collect();
     for_each_piece(
         manifest,
         file,
-        &holders,
+        &all,
+        &sources,
         origin,
         swarm,
         &counters,
-        |piece| {
+        |_, piece| {
             bytes.extend_from_slice(&piece);
             Ok(())
         },
@@ -149,6 +172,9 @@ pub struct Swarm<'a> {
     pub workers: usize,
     /// This agent's download limit, shared by every piece it fetches.
     pub download: Option<&'a RateLimiter>,
+    /// Where files in flight are staged (`BUS/INTERCONNECT`): pulls resume from it and peers
+    /// are served its verified pieces. `None` stages in the store and starts files over.
+    pub staging: Option<&'a Interconnect>,
 }
 
 /// What a swarm pull did.
@@ -221,11 +247,15 @@ pub fn pull_swarm(
             let (wanted, fetched, failure, counters) = (&wanted, &fetched, &failure, &counters);
             scope.spawn(move || {
                 let run = || -> Result<(), PullError> {
-                    while let Some(file) = next_file(manifest, wanted, track, swarm, counters) {
+                    while let Some((file, pick)) =
+                        next_file(manifest, wanted, track, swarm, counters)
+                    {
                         if lock(failure).is_some() {
                             return Ok(());
                         }
-                        fetch_file(manifest, file, origin, sink, swarm, counters, progress)?;
+                        fetch_file(
+                            manifest, file, pick, origin, sink, swarm, counters, progress,
+                        )?;
                         fetched.fetch_add(1, Ordering::Relaxed);
                     }
                     Ok(())
@@ -261,6 +291,21 @@ pub fn pull_swarm(
 /// fetches one from the origin itself.
 const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// Why a file was taken, which says where its pieces may come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pick {
+    /// No one held or fetched it: from the origin (and holders that appear meanwhile).
+    Free,
+    /// A peer holds it whole.
+    Held,
+    /// Only peers fetching it have pieces of it: they serve those as they arrive, and a piece
+    /// none has yet is waited for ([`PARTIAL_WAIT`]) before the origin is asked.
+    InFlight,
+}
+
+/// How long a piece is waited for from peers that fetch it before the origin is asked.
+const PARTIAL_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// What a pull thread prefers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Track {
@@ -275,18 +320,18 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Takes the next file for `track` out of `wanted`; `None` when none is left. Without a tracker,
-/// simply the next one.
+/// Takes the next file for `track` out of `wanted`, and why; `None` when none is left. Without
+/// a tracker, simply the next one.
 fn next_file<'m>(
     manifest: &Manifest,
     wanted: &Mutex<Vec<&'m FileEntry>>,
     track: Track,
     swarm: Swarm<'_>,
     counters: &Counters,
-) -> Option<&'m FileEntry> {
+) -> Option<(&'m FileEntry, Pick)> {
     let Some(tracker) = swarm.tracker else {
         let mut wanted = lock(wanted);
-        return (!wanted.is_empty()).then(|| wanted.remove(0));
+        return (!wanted.is_empty()).then(|| (wanted.remove(0), Pick::Free));
     };
     let deadline = std::time::Instant::now() + CLAIM_WAIT;
     loop {
@@ -310,29 +355,37 @@ fn next_file<'m>(
                 })
         };
         let mut wanted = lock(wanted);
-        let held = wanted.iter().position(|file| of(&file.path).0 > 0);
-        let free = wanted.iter().position(|file| of(&file.path) == (0, 0));
+        let position =
+            |want: fn((u32, u32)) -> bool| wanted.iter().position(|file| want(of(&file.path)));
+        let held = position(|(holders, _)| holders > 0).map(|at| (at, Pick::Held));
+        let free = position(|counts| counts == (0, 0)).map(|at| (at, Pick::Free));
+        let in_flight = swarm
+            .staging
+            .and(position(|(holders, fetchers)| holders == 0 && fetchers > 0))
+            .map(|at| (at, Pick::InFlight));
         let pick = match track {
-            Track::OriginFirst => free.or(held),
-            Track::PeersOnly => held,
+            Track::OriginFirst => free.or(held).or(in_flight),
+            Track::PeersOnly => held.or(in_flight),
         }
-        .or_else(|| (std::time::Instant::now() >= deadline && !wanted.is_empty()).then_some(0));
-        if let Some(at) = pick {
+        .or_else(|| {
+            (std::time::Instant::now() >= deadline && !wanted.is_empty()).then_some((0, Pick::Free))
+        });
+        if let Some((at, pick)) = pick {
             let file = wanted.remove(at);
             drop(wanted);
-            if of(&file.path).0 == 0
-                && tracker
-                    .claim(
-                        swarm.self_id,
-                        &manifest.dataset,
-                        &manifest.version,
-                        &file.path,
-                    )
-                    .is_err()
+            // Claimed whatever the pick: peers see who fetches it (and may take its pieces).
+            if tracker
+                .claim(
+                    swarm.self_id,
+                    &manifest.dataset,
+                    &manifest.version,
+                    &file.path,
+                )
+                .is_err()
             {
                 counters.tracker_errors.fetch_add(1, Ordering::Relaxed);
             }
-            return Some(file);
+            return Some((file, pick));
         }
         drop(wanted);
         std::thread::sleep(std::time::Duration::from_millis(50));
@@ -341,19 +394,26 @@ fn next_file<'m>(
 
 /// One file: from its holders and the origin, published, then announced at once (peers may
 /// fetch it from here while this pull goes on).
+#[allow(clippy::too_many_arguments)]
 fn fetch_file(
     manifest: &Manifest,
     file: &FileEntry,
+    pick: Pick,
     origin: &Origin,
     sink: &dyn Sink,
     swarm: Swarm<'_>,
     counters: &Counters,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<(), PullError> {
-    let holders = holders_of(manifest, file, swarm, counters).unwrap_or_default();
-    pull_file(
-        manifest, file, &holders, origin, sink, swarm, counters, progress,
-    )?;
+    let sources = sources_of(manifest, file, pick, swarm, counters);
+    match swarm.staging {
+        Some(staging) => pull_staged(
+            manifest, file, &sources, origin, sink, swarm, staging, counters, progress,
+        )?,
+        None => pull_file(
+            manifest, file, &sources, origin, sink, swarm, counters, progress,
+        )?,
+    }
     if let Some(tracker) = swarm.tracker
         && let Err(err) = tracker.announce(
             swarm.self_id,
@@ -368,35 +428,61 @@ fn fetch_file(
     Ok(())
 }
 
-/// The live holders of `file` other than this agent; `None` without a tracker, or when the
-/// tracker does not answer.
-fn holders_of(
+/// Where the pieces of a file may come from besides the origin.
+#[derive(Debug, Default)]
+struct Sources {
+    /// Live agents holding the file whole.
+    holders: Vec<Agent>,
+    /// Live agents fetching it (for a file picked [`Pick::InFlight`]): they serve the pieces
+    /// they have verified, and are waited for.
+    fetchers: Vec<Agent>,
+}
+
+/// The sources of `file` other than this agent; none without a tracker, or when the tracker
+/// does not answer.
+fn sources_of(
     manifest: &Manifest,
     file: &FileEntry,
+    pick: Pick,
     swarm: Swarm<'_>,
     counters: &Counters,
-) -> Option<Vec<Agent>> {
-    let tracker = swarm.tracker?;
-    match tracker.holders(&manifest.dataset, &manifest.version, &file.path) {
-        Ok(holders) => Some(
-            holders
-                .into_iter()
-                .filter(|agent| agent.id != swarm.self_id)
-                .collect(),
-        ),
+) -> Sources {
+    let Some(tracker) = swarm.tracker else {
+        return Sources::default();
+    };
+    let others = |agents: Vec<Agent>| -> Vec<Agent> {
+        agents
+            .into_iter()
+            .filter(|agent| agent.id != swarm.self_id)
+            .collect()
+    };
+    let (dataset, version) = (&manifest.dataset, &manifest.version);
+    let holders = match tracker.holders(dataset, version, &file.path) {
+        Ok(holders) => others(holders),
         Err(err) => {
             tracing::warn!(error = %err, "no holders from the tracker; using the origin");
             counters.tracker_errors.fetch_add(1, Ordering::Relaxed);
-            None
+            return Sources::default();
         }
-    }
+    };
+    let fetchers = match pick {
+        Pick::InFlight => tracker
+            .fetchers(dataset, version, &file.path)
+            .map(others)
+            .unwrap_or_else(|_| {
+                counters.tracker_errors.fetch_add(1, Ordering::Relaxed);
+                Vec::new()
+            }),
+        Pick::Free | Pick::Held => Vec::new(),
+    };
+    Sources { holders, fetchers }
 }
 
 #[allow(clippy::too_many_arguments)]
 fn pull_file(
     manifest: &Manifest,
     file: &FileEntry,
-    holders: &[Agent],
+    sources: &Sources,
     origin: &Origin,
     sink: &dyn Sink,
     swarm: Swarm<'_>,
@@ -409,11 +495,21 @@ fn pull_file(
         source,
     };
     let mut writer = sink.writer(&manifest.dataset, &file.path)?;
-    for_each_piece(manifest, file, holders, origin, swarm, counters, |piece| {
-        writer.write_all(&piece).map_err(stage_error)?;
-        progress(piece.len() as u64);
-        Ok(())
-    })?;
+    let all: Vec<usize> = (0..file.pieces.len()).collect();
+    for_each_piece(
+        manifest,
+        file,
+        &all,
+        sources,
+        origin,
+        swarm,
+        counters,
+        |_, piece| {
+            writer.write_all(&piece).map_err(stage_error)?;
+            progress(piece.len() as u64);
+            Ok(())
+        },
+    )?;
     // Every piece matched, so the whole does; the store hashed it again while writing.
     let hash = sink.publish(&manifest.dataset, &file.path, writer)?;
     if hash != file.blake3 {
@@ -429,28 +525,91 @@ fn pull_file(
     Ok(())
 }
 
-/// Every piece of `file` in order, verified, to `each`: fetched `swarm.workers` at a time, a
-/// peer that fails or sends a bad piece skipped for the rest of the file.
+/// One file staged in `BUS/INTERCONNECT`: the pieces a stage left by an earlier pull still has
+/// are kept, the others fetched (and served to peers as they are verified), then the whole is
+/// hashed and published. A failed pull leaves its stage for the next.
+#[allow(clippy::too_many_arguments)]
+fn pull_staged(
+    manifest: &Manifest,
+    file: &FileEntry,
+    sources: &Sources,
+    origin: &Origin,
+    sink: &dyn Sink,
+    swarm: Swarm<'_>,
+    staging: &Interconnect,
+    counters: &Counters,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<(), PullError> {
+    let (partial, resumed) = staging.begin(manifest, file)?;
+    let result = (|| {
+        if resumed > 0 {
+            tracing::info!(
+                "resuming {}/{} from {resumed} staged bytes",
+                manifest.dataset,
+                file.path
+            );
+            progress(resumed);
+        }
+        let missing: Vec<usize> = (0..file.pieces.len())
+            .filter(|&index| !partial.is_done(index))
+            .collect();
+        for_each_piece(
+            manifest,
+            file,
+            &missing,
+            sources,
+            origin,
+            swarm,
+            counters,
+            |index, piece| {
+                partial.write_piece(index, &piece)?;
+                progress(piece.len() as u64);
+                Ok(())
+            },
+        )?;
+        let hash = partial.finish()?;
+        let actual = blake3::Hash::from(hash).to_hex().to_string();
+        if actual != file.blake3 {
+            // Every piece matched but the whole does not: the manifest contradicts itself.
+            partial.discard();
+            return Err(ManifestError::Mismatch {
+                path: file.path.clone(),
+                what: "the file".to_owned(),
+                expected: file.blake3.clone(),
+                actual,
+            }
+            .into());
+        }
+        sink.adopt(&manifest.dataset, &file.path, partial.path(), hash)
+    })();
+    staging.end(&partial);
+    result
+}
+
+/// The pieces `indices` of `file`, verified, to `each` in that order: fetched `swarm.workers`
+/// at a time, a peer that fails or sends a bad piece skipped for the rest of the file.
+#[allow(clippy::too_many_arguments)]
 fn for_each_piece(
     manifest: &Manifest,
     file: &FileEntry,
-    holders: &[Agent],
+    indices: &[usize],
+    sources: &Sources,
     origin: &Origin,
     swarm: Swarm<'_>,
     counters: &Counters,
-    mut each: impl FnMut(Vec<u8>) -> Result<(), PullError>,
+    mut each: impl FnMut(usize, Vec<u8>) -> Result<(), PullError>,
 ) -> Result<(), PullError> {
     let skipped: Mutex<HashSet<String>> = Mutex::new(HashSet::new());
     let workers = swarm.workers.max(1);
-    for window_start in (0..file.pieces.len()).step_by(workers) {
-        let window = window_start..(window_start + workers).min(file.pieces.len());
+    for window in indices.chunks(workers) {
         let pieces: Vec<Result<Vec<u8>, PullError>> = std::thread::scope(|scope| {
             let handles: Vec<_> = window
-                .map(|index| {
+                .iter()
+                .map(|&index| {
                     let skipped = &skipped;
                     scope.spawn(move || {
                         fetch_piece(
-                            manifest, file, index, holders, skipped, origin, swarm, counters,
+                            manifest, file, index, sources, skipped, origin, swarm, counters,
                         )
                     })
                 })
@@ -464,21 +623,22 @@ fn for_each_piece(
                 })
                 .collect()
         });
-        for piece in pieces {
-            each(piece?)?;
+        for (&index, piece) in window.iter().zip(pieces) {
+            each(index, piece?)?;
         }
     }
     Ok(())
 }
 
 /// Piece `index`: from the holders in turn (starting at a different one for each piece), then
-/// from the origin.
+/// from the fetchers, waiting up to [`PARTIAL_WAIT`] for one of them to have it, then from the
+/// origin.
 #[allow(clippy::too_many_arguments)]
 fn fetch_piece(
     manifest: &Manifest,
     file: &FileEntry,
     index: usize,
-    holders: &[Agent],
+    sources: &Sources,
     skipped: &Mutex<HashSet<String>>,
     origin: &Origin,
     swarm: Swarm<'_>,
@@ -487,60 +647,69 @@ fn fetch_piece(
     let offset = index as u64 * manifest.piece_bytes;
     let len = piece_len(file.size_bytes, manifest.piece_bytes, index);
     rate::acquire(swarm.download, len);
-    let is_skipped = |id: &str| {
-        skipped
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(id)
-    };
+    let is_skipped = |id: &str| lock(skipped).contains(id);
     let skip = |id: &str| {
-        skipped
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.to_owned());
+        lock(skipped).insert(id.to_owned());
     };
-    for turn in 0..holders.len() {
-        let peer = &holders[(index + turn) % holders.len()];
-        if is_skipped(&peer.id) {
-            continue;
-        }
-        match fetch_range(
-            swarm.http,
-            &peer.addr,
-            &manifest.dataset,
-            &file.path,
-            &file.blake3,
-            offset,
-            len,
-        ) {
-            Ok(bytes) => {
-                if manifest.verify_piece(file, index, &bytes).is_ok() {
-                    counters.from_peers.fetch_add(len, Ordering::Relaxed);
-                    return Ok(bytes);
+    let rotated = |agents: &[Agent]| -> Vec<Agent> {
+        (0..agents.len())
+            .map(|turn| agents[(index + turn) % agents.len()].clone())
+            .collect()
+    };
+    let mut peers = rotated(&sources.holders);
+    peers.extend(rotated(&sources.fetchers));
+    let deadline = std::time::Instant::now() + PARTIAL_WAIT;
+    loop {
+        let mut not_yet = false;
+        for peer in &peers {
+            if is_skipped(&peer.id) {
+                continue;
+            }
+            match fetch_range(
+                swarm.http,
+                &peer.addr,
+                &manifest.dataset,
+                &file.path,
+                &file.blake3,
+                offset,
+                len,
+            ) {
+                Ok(bytes) => {
+                    if manifest.verify_piece(file, index, &bytes).is_ok() {
+                        counters.from_peers.fetch_add(len, Ordering::Relaxed);
+                        return Ok(bytes);
+                    }
+                    counters.rejected.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        peer = %peer.id,
+                        "piece {index} of {}/{} from {} failed verification; withdrawing its copy",
+                        manifest.dataset,
+                        file.path,
+                        peer.addr
+                    );
+                    skip(&peer.id);
+                    if let Some(tracker) = swarm.tracker
+                        && tracker
+                            .withdraw(&peer.id, &manifest.dataset, &manifest.version, &file.path)
+                            .is_err()
+                    {
+                        counters.tracker_errors.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
-                counters.rejected.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    peer = %peer.id,
-                    "piece {index} of {}/{} from {} failed verification; withdrawing its copy",
-                    manifest.dataset,
-                    file.path,
-                    peer.addr
-                );
-                skip(&peer.id);
-                if let Some(tracker) = swarm.tracker
-                    && tracker
-                        .withdraw(&peer.id, &manifest.dataset, &manifest.version, &file.path)
-                        .is_err()
-                {
-                    counters.tracker_errors.fetch_add(1, Ordering::Relaxed);
+                Err(PeerError::Refused {
+                    status: NOT_YET, ..
+                }) => not_yet = true,
+                Err(err) => {
+                    counters.peer_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(peer = %peer.id, error = %err, "peer failed; trying the next");
+                    skip(&peer.id);
                 }
             }
-            Err(err) => {
-                counters.peer_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(peer = %peer.id, error = %err, "peer failed; trying the next");
-                skip(&peer.id);
-            }
         }
+        if !not_yet || std::time::Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let bytes = origin.read_piece(manifest, file, index)?;
     manifest.verify_piece(file, index, &bytes)?;

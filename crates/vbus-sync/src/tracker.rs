@@ -438,6 +438,25 @@ impl Tracker {
         holders
     }
 
+    /// The live agents fetching `path` of `dataset@version` now (they serve the pieces they have
+    /// verified), least loaded first.
+    pub fn fetchers(&self, dataset: &str, version: &str, path: &str) -> Vec<Agent> {
+        let inner = self.lock();
+        let now = Instant::now();
+        let mut fetchers: Vec<Agent> = inner
+            .claims
+            .get(&holding_key(dataset, version))
+            .and_then(|files| files.get(path))
+            .into_iter()
+            .flatten()
+            .filter(|id| inner.alive(id, now))
+            .filter_map(|id| inner.persisted.agents.get(id).cloned())
+            .collect();
+        fastrand::shuffle(&mut fetchers);
+        fetchers.sort_by_key(|agent| agent.load);
+        fetchers
+    }
+
     /// Agent `id` wrote a new version of `dataset/path` (`blake3`, `size_bytes`): the
     /// directory orders it after every earlier write, makes `id` its `Modified` owner and every
     /// other holder, including agents holding the file from a pull, `Invalid`.
@@ -632,6 +651,7 @@ mod tests {
                 .map(|a| (a.holders, a.fetchers))
         };
         assert_eq!(avail("f1"), Some((0, 2)));
+        assert_eq!(tracker.fetchers("ds", "v1", "f1").len(), 2);
         tracker
             .announce("a", "ds", "v1", &["f1".to_owned()])
             .unwrap();

@@ -69,6 +69,8 @@ pub(crate) struct BusAgent {
     pulls: Mutex<Vec<Arc<PullProgress>>>,
     /// What peers are served from.
     pub(crate) peer: Arc<PeerFiles>,
+    /// `BUS/INTERCONNECT`: files in flight, resumed after a restart.
+    staging: Arc<vbus_sync::Interconnect>,
     /// `bus_config.sync_interval_seconds`: how often this agent's Modified lines are written
     /// back to the master.
     sync_interval: std::time::Duration,
@@ -115,6 +117,9 @@ impl BusAgent {
                     .with_context(|| format!("cannot read {}", holdings_path.display()));
             }
         };
+        let staging = Arc::new(vbus_sync::Interconnect::open(
+            home.root().join("BUS/INTERCONNECT"),
+        )?);
         Ok(Self {
             id,
             addr,
@@ -128,10 +133,12 @@ impl BusAgent {
             pulls: Mutex::new(Vec::new()),
             peer: Arc::new(PeerFiles::new(
                 store,
+                Some(Arc::clone(&staging)),
                 Some(control.join("manifests")),
                 bus.cluster_token.clone(),
                 bus.upload_bytes_per_second,
             )),
+            staging,
             sync_interval: std::time::Duration::from_secs(bus.sync_interval_seconds),
             coherence_pins: Mutex::new(std::collections::BTreeSet::new()),
             stop: AtomicBool::new(false),
@@ -698,6 +705,7 @@ impl vbus_cache::Source for BusSource {
             self_id: &self.id,
             workers: self.workers,
             download: self.download.as_deref(),
+            staging: None,
         };
         vbus_sync::fetch_file_bytes(&manifest, file, &self.origin, swarm, SOURCE_FETCH_MAX_BYTES)
             .map(Some)
@@ -738,6 +746,23 @@ impl Sink for CacheSink<'_> {
     fn remove(&self, dataset: &str, path: &str) -> Result<(), PullError> {
         Sink::remove(self.0.store(), dataset, path)
     }
+
+    fn adopt(
+        &self,
+        dataset: &str,
+        path: &str,
+        src: &std::path::Path,
+        hash: [u8; 32],
+    ) -> Result<(), PullError> {
+        self.0
+            .adopt(CacheKey::new(dataset, path), src, hash)
+            .map(drop)
+            .map_err(|err| PullError::Stage {
+                dataset: dataset.to_owned(),
+                path: path.to_owned(),
+                source: std::io::Error::other(err.to_string()),
+            })
+    }
 }
 
 /// `dataset` or `dataset@version`.
@@ -771,6 +796,8 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
 #[derive(Debug)]
 pub(crate) struct PeerFiles {
     store: vbus_store::FileStore,
+    /// Files in flight, whose verified pieces are served too.
+    staging: Option<Arc<vbus_sync::Interconnect>>,
     /// Where the manifests of held versions are kept (`None`: none served).
     manifests_dir: Option<PathBuf>,
     token: Option<String>,
@@ -782,12 +809,14 @@ pub(crate) struct PeerFiles {
 impl PeerFiles {
     pub(crate) fn new(
         store: vbus_store::FileStore,
+        staging: Option<Arc<vbus_sync::Interconnect>>,
         manifests_dir: Option<PathBuf>,
         token: Option<String>,
         upload_bytes_per_second: u64,
     ) -> Self {
         Self {
             store,
+            staging,
             manifests_dir,
             token,
             uploads: AtomicU32::new(0),
@@ -804,7 +833,8 @@ impl PeerFiles {
         authorise_peer(self.token.as_deref(), request)
     }
 
-    /// `len` bytes at `offset` of `dataset/path`, if held with hash `blake3`.
+    /// `len` bytes at `offset` of `dataset/path`, if held with hash `blake3`, whole or (the
+    /// verified pieces the range touches) in flight; 425 while those pieces are not there yet.
     fn read_range(
         &self,
         dataset: &str,
@@ -825,15 +855,33 @@ impl PeerFiles {
                 format!("{dataset}/{path} is not held here with that hash"),
             )
         };
-        let mut reader = match self.store.file_reader(dataset, path) {
-            Ok(Some(reader)) => reader,
-            Ok(None) => return Err(not_held()),
+        let held = match self.store.file_reader(dataset, path) {
+            Ok(reader) => {
+                reader.filter(|r| r.meta().hash_hex().as_deref() == Some(query.blake3.as_str()))
+            }
             Err(err) => return Err(error(StatusCode::BAD_REQUEST, err.to_string())),
         };
+        let Some(mut reader) = held else {
+            let Some(staging) = &self.staging else {
+                return Err(not_held());
+            };
+            vbus_store::validate_dataset(dataset)
+                .map_err(|err| error(StatusCode::BAD_REQUEST, err.to_string()))?;
+            return match staging.read_in_flight(dataset, &query.blake3, query.offset, query.len) {
+                Ok(vbus_sync::staging::InFlight::Bytes(bytes)) => {
+                    vbus_sync::rate::acquire(self.upload.as_ref(), query.len);
+                    Ok(bytes)
+                }
+                Ok(vbus_sync::staging::InFlight::NotYet) => Err(error(
+                    StatusCode::from_u16(vbus_sync::peer::NOT_YET)
+                        .unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+                    format!("{dataset}/{path} is in flight here; that range is not yet"),
+                )),
+                Ok(vbus_sync::staging::InFlight::Absent) => Err(not_held()),
+                Err(err) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string())),
+            };
+        };
         let meta = reader.meta().clone();
-        if meta.hash_hex().as_deref() != Some(query.blake3.as_str()) {
-            return Err(not_held());
-        }
         if query.offset.saturating_add(query.len) > meta.size_bytes {
             return Err(error(
                 StatusCode::RANGE_NOT_SATISFIABLE,
@@ -1037,6 +1085,7 @@ async fn pull(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -> Re
             self_id: &bus.id,
             workers: bus.workers,
             download: bus.download.as_deref(),
+            staging: Some(&bus.staging),
         };
         let report = vbus_sync::pull_swarm(
             &manifest,
@@ -1225,6 +1274,7 @@ fn tracker_routes() -> Router<SharedTracker> {
         .route("/v1/tracker/claim", post(claim))
         .route("/v1/tracker/availability", get(availability))
         .route("/v1/tracker/holders", get(holders))
+        .route("/v1/tracker/fetchers", get(fetchers))
         .route("/v1/tracker/agents", get(agents))
         .route("/v1/tracker/write", post(write))
         .route("/v1/tracker/line", get(line))
@@ -1340,6 +1390,13 @@ async fn holders(
     Query(query): Query<HoldersQuery>,
 ) -> Json<Vec<vbus_sync::Agent>> {
     Json(tracker.holders(&query.dataset, &query.version, &query.path))
+}
+
+async fn fetchers(
+    State(tracker): State<SharedTracker>,
+    Query(query): Query<HoldersQuery>,
+) -> Json<Vec<vbus_sync::Agent>> {
+    Json(tracker.fetchers(&query.dataset, &query.version, &query.path))
 }
 
 async fn agents(State(tracker): State<SharedTracker>) -> Json<serde_json::Value> {

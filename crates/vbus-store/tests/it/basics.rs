@@ -264,3 +264,36 @@ fn reserved_versions_publish_in_order_and_survive_a_reopen() {
     let after = store.store_file("ds", "after", b"a").unwrap();
     assert!(after.version > plain.version);
 }
+
+#[test]
+fn adopt_renames_a_staged_file_into_place_and_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStore::open(dir.path().join("L3")).unwrap();
+    let stage = dir.path().join("INTERCONNECT");
+    std::fs::create_dir_all(&stage).unwrap();
+    let src = stage.join("f.part");
+    let bytes: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    std::fs::write(&src, &bytes).unwrap();
+    let hash = *blake3::hash(&bytes).as_bytes();
+    let meta = store.adopt("ds", "dir/f.bin", &src, hash).unwrap();
+    assert_eq!(meta.size_bytes, bytes.len() as u64);
+    assert_eq!(
+        meta.hash_hex().unwrap(),
+        blake3::hash(&bytes).to_hex().as_str()
+    );
+    assert!(!src.exists(), "renamed, not copied");
+    assert_eq!(
+        store.get_file_by_path("ds", "dir/f.bin").unwrap().unwrap(),
+        bytes
+    );
+    // A bad name is refused before anything moves.
+    std::fs::write(&src, b"x").unwrap();
+    assert!(store.adopt("ds", "../x", &src, hash).is_err());
+    assert!(src.exists());
+    drop(store);
+    let store = FileStore::open(dir.path().join("L3")).unwrap();
+    assert_eq!(
+        store.get_file_by_path("ds", "dir/f.bin").unwrap().unwrap(),
+        bytes
+    );
+}

@@ -175,8 +175,12 @@ fn distribute(
     let mut agents = Vec::new();
     for idx in 0..n_agents {
         let store = FileStore::open(dir.join(format!("agent{idx}")))?;
+        let staging = Arc::new(vbus_sync::Interconnect::open(
+            dir.join(format!("agent{idx}-interconnect")),
+        )?);
         let peer = Arc::new(PeerFiles::new(
             store.clone(),
+            Some(Arc::clone(&staging)),
             None,
             Some(TOKEN.to_owned()),
             rate,
@@ -190,7 +194,7 @@ fn distribute(
             tracker.register(&id, &addr)?;
         }
         let download = RateLimiter::new(rate).context("a rate above zero")?;
-        agents.push((id, store, peer, download));
+        agents.push((id, store, peer, download, staging));
     }
     let done = std::sync::atomic::AtomicBool::new(false);
     let started = Instant::now();
@@ -200,7 +204,7 @@ fn distribute(
             let (agents, done) = (&agents, &done);
             scope.spawn(move || {
                 while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                    for (id, _, peer, _) in agents {
+                    for (id, _, peer, _, _) in agents {
                         let _ = tracker.heartbeat(id, peer.uploads_now());
                     }
                     std::thread::sleep(Duration::from_millis(250));
@@ -209,7 +213,7 @@ fn distribute(
         }
         let pulls: Vec<_> = agents
             .iter()
-            .map(|(id, store, _, download)| {
+            .map(|(id, store, _, download, staging)| {
                 let (origin, http, tracker) = (&origin, &http, tracker.as_ref());
                 scope.spawn(move || {
                     vbus_sync::pull_swarm(
@@ -222,6 +226,7 @@ fn distribute(
                             self_id: id,
                             workers: 4,
                             download: Some(download),
+                            staging: Some(staging),
                         },
                         &|_| {},
                     )

@@ -619,14 +619,22 @@ fn put_object(addr: &str, key: &str, bytes: &[u8]) -> (u16, Json) {
 
 /// `GET /v1/objects/{key}`: the status and the body's bytes.
 fn get_object(addr: &str, key: &str) -> (u16, Vec<u8>) {
+    get_bytes(addr, &format!("/v1/objects/{key}"), None)
+}
+
+/// A GET whose body is bytes, with a bearer token when given.
+fn get_bytes(addr: &str, path: &str, token: Option<&str>) -> (u16, Vec<u8>) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()
         .into();
-    let mut response = agent
-        .get(format!("http://{addr}/v1/objects/{key}"))
+    let mut request = agent.get(format!("http://{addr}{path}"));
+    if let Some(token) = token {
+        request = request.header("Authorization", format!("Bearer {token}"));
+    }
+    let mut response = request
         .call()
-        .unwrap_or_else(|err| panic!("GET {key} on {addr}: {err}"));
+        .unwrap_or_else(|err| panic!("GET {path} on {addr}: {err}"));
     let status = response.status().as_u16();
     let body = response
         .body_mut()
@@ -897,4 +905,91 @@ fn concurrent_writers_end_in_one_version_order_with_no_torn_file() {
         .filter(|name| name != "y.bin")
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// The bytes done of the pull in progress on `addr`, if one is.
+fn pull_progress(addr: &str) -> Option<u64> {
+    let (status, body) = http_raw(addr, "GET", "/v1/sync/status", &[], &[]);
+    assert_eq!(status, 200, "{body}");
+    let status: Json = serde_json::from_str(&body).unwrap();
+    status["pulls_in_progress"]
+        .as_array()
+        .and_then(|pulls| pulls.first())
+        .map(|pull| as_u64(pull, "bytes_done"))
+}
+
+/// A pull staged in `BUS/INTERCONNECT` serves its verified pieces to peers while in flight,
+/// and, killed and restarted, resumes from them: the second pull fetches only the rest.
+#[test]
+fn a_pull_serves_pieces_in_flight_and_resumes_after_a_kill() {
+    const PIECE: usize = 4 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let master = dir.path().join("master");
+    let files = write_dataset(&master, "ds", 1, 8 * PIECE);
+    let bytes = &files["shard-00.bin"];
+    let home = agent_home(dir.path(), "a", &master, "");
+    set_bus_key(&home, "tracker", Json::String(String::new()));
+    set_bus_key(&home, "pull_workers", Json::from(1));
+    set_bus_key(&home, "download_bytes_per_second", Json::from(4_000_000));
+    let mut agent = Daemon::start(&home);
+    push(&agent, "ds");
+    let addr = agent.addr.clone();
+    // The pull's request ends with the daemon, unanswered.
+    let pulling = std::thread::spawn(move || {
+        let _ = ureq::post(format!("http://{addr}/v1/sync/pull"))
+            .header("Content-Type", "application/json")
+            .send(r#"{"dataset": "ds"}"#);
+    });
+    wait_until(Duration::from_secs(20), "two pieces pulled", || {
+        pull_progress(&agent.addr).is_some_and(|done| done >= 2 * PIECE as u64)
+    });
+
+    // A peer gets a verified piece of the file in flight, and 425 for one not there yet.
+    let blake3 = blake3::hash(bytes).to_hex().to_string();
+    let range = |index: usize| {
+        get_bytes(
+            &agent.addr,
+            &format!(
+                "/v1/bus/files/ds/shard-00.bin?blake3={blake3}&offset={}&len={PIECE}",
+                index * PIECE
+            ),
+            Some(TOKEN),
+        )
+    };
+    let (status, first) = range(0);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&first));
+    assert!(first == bytes[..PIECE], "piece 0 in flight differs");
+    let (status, last) = range(7);
+    assert_eq!(status, 425, "{}", String::from_utf8_lossy(&last));
+
+    // Killed mid-pull; the stage stays.
+    agent.signal(Signal::KILL);
+    let _ = agent.wait();
+    let _ = pulling.join();
+    let staged: Vec<_> = std::fs::read_dir(home.join("BUS/INTERCONNECT/ds"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .collect();
+    assert_eq!(staged.len(), 1, "{staged:?}");
+
+    // Restarted without the limit: the pull resumes and fetches only what was missing.
+    set_bus_key(&home, "download_bytes_per_second", Json::from(0));
+    let agent = Daemon::start(&home);
+    let report = pull(&agent, "ds");
+    let fetched = as_u64(&report, "bytes_from_origin") + as_u64(&report, "bytes_from_peers");
+    assert!(
+        fetched <= (8 - 2) * PIECE as u64,
+        "the resumed pull fetched {fetched} bytes of {}: {report}",
+        8 * PIECE
+    );
+    assert_eq!(as_u64(&report, "files_fetched"), 1, "{report}");
+    assert_holds(&home, "ds", &files);
+    let left: Vec<_> = std::fs::read_dir(home.join("BUS/INTERCONNECT/ds"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .collect();
+    assert!(
+        left.is_empty(),
+        "the stage is gone once published: {left:?}"
+    );
 }
