@@ -24,7 +24,7 @@ pub mod tracker;
 
 pub use coherence::{Line, LineState};
 pub use manifest::{FileEntry, Manifest, ManifestError, PIECE_BYTES_DEFAULT};
-pub use origin::{LATEST, Origin, PullError, PullReport, content_version, pull};
+pub use origin::{LATEST, Object, Origin, PullError, PullReport, content_version, pull};
 pub use peer::{Http, PeerError, TrackerClient};
 pub use rate::RateLimiter;
 pub use s3::S3Options;

@@ -42,9 +42,9 @@ pub enum PullError {
 pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
     /// Where it is, for messages (`/srv/master` or `s3://bucket/prefix`).
     fn describe(&self) -> String;
-    /// Every object under `{dir}/` with its size: paths relative to it, sorted, hidden entries
-    /// (any component starting with `.`) left out.
-    fn list(&self, dir: &str) -> Result<Vec<(String, u64)>, ManifestError>;
+    /// Every object under `{dir}/` (everything for `""`): paths relative to it, sorted, hidden
+    /// entries (any component starting with `.`) left out.
+    fn list(&self, dir: &str) -> Result<Vec<Object>, ManifestError>;
     /// `len` bytes of `key` from `offset`; fewer is an error.
     fn read_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, ManifestError>;
     /// All of `key`; `None` when there is no such object.
@@ -59,6 +59,17 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
     ) -> Result<(), ManifestError>;
     /// Replaces `key` whole with `bytes`.
     fn write(&self, key: &str, bytes: &[u8]) -> Result<(), ManifestError>;
+}
+
+/// An object of an origin, as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Object {
+    /// Its path below the listed folder.
+    pub path: String,
+    /// Its size in bytes.
+    pub size_bytes: u64,
+    /// What changes when it is rewritten (a directory's modification time, an S3 ETag).
+    pub stamp: String,
 }
 
 /// The master store (the seed's master database): a local directory or an S3-compatible bucket
@@ -136,11 +147,11 @@ impl Origin {
         check_dataset(dataset)?;
         manifest::check_piece_bytes(piece_bytes)?;
         let mut files = Vec::new();
-        for (path, size_bytes) in self.backend.list(dataset)? {
-            let key = format!("{dataset}/{path}");
+        for object in self.backend.list(dataset)? {
+            let key = format!("{dataset}/{}", object.path);
             files.push(manifest::hash_pieces(
-                &path,
-                size_bytes,
+                &object.path,
+                object.size_bytes,
                 piece_bytes,
                 |offset, len| self.backend.read_range(&key, offset, len),
             )?);
@@ -237,6 +248,23 @@ impl Origin {
             .write_from(&format!("{dataset}/{path}"), from, size_bytes)
     }
 
+    /// Every file of every dataset (`dataset/path`), with its size and stamp; an empty origin
+    /// (a directory not made yet) has none.
+    pub fn objects(&self) -> Result<Vec<Object>, ManifestError> {
+        match self.backend.list("") {
+            Ok(objects) => Ok(objects
+                .into_iter()
+                .filter(|object| object.path.contains('/'))
+                .collect()),
+            Err(ManifestError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Ok(Vec::new())
+            }
+            Err(err) => Err(err),
+        }
+    }
+
     /// `len` bytes at `offset` of `dataset/path` as the origin holds it now.
     pub fn read_range(
         &self,
@@ -287,8 +315,12 @@ impl Backend for DirBackend {
         self.root.display().to_string()
     }
 
-    fn list(&self, dir: &str) -> Result<Vec<(String, u64)>, ManifestError> {
-        let base = self.root.join(dir);
+    fn list(&self, dir: &str) -> Result<Vec<Object>, ManifestError> {
+        let base = if dir.is_empty() {
+            self.root.clone()
+        } else {
+            self.root.join(dir)
+        };
         let mut out = Vec::new();
         let mut stack = vec![base.clone()];
         while let Some(at) = stack.pop() {
@@ -311,11 +343,20 @@ impl Backend for DirBackend {
                         .map(|c| c.as_os_str().to_string_lossy().into_owned())
                         .collect::<Vec<_>>()
                         .join("/");
-                    out.push((relative, meta.len()));
+                    let stamp = meta
+                        .modified()
+                        .ok()
+                        .and_then(|at| at.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map_or_else(String::new, |at| at.as_nanos().to_string());
+                    out.push(Object {
+                        path: relative,
+                        size_bytes: meta.len(),
+                        stamp,
+                    });
                 }
             }
         }
-        out.sort();
+        out.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(out)
     }
 

@@ -12,7 +12,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{MultipartUpload as _, ObjectStore as _, ObjectStoreExt as _, PutPayload};
 
 use crate::manifest::ManifestError;
-use crate::origin::Backend;
+use crate::origin::{Backend, Object};
 
 /// How to reach an S3-compatible store. Unset fields come from the standard `AWS_*`
 /// environment variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`,
@@ -94,6 +94,8 @@ impl S3Backend {
     fn location(&self, key: &str) -> Result<ObjectPath, ManifestError> {
         let full = if self.prefix.is_empty() {
             key.to_owned()
+        } else if key.is_empty() {
+            self.prefix.clone()
         } else {
             format!("{}/{key}", self.prefix)
         };
@@ -120,13 +122,13 @@ impl Backend for S3Backend {
         self.url.clone()
     }
 
-    fn list(&self, dir: &str) -> Result<Vec<(String, u64)>, ManifestError> {
-        let base = self.location(dir)?;
+    fn list(&self, dir: &str) -> Result<Vec<Object>, ManifestError> {
+        let base = self.location(dir.trim_end_matches('/'))?;
         let objects: Vec<object_store::ObjectMeta> = self
             .runtime
             .block_on(self.store.list(Some(&base)).try_collect())
             .map_err(|err| self.error("list", dir, err))?;
-        let mut out: Vec<(String, u64)> = objects
+        let mut out: Vec<Object> = objects
             .into_iter()
             .filter_map(|meta| {
                 let parts: Vec<String> = meta
@@ -135,7 +137,14 @@ impl Backend for S3Backend {
                     .map(|part| part.as_ref().to_owned())
                     .collect();
                 let hidden = parts.iter().any(|part| part.starts_with('.'));
-                (!parts.is_empty() && !hidden).then(|| (parts.join("/"), meta.size))
+                (!parts.is_empty() && !hidden).then(|| Object {
+                    path: parts.join("/"),
+                    size_bytes: meta.size,
+                    stamp: meta
+                        .e_tag
+                        .clone()
+                        .unwrap_or_else(|| meta.last_modified.to_rfc3339()),
+                })
             })
             .collect();
         if out.is_empty() {
@@ -146,7 +155,7 @@ impl Backend for S3Backend {
                 source: std::io::Error::new(std::io::ErrorKind::NotFound, "no objects"),
             });
         }
-        out.sort();
+        out.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(out)
     }
 

@@ -110,6 +110,13 @@ async fn serve(state: Arc<AppState>, listener: std::net::TcpListener) -> anyhow:
             .spawn(move || bus.run_agent(&state.tiers.cache))
             .context("cannot start the BUS agent thread")?
     };
+    let repositories = {
+        let (bus, state) = (Arc::clone(&state.bus), Arc::clone(&state));
+        std::thread::Builder::new()
+            .name("vbus-repositories".to_owned())
+            .spawn(move || bus.run_repositories(&state.tiers.cache))
+            .context("cannot start the repositories thread")?
+    };
     let checkpoints = tokio::spawn(checkpoint_periodically(Arc::clone(&state)));
     let snapshots = tokio::spawn(snapshot_metrics_periodically(Arc::clone(&state)));
     axum::serve(listener, router(Arc::clone(&state)))
@@ -121,6 +128,9 @@ async fn serve(state: Arc<AppState>, listener: std::net::TcpListener) -> anyhow:
     state.bus.stop();
     if agent.join().is_err() {
         tracing::error!("the BUS agent thread panicked");
+    }
+    if repositories.join().is_err() {
+        tracing::error!("the repositories thread panicked");
     }
     if let Some(bus) = &state.state_bus {
         let bus = Arc::clone(bus);

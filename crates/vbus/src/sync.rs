@@ -71,6 +71,8 @@ pub(crate) struct BusAgent {
     pub(crate) peer: Arc<PeerFiles>,
     /// `BUS/INTERCONNECT`: files in flight, resumed after a restart.
     staging: Arc<vbus_sync::Interconnect>,
+    /// The local-directory repositories kept coherent with the master.
+    repos: Option<crate::repos::Repositories>,
     /// `bus_config.sync_interval_seconds`: how often this agent's Modified lines are written
     /// back to the master.
     sync_interval: std::time::Duration,
@@ -120,6 +122,7 @@ impl BusAgent {
         let staging = Arc::new(vbus_sync::Interconnect::open(
             home.root().join("BUS/INTERCONNECT"),
         )?);
+        let repos = crate::repos::Repositories::open(home.root(), &bus.repositories)?;
         Ok(Self {
             id,
             addr,
@@ -139,6 +142,7 @@ impl BusAgent {
                 bus.upload_bytes_per_second,
             )),
             staging,
+            repos,
             sync_interval: std::time::Duration::from_secs(bus.sync_interval_seconds),
             coherence_pins: Mutex::new(std::collections::BTreeSet::new()),
             stop: AtomicBool::new(false),
@@ -579,6 +583,45 @@ impl BusAgent {
         }
     }
 
+    /// The dirty lines of the coherence directory (none outside a cluster).
+    pub(crate) fn dirty_lines(&self) -> anyhow::Result<Vec<vbus_sync::Line>> {
+        match self.directory() {
+            Some(tracker) => tracker
+                .dirty(None, None)
+                .context("cannot list the directory's modified files"),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Keeps the local repositories coherent with the master, a round every
+    /// `sync_interval_seconds` (the first at once), until [`BusAgent::stop`].
+    pub(crate) fn run_repositories(&self, cache: &CacheManager) {
+        let Some(repos) = &self.repos else {
+            return;
+        };
+        while !self.stop.load(Ordering::Relaxed) {
+            let round = repos
+                .sync_once(self, cache)
+                .map_err(|err| format!("{err:#}"));
+            match &round {
+                Ok(round) if round.writes + round.copies > 0 => {
+                    tracing::info!(
+                        writes = round.writes,
+                        copies = round.copies,
+                        "repositories synced"
+                    );
+                }
+                Ok(_) => {}
+                Err(err) => tracing::warn!(error = %err, "a repository round failed"),
+            }
+            *lock(&repos.last) = Some(round);
+            let next = Instant::now() + self.sync_interval;
+            while !self.stop.load(Ordering::Relaxed) && Instant::now() < next {
+                std::thread::sleep(std::time::Duration::from_millis(100).min(self.sync_interval));
+            }
+        }
+    }
+
     /// Ends [`BusAgent::run_agent`] at its next beat.
     pub(crate) fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
@@ -620,7 +663,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Writes `bytes` to `path` whole (temporary file, sync, rename, directory sync).
-fn write_whole(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+pub(crate) fn write_whole(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
     vbus_sync::origin::write_file_whole(path, bytes)
         .map_err(|(op, err)| anyhow::anyhow!("cannot {op} {}: {err}", path.display()))
 }
@@ -1188,6 +1231,14 @@ async fn status(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
         "tracker": bus.tracker.as_ref().map(TrackerClient::base),
         "master": bus.origin.describe(),
         "uploads_now": bus.peer.uploads_now(),
+        "repositories": bus.repos.as_ref().map(|repos| json!({
+            "dirs": repos.dirs(),
+            "last_round": match &*lock(&repos.last) {
+                None => json!(null),
+                Some(Ok(round)) => json!(round),
+                Some(Err(err)) => json!({ "error": err }),
+            },
+        })),
         "held": held,
         "pulls_in_progress": pulls,
     }))

@@ -993,3 +993,96 @@ fn a_pull_serves_pieces_in_flight_and_resumes_after_a_kill() {
         "the stage is gone once published: {left:?}"
     );
 }
+
+/// The seed's `repositories` as local directories on one machine: the daemon mirrors the master
+/// into them, a file changed in one reaches the master and the other within a round, and two
+/// repositories changing one file in the same round end with the same version everywhere.
+#[test]
+fn local_repositories_are_kept_coherent_with_the_master() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = dir.path().join("master");
+    std::fs::create_dir_all(master.join("ds/sub")).unwrap();
+    std::fs::write(master.join("ds/a.txt"), b"a from the master").unwrap();
+    std::fs::write(master.join("ds/sub/b.bin"), random_bytes(7, 3 << 20)).unwrap();
+    let home = agent_home(dir.path(), "solo", &master, "");
+    set_bus_key(&home, "tracker", Json::String(String::new()));
+    set_bus_key(&home, "sync_interval_seconds", Json::from(1));
+    let repos = [dir.path().join("repo1"), dir.path().join("repo2")];
+    set_bus_key(
+        &home,
+        "repositories",
+        Json::from(
+            repos
+                .iter()
+                .map(|r| r.display().to_string())
+                .collect::<Vec<_>>(),
+        ),
+    );
+    let agent = Daemon::start(&home);
+    let same = |path: &Path, want: &[u8]| std::fs::read(path).is_ok_and(|got| got == want);
+    let limit = Duration::from_secs(10);
+
+    // The master is mirrored into both.
+    let b = std::fs::read(master.join("ds/sub/b.bin")).unwrap();
+    for repo in &repos {
+        wait_until(limit, "the master mirrored", || {
+            same(&repo.join("ds/a.txt"), b"a from the master")
+                && same(&repo.join("ds/sub/b.bin"), &b)
+        });
+    }
+
+    // A change in repo1 reaches the master and repo2.
+    std::fs::write(repos[0].join("ds/a.txt"), b"a as repo1 wrote it").unwrap();
+    wait_until(limit, "repo1's change everywhere", || {
+        same(&master.join("ds/a.txt"), b"a as repo1 wrote it")
+            && same(&repos[1].join("ds/a.txt"), b"a as repo1 wrote it")
+    });
+    // A new file in repo2 too.
+    std::fs::create_dir_all(repos[1].join("other")).unwrap();
+    std::fs::write(repos[1].join("other/new.txt"), b"new in repo2").unwrap();
+    wait_until(limit, "repo2's new file everywhere", || {
+        same(&master.join("other/new.txt"), b"new in repo2")
+            && same(&repos[0].join("other/new.txt"), b"new in repo2")
+    });
+    // A change at the master reaches both.
+    std::fs::write(master.join("ds/sub/b.bin"), b"b rewritten at the master").unwrap();
+    for repo in &repos {
+        wait_until(limit, "the master's change in the repositories", || {
+            same(&repo.join("ds/sub/b.bin"), b"b rewritten at the master")
+        });
+    }
+
+    // Both change one file at once: every copy ends with the same one of the two, whole.
+    std::fs::write(repos[0].join("ds/a.txt"), vec![1u8; 1 << 20]).unwrap();
+    std::fs::write(repos[1].join("ds/a.txt"), vec![2u8; 1 << 20]).unwrap();
+    let copies = [
+        master.join("ds/a.txt"),
+        repos[0].join("ds/a.txt"),
+        repos[1].join("ds/a.txt"),
+    ];
+    wait_until(limit, "one agreed version", || {
+        let held: Vec<Vec<u8>> = copies
+            .iter()
+            .map(|p| std::fs::read(p).unwrap_or_default())
+            .collect();
+        held.iter().all(|h| *h == held[0])
+    });
+    let agreed = std::fs::read(&copies[0]).unwrap();
+    assert!(
+        agreed == vec![1u8; 1 << 20] || agreed == vec![2u8; 1 << 20],
+        "a torn or foreign a.txt ({} bytes)",
+        agreed.len()
+    );
+    // Stable: another round changes nothing.
+    std::thread::sleep(Duration::from_millis(2500));
+    for copy in &copies {
+        assert!(same(copy, &agreed), "{} moved", copy.display());
+    }
+    let (status, body) = http_raw(&agent.addr, "GET", "/v1/sync/status", &[], &[]);
+    assert_eq!(status, 200);
+    let status: Json = serde_json::from_str(&body).unwrap();
+    assert!(
+        status["repositories"]["last_round"]["writes"].is_u64(),
+        "{status}"
+    );
+}

@@ -1,0 +1,418 @@
+//! Local-directory repositories kept coherent with the master (the seed's
+//! `bus_config.repositories`): folders on this machine laid out as the master is
+//! (`REPO/{dataset}/{path}`), which users and tools read and write directly.
+//!
+//! Every `bus_config.sync_interval_seconds` the daemon makes one round:
+//! 1. every file of every repository that changed since the last round (size or modification
+//!    time, then its BLAKE3) is a write: outside a cluster it is written to the master whole; in
+//!    a cluster it is published in L3 and ordered by the coherence directory like a `PUT` (the
+//!    owner's write-back takes it to the master). Repositories are taken in the configured
+//!    order, so two that changed the same file in one round end with the later one's version in
+//!    all;
+//! 2. the newest version of every file (the master's, or the directory's newest in a cluster)
+//!    is copied into every repository whose copy is older and unchanged since the last round,
+//!    written to a hidden temporary file, synced and renamed, so no reader sees a torn file.
+//!
+//! A file changed while it is being hashed is left for the next round. What each repository and
+//! the master held at the last round is kept in `BUS/CONTROL_PLANE/repositories.json`. Deletes
+//! are not propagated: a file removed from a repository comes back from the master.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+use vbus_cache::{CacheKey, CacheManager};
+use vbus_sync::Origin;
+
+use crate::sync::BusAgent;
+
+/// The state file, under `BUS/CONTROL_PLANE`.
+const STATE_FILE: &str = "repositories.json";
+
+/// What a copy held when last synced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Synced {
+    /// The size and modification time (`SIZE:NANOS`), or the master's stamp.
+    stamp: String,
+    /// BLAKE3 (hex) of the content.
+    blake3: String,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct State {
+    /// Repository → `dataset/path` → its copy at the last round.
+    repos: BTreeMap<String, BTreeMap<String, Synced>>,
+    /// `dataset/path` → the master's copy when last read.
+    master: BTreeMap<String, Synced>,
+}
+
+/// What one round did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub(crate) struct Round {
+    /// Changed repository files taken as writes.
+    pub(crate) writes: usize,
+    /// Files copied into repositories.
+    pub(crate) copies: usize,
+}
+
+/// The local repositories of one daemon.
+#[derive(Debug)]
+pub(crate) struct Repositories {
+    dirs: Vec<PathBuf>,
+    state_path: PathBuf,
+    state: Mutex<State>,
+    /// The last round's outcome, for `/v1/sync/status`.
+    pub(crate) last: Mutex<Option<Result<Round, String>>>,
+}
+
+/// Whether a `repositories` entry names an agent (`host:port`) rather than a directory.
+fn is_address(entry: &str) -> bool {
+    !entry.contains('/')
+        && entry
+            .rsplit_once(':')
+            .is_some_and(|(_, port)| port.parse::<u16>().is_ok())
+}
+
+/// `SIZE:NANOS` of a file's metadata.
+fn stamp(meta: &std::fs::Metadata) -> String {
+    format!("{}:{}.{}", meta.len(), meta.mtime(), meta.mtime_nsec())
+}
+
+fn hash_reader(reader: &mut impl std::io::Read) -> std::io::Result<String> {
+    let mut hasher = blake3::Hasher::new();
+    std::io::copy(reader, &mut hasher)?;
+    Ok(hasher.finalize().to_hex().to_string())
+}
+
+/// Every file under `root` as `dataset/path`, hidden entries and top-level files left out.
+fn walk(root: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound && dir == root => {
+                return Ok(out);
+            }
+            Err(err) => return Err(err),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.starts_with('.') {
+                continue;
+            }
+            let path = entry.path();
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                stack.push(path);
+            } else if kind.is_file() {
+                let relative: Vec<String> = path
+                    .strip_prefix(root)
+                    .expect("walked from the root")
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                    .collect();
+                if relative.len() >= 2 {
+                    out.push((relative.join("/"), path));
+                }
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Replaces `path` whole with what `from` gives: a hidden temporary file beside it, synced,
+/// renamed over it, the directory synced.
+fn write_whole_from(path: &Path, from: &mut dyn std::io::Read) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    let tmp = dir.join(format!(".{}.vbus-tmp", name.unwrap_or_default()));
+    let result = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        std::io::copy(from, &mut file)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+impl Repositories {
+    /// The directory repositories among `entries` (relative paths from `home`); `None` when
+    /// there are none.
+    pub(crate) fn open(home: &Path, entries: &[String]) -> anyhow::Result<Option<Self>> {
+        let dirs: Vec<PathBuf> = entries
+            .iter()
+            .filter(|entry| {
+                let address = is_address(entry);
+                if address {
+                    tracing::info!(
+                        "repository {entry} is an agent: it joins the cluster through its own tracker setting"
+                    );
+                }
+                !address
+            })
+            .map(|entry| home.join(entry))
+            .collect();
+        if dirs.is_empty() {
+            return Ok(None);
+        }
+        let state_path = home.join("BUS/CONTROL_PLANE").join(STATE_FILE);
+        let state = match std::fs::read_to_string(&state_path) {
+            Ok(text) => serde_json::from_str(&text)
+                .with_context(|| format!("{} is damaged", state_path.display()))?,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => State::default(),
+            Err(err) => {
+                return Err(err).with_context(|| format!("cannot read {}", state_path.display()));
+            }
+        };
+        Ok(Some(Self {
+            dirs,
+            state_path,
+            state: Mutex::new(state),
+            last: Mutex::new(None),
+        }))
+    }
+
+    /// The repositories' directories.
+    pub(crate) fn dirs(&self) -> &[PathBuf] {
+        &self.dirs
+    }
+
+    /// One round: local changes become writes, then the newest versions reach every
+    /// repository.
+    pub(crate) fn sync_once(&self, bus: &BusAgent, cache: &CacheManager) -> anyhow::Result<Round> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut round = Round::default();
+        let origin = &bus.origin;
+
+        // 1. Changes in the repositories, in order.
+        for dir in &self.dirs {
+            let repo = dir.display().to_string();
+            let files = walk(dir).with_context(|| format!("cannot list {repo}"))?;
+            for (key, path) in files {
+                let before = std::fs::metadata(&path)?;
+                let now = stamp(&before);
+                let recorded = state.repos.get(&repo).and_then(|r| r.get(&key)).cloned();
+                if recorded.as_ref().is_some_and(|r| r.stamp == now) {
+                    continue;
+                }
+                let mut file = std::fs::File::open(&path)
+                    .with_context(|| format!("cannot open {}", path.display()))?;
+                let blake3 = hash_reader(&mut file)?;
+                if stamp(&std::fs::metadata(&path)?) != now {
+                    continue; // Being written: the next round takes it.
+                }
+                let synced = Synced {
+                    stamp: now,
+                    blake3: blake3.clone(),
+                };
+                if recorded.is_some_and(|r| r.blake3 == blake3) {
+                    state
+                        .repos
+                        .entry(repo.clone())
+                        .or_default()
+                        .insert(key, synced);
+                    continue;
+                }
+                let (dataset, inner) = key.split_once('/').expect("walk gives dataset/path");
+                let unchanged_master = state.master.get(&key).is_some_and(|m| m.blake3 == blake3);
+                if !unchanged_master {
+                    self.write(bus, cache, dataset, inner, &path, before.len())
+                        .with_context(|| format!("cannot take {} as a write", path.display()))?;
+                    // The master's copy is re-read when its stamp moves; until then it is this.
+                    state.master.insert(
+                        key.clone(),
+                        Synced {
+                            stamp: String::new(),
+                            blake3: blake3.clone(),
+                        },
+                    );
+                    round.writes += 1;
+                    tracing::info!(repository = %repo, %key, "a repository's change taken as a write");
+                }
+                state
+                    .repos
+                    .entry(repo.clone())
+                    .or_default()
+                    .insert(key, synced);
+            }
+        }
+
+        // 2. The newest version of every file.
+        let mut newest: BTreeMap<String, (String, Source)> = BTreeMap::new();
+        for object in origin.objects()? {
+            let key = object.path.clone();
+            let known = state
+                .master
+                .get(&key)
+                .filter(|m| m.stamp == object.stamp)
+                .map(|m| m.blake3.clone());
+            let blake3 = match known {
+                Some(blake3) => blake3,
+                None => {
+                    let (dataset, path) = key.split_once('/').expect("objects are dataset/path");
+                    let blake3 = hash_reader(&mut OriginReader::new(
+                        origin,
+                        dataset,
+                        path,
+                        object.size_bytes,
+                    ))?;
+                    state.master.insert(
+                        key.clone(),
+                        Synced {
+                            stamp: object.stamp.clone(),
+                            blake3: blake3.clone(),
+                        },
+                    );
+                    blake3
+                }
+            };
+            newest.insert(key, (blake3, Source::Master(object.size_bytes)));
+        }
+        for line in bus.dirty_lines()? {
+            let key = format!("{}/{}", line.dataset, line.path);
+            newest.insert(key, (line.blake3.clone(), Source::Cluster));
+        }
+        for dir in &self.dirs {
+            let repo = dir.display().to_string();
+            for (key, (blake3, source)) in &newest {
+                let recorded = state.repos.get(&repo).and_then(|r| r.get(key)).cloned();
+                if recorded.as_ref().is_some_and(|r| r.blake3 == *blake3) {
+                    continue;
+                }
+                let target = dir.join(key);
+                let on_disk = std::fs::metadata(&target).ok().map(|meta| stamp(&meta));
+                let changed_since = match (&recorded, &on_disk) {
+                    (Some(r), Some(now)) => r.stamp != *now,
+                    (None, Some(_)) => true,
+                    (_, None) => false,
+                };
+                if changed_since {
+                    continue; // A write in progress there: the next round decides.
+                }
+                let (dataset, path) = key.split_once('/').expect("keys are dataset/path");
+                match source {
+                    Source::Master(size) => write_whole_from(
+                        &target,
+                        &mut OriginReader::new(origin, dataset, path, *size),
+                    ),
+                    Source::Cluster => {
+                        let cache_key = CacheKey::new(dataset, path);
+                        bus.coherent_read(cache, &cache_key)
+                            .map_err(|refused| anyhow::anyhow!("{}", refused.message()))?;
+                        let mut reader = cache
+                            .store()
+                            .file_reader(dataset, path)?
+                            .context("the newest version vanished from L3")?;
+                        write_whole_from(&target, &mut reader)
+                    }
+                }
+                .with_context(|| format!("cannot write {}", target.display()))?;
+                let now = stamp(&std::fs::metadata(&target)?);
+                state.repos.entry(repo.clone()).or_default().insert(
+                    key.clone(),
+                    Synced {
+                        stamp: now,
+                        blake3: blake3.clone(),
+                    },
+                );
+                round.copies += 1;
+            }
+        }
+        crate::sync::write_whole(&self.state_path, &serde_json::to_vec_pretty(&*state)?)?;
+        Ok(round)
+    }
+
+    /// Takes a repository's changed file as a write: to the master outside a cluster, through
+    /// L3 and the coherence directory in one.
+    fn write(
+        &self,
+        bus: &BusAgent,
+        cache: &CacheManager,
+        dataset: &str,
+        path: &str,
+        file: &Path,
+        size: u64,
+    ) -> anyhow::Result<()> {
+        let mut reader = std::fs::File::open(file)?;
+        if !bus.in_cluster() {
+            bus.origin.write_file(dataset, path, &mut reader, size)?;
+            return Ok(());
+        }
+        let key = CacheKey::new(dataset, path);
+        let mut writer = cache.writer(key.clone())?;
+        std::io::copy(&mut reader, &mut writer)?;
+        cache.commit(key.clone(), writer)?;
+        bus.coherent_write(cache, &key)
+            .map_err(|refused| anyhow::anyhow!("{}", refused.message()))?;
+        Ok(())
+    }
+}
+
+/// Where the newest version of a file is.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    /// The master, this many bytes.
+    Master(u64),
+    /// A dirty line of the coherence directory (fetched through L3).
+    Cluster,
+}
+
+/// A whole origin file as a reader, 8 MiB per request.
+struct OriginReader<'a> {
+    origin: &'a Origin,
+    dataset: &'a str,
+    path: &'a str,
+    size: u64,
+    offset: u64,
+    buffer: Vec<u8>,
+    at: usize,
+}
+
+impl<'a> OriginReader<'a> {
+    fn new(origin: &'a Origin, dataset: &'a str, path: &'a str, size: u64) -> Self {
+        Self {
+            origin,
+            dataset,
+            path,
+            size,
+            offset: 0,
+            buffer: Vec::new(),
+            at: 0,
+        }
+    }
+}
+
+impl std::io::Read for OriginReader<'_> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if self.at == self.buffer.len() {
+            if self.offset >= self.size {
+                return Ok(0);
+            }
+            let len = (self.size - self.offset).min(8 << 20);
+            self.buffer = self
+                .origin
+                .read_range(self.dataset, self.path, self.offset, len)
+                .map_err(std::io::Error::other)?;
+            self.offset += len;
+            self.at = 0;
+        }
+        let n = out.len().min(self.buffer.len() - self.at);
+        out[..n].copy_from_slice(&self.buffer[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
