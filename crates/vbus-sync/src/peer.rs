@@ -512,13 +512,7 @@ impl TrackerClient {
         version: &str,
         path: &str,
     ) -> Result<Vec<Agent>, PeerError> {
-        self.get_json(&format!(
-            "{}/v1/tracker/fetchers?dataset={}&version={}&path={}",
-            self.base,
-            encode(dataset, false),
-            encode(version, false),
-            encode(path, false)
-        ))
+        self.agents_of("fetchers", dataset, version, path)
     }
 
     /// The live holders of a file, least loaded first.
@@ -528,8 +522,19 @@ impl TrackerClient {
         version: &str,
         path: &str,
     ) -> Result<Vec<Agent>, PeerError> {
+        self.agents_of("holders", dataset, version, path)
+    }
+
+    /// A list of agents about one file (`holders`, `fetchers`).
+    fn agents_of(
+        &self,
+        route: &str,
+        dataset: &str,
+        version: &str,
+        path: &str,
+    ) -> Result<Vec<Agent>, PeerError> {
         self.get_json(&format!(
-            "{}/v1/tracker/holders?dataset={}&version={}&path={}",
+            "{}/v1/tracker/{route}?dataset={}&version={}&path={}",
             self.base,
             encode(dataset, false),
             encode(version, false),

@@ -4,18 +4,16 @@
 //! before it is used. A peer that does not answer is skipped for the rest of that file; a peer
 //! that sends a piece that fails verification is skipped too and its copy is withdrawn at the
 //! tracker (flagged: no one is sent to it for that file again until it announces it anew).
-//! With a staging area ([`Interconnect`], `BUS/INTERCONNECT`) each file is staged there, its
-//! verified pieces written at their offsets and served to peers while it is in flight, a stage
-//! left by an interrupted pull resumed from its verified pieces, and the whole hashed and
-//! published into the store when complete; without one, files are written in order through the
-//! store's staged writer. Every fetcher claims its file at the tracker, so a peer may take a
+//! Each file is staged in [`Interconnect`] (`BUS/INTERCONNECT`), its verified pieces written at
+//! their offsets and served to peers while it is in flight, a stage left by an interrupted pull
+//! resumed from its verified pieces, and the whole hashed and published into the store when
+//! complete. Every fetcher claims its file at the tracker, so a peer may take a
 //! file no one holds yet piece by piece from those fetching it ([`PARTIAL_WAIT`] for a piece they
 //! do not have yet, then the origin). Each file is announced as soon as it is published; at the end the agent announces every file of the version it holds. Agents
 //! start at different files (by a hash of their id) and prefer files a peer already holds, so
 //! that the origin serves each file about once.
 
 use std::collections::HashSet;
-use std::io::Write as _;
 use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,17 +30,6 @@ use crate::tracker::Agent;
 pub trait Sink: Sync {
     /// The size and BLAKE3 (hex) of the file held at `dataset/path`, if any.
     fn held(&self, dataset: &str, path: &str) -> Result<Option<(u64, String)>, PullError>;
-    /// A staged writer for `dataset/path` (nothing visible until published).
-    fn writer(&self, dataset: &str, path: &str) -> Result<vbus_store::FileWriter, PullError>;
-    /// Publishes a staged file atomically; returns its BLAKE3 (hex).
-    fn publish(
-        &self,
-        dataset: &str,
-        path: &str,
-        writer: vbus_store::FileWriter,
-    ) -> Result<String, PullError>;
-    /// Removes `dataset/path` (a published file that turned out wrong).
-    fn remove(&self, dataset: &str, path: &str) -> Result<(), PullError>;
     /// Publishes the complete staged file at `src`, whose BLAKE3 the caller computed, as
     /// `dataset/path` (renamed into place when it can be).
     fn adopt(&self, dataset: &str, path: &str, src: &Path, hash: [u8; 32])
@@ -54,24 +41,6 @@ impl Sink for vbus_store::FileStore {
         Ok(self
             .meta(dataset, path)?
             .and_then(|meta| Some((meta.size_bytes, meta.hash_hex()?))))
-    }
-
-    fn writer(&self, dataset: &str, path: &str) -> Result<vbus_store::FileWriter, PullError> {
-        Ok(self.file_writer(dataset, path)?)
-    }
-
-    fn publish(
-        &self,
-        _dataset: &str,
-        _path: &str,
-        writer: vbus_store::FileWriter,
-    ) -> Result<String, PullError> {
-        Ok(writer.commit()?.hash_hex().unwrap_or_default())
-    }
-
-    fn remove(&self, dataset: &str, path: &str) -> Result<(), PullError> {
-        vbus_store::FileStore::remove(self, dataset, path)?;
-        Ok(())
     }
 
     fn adopt(
@@ -172,9 +141,6 @@ pub struct Swarm<'a> {
     pub workers: usize,
     /// This agent's download limit, shared by every piece it fetches.
     pub download: Option<&'a RateLimiter>,
-    /// Where files in flight are staged (`BUS/INTERCONNECT`): pulls resume from it and peers
-    /// are served its verified pieces. `None` stages in the store and starts files over.
-    pub staging: Option<&'a Interconnect>,
 }
 
 /// What a swarm pull did.
@@ -205,13 +171,16 @@ struct Counters {
     tracker_errors: AtomicU64,
 }
 
-/// Pulls every file of `manifest` into `store`, from peers where it can and from `origin`
-/// otherwise; `progress` gets the bytes of each verified piece.
+/// Pulls every file of `manifest` into `sink`, from peers where it can and from `origin`
+/// otherwise, each file staged in `staging` (`BUS/INTERCONNECT`: resumed from there after a
+/// restart, its verified pieces served to peers while in flight); `progress` gets the bytes of
+/// each verified piece.
 pub fn pull_swarm(
     manifest: &Manifest,
     origin: &Origin,
     sink: &dyn Sink,
     swarm: Swarm<'_>,
+    staging: &Interconnect,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<SwarmReport, PullError> {
     let counters = Counters::default();
@@ -254,7 +223,7 @@ pub fn pull_swarm(
                             return Ok(());
                         }
                         fetch_file(
-                            manifest, file, pick, origin, sink, swarm, counters, progress,
+                            manifest, file, pick, origin, sink, swarm, staging, counters, progress,
                         )?;
                         fetched.fetch_add(1, Ordering::Relaxed);
                     }
@@ -359,9 +328,7 @@ fn next_file<'m>(
             |want: fn((u32, u32)) -> bool| wanted.iter().position(|file| want(of(&file.path)));
         let held = position(|(holders, _)| holders > 0).map(|at| (at, Pick::Held));
         let free = position(|counts| counts == (0, 0)).map(|at| (at, Pick::Free));
-        let in_flight = swarm
-            .staging
-            .and(position(|(holders, fetchers)| holders == 0 && fetchers > 0))
+        let in_flight = position(|(holders, fetchers)| holders == 0 && fetchers > 0)
             .map(|at| (at, Pick::InFlight));
         let pick = match track {
             Track::OriginFirst => free.or(held).or(in_flight),
@@ -402,18 +369,14 @@ fn fetch_file(
     origin: &Origin,
     sink: &dyn Sink,
     swarm: Swarm<'_>,
+    staging: &Interconnect,
     counters: &Counters,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<(), PullError> {
     let sources = sources_of(manifest, file, pick, swarm, counters);
-    match swarm.staging {
-        Some(staging) => pull_staged(
-            manifest, file, &sources, origin, sink, swarm, staging, counters, progress,
-        )?,
-        None => pull_file(
-            manifest, file, &sources, origin, sink, swarm, counters, progress,
-        )?,
-    }
+    pull_staged(
+        manifest, file, &sources, origin, sink, swarm, staging, counters, progress,
+    )?;
     if let Some(tracker) = swarm.tracker
         && let Err(err) = tracker.announce(
             swarm.self_id,
@@ -476,53 +439,6 @@ fn sources_of(
         Pick::Free | Pick::Held => Vec::new(),
     };
     Sources { holders, fetchers }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn pull_file(
-    manifest: &Manifest,
-    file: &FileEntry,
-    sources: &Sources,
-    origin: &Origin,
-    sink: &dyn Sink,
-    swarm: Swarm<'_>,
-    counters: &Counters,
-    progress: &(dyn Fn(u64) + Sync),
-) -> Result<(), PullError> {
-    let stage_error = |source| PullError::Stage {
-        dataset: manifest.dataset.clone(),
-        path: file.path.clone(),
-        source,
-    };
-    let mut writer = sink.writer(&manifest.dataset, &file.path)?;
-    let all: Vec<usize> = (0..file.pieces.len()).collect();
-    for_each_piece(
-        manifest,
-        file,
-        &all,
-        sources,
-        origin,
-        swarm,
-        counters,
-        |_, piece| {
-            writer.write_all(&piece).map_err(stage_error)?;
-            progress(piece.len() as u64);
-            Ok(())
-        },
-    )?;
-    // Every piece matched, so the whole does; the store hashed it again while writing.
-    let hash = sink.publish(&manifest.dataset, &file.path, writer)?;
-    if hash != file.blake3 {
-        sink.remove(&manifest.dataset, &file.path)?;
-        return Err(ManifestError::Mismatch {
-            path: file.path.clone(),
-            what: "the file".to_owned(),
-            expected: file.blake3.clone(),
-            actual: hash,
-        }
-        .into());
-    }
-    Ok(())
 }
 
 /// One file staged in `BUS/INTERCONNECT`: the pieces a stage left by an earlier pull still has

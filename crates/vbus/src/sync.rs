@@ -748,7 +748,6 @@ impl vbus_cache::Source for BusSource {
             self_id: &self.id,
             workers: self.workers,
             download: self.download.as_deref(),
-            staging: None,
         };
         vbus_sync::fetch_file_bytes(&manifest, file, &self.origin, swarm, SOURCE_FETCH_MAX_BYTES)
             .map(Some)
@@ -762,32 +761,6 @@ struct CacheSink<'a>(&'a CacheManager);
 impl Sink for CacheSink<'_> {
     fn held(&self, dataset: &str, path: &str) -> Result<Option<(u64, String)>, PullError> {
         Sink::held(self.0.store(), dataset, path)
-    }
-
-    fn writer(&self, dataset: &str, path: &str) -> Result<vbus_store::FileWriter, PullError> {
-        Sink::writer(self.0.store(), dataset, path)
-    }
-
-    fn publish(
-        &self,
-        dataset: &str,
-        path: &str,
-        writer: vbus_store::FileWriter,
-    ) -> Result<String, PullError> {
-        self.0
-            .commit(CacheKey::new(dataset, path), writer)
-            .map_err(|err| PullError::Stage {
-                dataset: dataset.to_owned(),
-                path: path.to_owned(),
-                source: std::io::Error::other(err.to_string()),
-            })?;
-        Ok(Sink::held(self.0.store(), dataset, path)?
-            .map(|(_, hash)| hash)
-            .unwrap_or_default())
-    }
-
-    fn remove(&self, dataset: &str, path: &str) -> Result<(), PullError> {
-        Sink::remove(self.0.store(), dataset, path)
     }
 
     fn adopt(
@@ -1128,13 +1101,13 @@ async fn pull(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -> Re
             self_id: &bus.id,
             workers: bus.workers,
             download: bus.download.as_deref(),
-            staging: Some(&bus.staging),
         };
         let report = vbus_sync::pull_swarm(
             &manifest,
             &bus.origin,
             &CacheSink(&state.tiers.cache),
             swarm,
+            &bus.staging,
             &|n| {
                 listed.progress.bytes_done.fetch_add(n, Ordering::Relaxed);
             },

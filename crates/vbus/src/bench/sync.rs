@@ -226,8 +226,8 @@ fn distribute(
                             self_id: id,
                             workers: 4,
                             download: Some(download),
-                            staging: Some(staging),
                         },
+                        staging,
                         &|_| {},
                     )
                 })
