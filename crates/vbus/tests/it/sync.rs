@@ -1086,3 +1086,51 @@ fn local_repositories_are_kept_coherent_with_the_master() {
         "{status}"
     );
 }
+
+/// A local repository of a clustered agent: a change there is a coherent write (another agent
+/// reads it), and another agent's write reaches the repository within a round.
+#[test]
+fn a_clustered_agents_repository_takes_part_in_coherence() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = dir.path().join("master");
+    std::fs::create_dir_all(master.join("ds")).unwrap();
+    std::fs::write(master.join("ds/f.txt"), b"f from the master").unwrap();
+    let tracker = start_tracker(&dir.path().join("tracker"), 0);
+    let repo = dir.path().join("repo");
+    let homes: Vec<PathBuf> = ["a", "b"]
+        .iter()
+        .map(|name| {
+            let home = agent_home(dir.path(), name, &master, &tracker.addr);
+            set_bus_key(&home, "sync_interval_seconds", Json::from(1));
+            home
+        })
+        .collect();
+    set_bus_key(
+        &homes[0],
+        "repositories",
+        Json::from(vec![repo.display().to_string()]),
+    );
+    let agents: Vec<Daemon> = homes.iter().map(|home| Daemon::start(home)).collect();
+    let same = |path: &Path, want: &[u8]| std::fs::read(path).is_ok_and(|got| got == want);
+    let limit = Duration::from_secs(10);
+    wait_until(limit, "the master mirrored", || {
+        same(&repo.join("ds/f.txt"), b"f from the master")
+    });
+
+    // Written in a's repository: ordered at the directory, read on b.
+    std::fs::write(repo.join("ds/f.txt"), b"f as the repository wrote it").unwrap();
+    wait_until(limit, "the repository's write ordered", || {
+        directory_line(&tracker.addr, "ds", "f.txt")["owner"] == "a"
+    });
+    let (status, got) = get_object(&agents[1].addr, "ds/f.txt");
+    assert_eq!(status, 200);
+    assert_eq!(got, b"f as the repository wrote it");
+
+    // Written on b: a's repository gets it, and so does the master.
+    let (status, put) = put_object(&agents[1].addr, "ds/f.txt", b"f as b wrote it");
+    assert_eq!(status, 201, "{put}");
+    wait_until(limit, "b's write in a's repository and the master", || {
+        same(&repo.join("ds/f.txt"), b"f as b wrote it")
+            && same(&master.join("ds/f.txt"), b"f as b wrote it")
+    });
+}
