@@ -144,7 +144,7 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
     /// The value of `key`, counted as a hit or a miss and told to the policy.
     pub fn get(&self, key: &K) -> Option<V> {
         let (shard, hash) = self.shard(key);
-        {
+        let found = {
             let state = shard.read();
             let Some(slot) = state.find(hash, key) else {
                 shard.misses.fetch_add(1, Ordering::Relaxed);
@@ -156,12 +156,22 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
                     .as_ref()
                     .map(|entry| entry.value.clone());
             }
-        }
-        // LRU reorders on a hit: exclusive lock, and look again (the key may have left).
+            slot
+        };
+        // LRU reorders on a hit: exclusive lock, and check again (the key may have left). The
+        // slot still holding the key is enough: a slot holds one entry, found by its key.
         let mut state = shard.write();
-        let Some(slot) = state.find(hash, key) else {
-            shard.misses.fetch_add(1, Ordering::Relaxed);
-            return None;
+        let still = state.entries[found as usize]
+            .as_ref()
+            .is_some_and(|entry| entry.key == *key);
+        let slot = if still {
+            found
+        } else {
+            let Some(slot) = state.find(hash, key) else {
+                shard.misses.fetch_add(1, Ordering::Relaxed);
+                return None;
+            };
+            slot
         };
         state.policy.access(slot);
         shard.hits.fetch_add(1, Ordering::Relaxed);
