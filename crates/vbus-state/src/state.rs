@@ -433,6 +433,11 @@ impl State {
     /// Pre-faults host buffers for `n_pages` pages of `size` bytes.
     pub fn reserve_pages(&mut self, size: u64, n_pages: usize) {
         self.pool.reserve(size, n_pages);
+        // Room in the page table too, touched now (filled and emptied again) so that the
+        // creates do not grow, copy or fault it.
+        let len = self.pages.len();
+        self.pages.resize_with(len + n_pages, || None);
+        self.pages.truncate(len);
     }
 
     /// Counts a change of a page.
