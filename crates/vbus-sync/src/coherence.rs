@@ -72,8 +72,20 @@ impl Line {
     }
 }
 
-/// What refuses a write-back.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// What [`Directory::shared`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sharing {
+    /// The version is not the newest: nothing changed.
+    NotNewest,
+    /// The newest, and the states were already so.
+    Unchanged,
+    /// The newest; a state changed (the directory must be saved).
+    Changed,
+}
+
+/// What refuses a write-back (sent over the wire as it is, so agents match on the kind).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum WritebackRefused {
     /// No line for that file.
@@ -164,25 +176,30 @@ impl Directory {
     }
 
     /// `reader` holds `version` of `dataset/path` now: `Shared` if that is the newest (and an
-    /// owner in `Modified` or `Exclusive` becomes `Shared` too). Returns whether it is the
-    /// newest.
-    pub fn shared(&mut self, reader: &str, dataset: &str, path: &str, version: u64) -> bool {
+    /// owner in `Modified` or `Exclusive` becomes `Shared` too).
+    pub fn shared(&mut self, reader: &str, dataset: &str, path: &str, version: u64) -> Sharing {
         let Some(line) = self.lines.get_mut(&line_key(dataset, path)) else {
-            return false;
+            return Sharing::NotNewest;
         };
         if line.version != version {
-            return false;
+            return Sharing::NotNewest;
         }
         if reader == line.owner {
-            return true;
+            return Sharing::Unchanged;
         }
-        line.holders.insert(reader.to_owned(), LineState::Shared);
+        let before = line.holders.insert(reader.to_owned(), LineState::Shared);
+        let mut changed = before != Some(LineState::Shared);
         if let Some(owner) = line.holders.get_mut(&line.owner)
             && matches!(owner, LineState::Modified | LineState::Exclusive)
         {
             *owner = LineState::Shared;
+            changed = true;
         }
-        true
+        if changed {
+            Sharing::Changed
+        } else {
+            Sharing::Unchanged
+        }
     }
 
     /// `by` starts writing back `dataset/path` at the newest version, which it returns with
@@ -300,8 +317,13 @@ mod tests {
             states(line),
             [("a", Modified), ("b", Invalid), ("c", Invalid)]
         );
-        assert!(dir.shared("b", "ds", "x", 1));
-        assert!(!dir.shared("c", "ds", "x", 0), "an older version");
+        assert_eq!(dir.shared("b", "ds", "x", 1), Sharing::Changed);
+        assert_eq!(dir.shared("b", "ds", "x", 1), Sharing::Unchanged);
+        assert_eq!(
+            dir.shared("c", "ds", "x", 0),
+            Sharing::NotNewest,
+            "an older version"
+        );
         let line = dir.line("ds", "x").unwrap();
         assert_eq!(states(line), [("a", Shared), ("b", Shared), ("c", Invalid)]);
         assert_eq!(line.valid_holders(), ["a", "b"]);

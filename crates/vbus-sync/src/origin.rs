@@ -224,12 +224,11 @@ impl Origin {
         file: &manifest::FileEntry,
         index: usize,
     ) -> Result<Vec<u8>, ManifestError> {
-        let len = manifest::piece_len(file.size_bytes, manifest.piece_bytes, index);
-        crate::rate::acquire(self.egress.as_deref(), len);
-        self.backend.read_range(
-            &format!("{}/{}", manifest.dataset, file.path),
+        self.read_range(
+            &manifest.dataset,
+            &file.path,
             index as u64 * manifest.piece_bytes,
-            len,
+            manifest::piece_len(file.size_bytes, manifest.piece_bytes, index),
         )
     }
 
@@ -385,48 +384,19 @@ impl Backend for DirBackend {
         size_bytes: u64,
     ) -> Result<(), ManifestError> {
         let path = self.root.join(key);
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(io_error("create", dir))?;
-        }
-        // Hidden, so a manifest built meanwhile does not list it.
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-        let tmp = path.with_file_name(format!(".{}.vbus-tmp", name.unwrap_or_default()));
-        let result = (|| {
-            let mut file = std::fs::File::create(&tmp).map_err(io_error("create", &tmp))?;
-            let copied = std::io::copy(&mut std::io::Read::take(from, size_bytes), &mut file)
-                .map_err(io_error("write", &tmp))?;
-            if copied != size_bytes {
-                return Err(io_error("write", &tmp)(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    format!("{copied} of {size_bytes} bytes"),
-                )));
-            }
-            file.sync_all().map_err(io_error("sync", &tmp))?;
-            std::fs::rename(&tmp, &path).map_err(io_error("rename into", &path))?;
-            sync_parent(&path)
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result
+        // The temporary file is hidden, so a manifest built meanwhile does not list it.
+        write_file_whole_from(
+            &path,
+            &mut std::io::Read::take(from, size_bytes),
+            Some(size_bytes),
+        )
+        .map(drop)
+        .map_err(|(op, source)| ManifestError::Io { op, path, source })
     }
 
     fn write(&self, key: &str, bytes: &[u8]) -> Result<(), ManifestError> {
-        let path = self.root.join(key);
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(io_error("create", dir))?;
-        }
-        write_atomically(&path, bytes)
+        write_atomically(&self.root.join(key), bytes)
     }
-}
-
-fn sync_parent(path: &Path) -> Result<(), ManifestError> {
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)
-            .and_then(|dir| dir.sync_all())
-            .map_err(io_error("sync the directory of", path))?;
-    }
-    Ok(())
 }
 
 /// The name a version gets from its content: a hash of its piece size and of every file's path,
@@ -459,21 +429,49 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ManifestError> {
     })
 }
 
-/// Writes `bytes` to `path` whole, so that a crash leaves the old file or the new one: a
-/// temporary file beside it, synced, renamed over it, the directory synced. An error says which
-/// step failed.
+/// Writes `bytes` to `path` whole, as [`write_file_whole_from`] does.
 pub fn write_file_whole(path: &Path, bytes: &[u8]) -> Result<(), (&'static str, std::io::Error)> {
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&tmp).map_err(|e| ("create", e))?;
-    file.write_all(bytes).map_err(|e| ("write", e))?;
-    file.sync_all().map_err(|e| ("sync", e))?;
-    std::fs::rename(&tmp, path).map_err(|e| ("rename into", e))?;
-    if let Some(dir) = path.parent() {
+    write_file_whole_from(path, &mut &bytes[..], Some(bytes.len() as u64)).map(drop)
+}
+
+/// Replaces `path` whole with what `from` gives (exactly `expected_len` bytes when given), so
+/// that a crash leaves the old file or the new one: a hidden temporary file beside it (the
+/// parent made if missing), synced, renamed over it, the directory synced; the temporary file
+/// is removed on an error. Returns the bytes written; an error says which step failed.
+pub fn write_file_whole_from(
+    path: &Path,
+    from: &mut dyn std::io::Read,
+    expected_len: Option<u64>,
+) -> Result<u64, (&'static str, std::io::Error)> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| ("create the directory of", e))?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    let tmp = dir.join(format!(".{}.vbus-tmp", name.unwrap_or_default()));
+    let result = (|| {
+        let mut file = std::fs::File::create(&tmp).map_err(|e| ("create", e))?;
+        let written = std::io::copy(from, &mut file).map_err(|e| ("write", e))?;
+        if let Some(expected) = expected_len
+            && written != expected
+        {
+            return Err((
+                "write",
+                std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("{written} of {expected} bytes"),
+                ),
+            ));
+        }
+        file.sync_all().map_err(|e| ("sync", e))?;
+        std::fs::rename(&tmp, path).map_err(|e| ("rename into", e))?;
         std::fs::File::open(dir)
             .and_then(|dir| dir.sync_all())
             .map_err(|e| ("sync the directory of", e))?;
+        Ok(written)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
-    Ok(())
+    result
 }
 
 /// What a pull did.

@@ -7,7 +7,8 @@
 //!   bodies), `GET /v1/tracker/holders?dataset=&version=&path=`, `GET /v1/tracker/agents`,
 //!   `GET /v1/tracker/availability?dataset=&version=`, `GET /v1/tracker/fetchers?…` (as
 //!   `holders`); the coherence directory:
-//!   `POST /v1/tracker/{write,shared,writeback/begin,writeback/end}`,
+//!   `POST /v1/tracker/{write,shared,writeback/begin,writeback/end}` (`writeback/begin`
+//!   answers `{"Ok": LINE}` or `{"Err": REFUSAL}`),
 //!   `GET /v1/tracker/line?dataset=&path=`, `GET /v1/tracker/dirty?owner=&dataset=`;
 //! - peer: `GET /v1/bus/files/{dataset}/{path}?blake3=HEX&offset=N&len=N`: the bytes, only when
 //!   the peer holds that file with that hash.
@@ -430,14 +431,14 @@ impl TrackerClient {
         self.line_call("shared", id, line, false)
     }
 
-    /// Starts a write-back of the newest version of `dataset/path`: the line as leased, or a
-    /// refusal (409: clean, or another write-back runs).
+    /// Starts a write-back of the newest version of `dataset/path`: the line as leased, or why
+    /// not (clean already, or another write-back runs).
     pub fn begin_writeback(
         &self,
         id: &str,
         dataset: &str,
         path: &str,
-    ) -> Result<crate::Line, PeerError> {
+    ) -> Result<Result<crate::Line, crate::coherence::WritebackRefused>, PeerError> {
         self.call(
             "writeback/begin",
             &LineRequest {

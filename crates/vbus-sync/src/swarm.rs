@@ -22,7 +22,7 @@ use crate::manifest::{FileEntry, Manifest, ManifestError, piece_len};
 use crate::origin::{Origin, PullError};
 use crate::peer::{Http, NOT_YET, PeerError, TrackerClient, fetch_range};
 use crate::rate::{self, RateLimiter};
-use crate::staging::Interconnect;
+use crate::staging::{Interconnect, Partial};
 use crate::tracker::Agent;
 
 /// Where pulled files go: the L3 store itself, or a cache over it (which must drop its memory
@@ -374,9 +374,12 @@ fn fetch_file(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<(), PullError> {
     let sources = sources_of(manifest, file, pick, swarm, counters);
-    pull_staged(
-        manifest, file, &sources, origin, sink, swarm, staging, counters, progress,
-    )?;
+    let (partial, resumed) = staging.begin(manifest, file)?;
+    let staged = stage_and_publish(
+        manifest, file, &sources, origin, sink, swarm, &partial, resumed, counters, progress,
+    );
+    staging.end(&partial);
+    staged?;
     if let Some(tracker) = swarm.tracker
         && let Err(err) = tracker.announce(
             swarm.self_id,
@@ -441,65 +444,66 @@ fn sources_of(
     Sources { holders, fetchers }
 }
 
-/// One file staged in `BUS/INTERCONNECT`: the pieces a stage left by an earlier pull still has
-/// are kept, the others fetched (and served to peers as they are verified), then the whole is
-/// hashed and published. A failed pull leaves its stage for the next.
+/// One file staged in `BUS/INTERCONNECT` (`partial`, `resumed` bytes of it already there and
+/// verified): the missing pieces fetched (and served to peers as they are verified), then the
+/// whole hashed and published. A failed pull leaves its stage for the next.
 #[allow(clippy::too_many_arguments)]
-fn pull_staged(
+fn stage_and_publish(
     manifest: &Manifest,
     file: &FileEntry,
     sources: &Sources,
     origin: &Origin,
     sink: &dyn Sink,
     swarm: Swarm<'_>,
-    staging: &Interconnect,
+    partial: &Partial,
+    resumed: u64,
     counters: &Counters,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<(), PullError> {
-    let (partial, resumed) = staging.begin(manifest, file)?;
-    let result = (|| {
-        if resumed > 0 {
-            tracing::info!(
-                "resuming {}/{} from {resumed} staged bytes",
-                manifest.dataset,
-                file.path
-            );
-            progress(resumed);
-        }
-        let missing: Vec<usize> = (0..file.pieces.len())
-            .filter(|&index| !partial.is_done(index))
-            .collect();
-        for_each_piece(
-            manifest,
-            file,
-            &missing,
-            sources,
-            origin,
-            swarm,
-            counters,
-            |index, piece| {
-                partial.write_piece(index, &piece)?;
-                progress(piece.len() as u64);
-                Ok(())
-            },
-        )?;
-        let hash = partial.finish()?;
-        let actual = blake3::Hash::from(hash).to_hex().to_string();
-        if actual != file.blake3 {
-            // Every piece matched but the whole does not: the manifest contradicts itself.
-            partial.discard();
-            return Err(ManifestError::Mismatch {
-                path: file.path.clone(),
-                what: "the file".to_owned(),
-                expected: file.blake3.clone(),
-                actual,
+    if resumed > 0 {
+        tracing::info!(
+            "resuming {}/{} from {resumed} staged bytes",
+            manifest.dataset,
+            file.path
+        );
+        progress(resumed);
+    }
+    let missing: Vec<usize> = (0..file.pieces.len())
+        .filter(|&index| !partial.is_done(index))
+        .collect();
+    // Pieces arrive in order: a stage fetched whole is hashed as it is written, not read back.
+    let mut whole = (missing.len() == file.pieces.len()).then(blake3::Hasher::new);
+    for_each_piece(
+        manifest,
+        file,
+        &missing,
+        sources,
+        origin,
+        swarm,
+        counters,
+        |index, piece| {
+            partial.write_piece(index, &piece)?;
+            if let Some(whole) = &mut whole {
+                whole.update_rayon(&piece);
             }
-            .into());
+            progress(piece.len() as u64);
+            Ok(())
+        },
+    )?;
+    let hash = partial.finish(whole.map(|whole| *whole.finalize().as_bytes()))?;
+    let actual = blake3::Hash::from(hash).to_hex().to_string();
+    if actual != file.blake3 {
+        // Every piece matched but the whole does not: the manifest contradicts itself.
+        partial.discard();
+        return Err(ManifestError::Mismatch {
+            path: file.path.clone(),
+            what: "the file".to_owned(),
+            expected: file.blake3.clone(),
+            actual,
         }
-        sink.adopt(&manifest.dataset, &file.path, partial.path(), hash)
-    })();
-    staging.end(&partial);
-    result
+        .into());
+    }
+    sink.adopt(&manifest.dataset, &file.path, partial.path(), hash)
 }
 
 /// The pieces `indices` of `file`, verified, to `each` in that order: fetched `swarm.workers`

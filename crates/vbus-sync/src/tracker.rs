@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::coherence::{Directory, Line, WritebackRefused};
+use crate::coherence::{Directory, Line, Sharing, WritebackRefused};
 
 /// How often agents heartbeat.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
@@ -110,6 +110,29 @@ struct Inner {
 }
 
 impl Inner {
+    /// Refuses an agent that never registered (or left).
+    fn known(&self, id: &str) -> Result<(), TrackerError> {
+        if self.persisted.agents.contains_key(id) {
+            Ok(())
+        } else {
+            Err(TrackerError::UnknownAgent(id.chars().take(64).collect()))
+        }
+    }
+
+    /// The agents of `ids` heard from within [`AGENT_TTL`] of now, least loaded first (ties in
+    /// a random order, so that equal peers share the work).
+    fn live_agents<'a>(&self, ids: impl IntoIterator<Item = &'a String>) -> Vec<Agent> {
+        let now = Instant::now();
+        let mut agents: Vec<Agent> = ids
+            .into_iter()
+            .filter(|id| self.alive(id, now))
+            .filter_map(|id| self.persisted.agents.get(id).cloned())
+            .collect();
+        fastrand::shuffle(&mut agents);
+        agents.sort_by_key(|agent| agent.load);
+        agents
+    }
+
     /// Whether `id` was heard from within [`AGENT_TTL`] of `now`.
     fn alive(&self, id: &str, now: Instant) -> bool {
         self.last_seen
@@ -289,9 +312,7 @@ impl Tracker {
             check_name("path", path)?;
         }
         let mut inner = self.lock();
-        if !inner.persisted.agents.contains_key(id) {
-            return Err(TrackerError::UnknownAgent(id.chars().take(64).collect()));
-        }
+        inner.known(id)?;
         inner.last_seen.insert(id.to_owned(), Instant::now());
         let key = holding_key(dataset, version);
         if let Some(claims) = inner.claims.get_mut(&key) {
@@ -368,9 +389,7 @@ impl Tracker {
         check_name("version", version)?;
         check_name("path", path)?;
         let mut inner = self.lock();
-        if !inner.persisted.agents.contains_key(id) {
-            return Err(TrackerError::UnknownAgent(id.chars().take(64).collect()));
-        }
+        inner.known(id)?;
         let files = inner
             .claims
             .entry(holding_key(dataset, version))
@@ -421,40 +440,23 @@ impl Tracker {
     /// random order, so that equal peers share the work).
     pub fn holders(&self, dataset: &str, version: &str, path: &str) -> Vec<Agent> {
         let inner = self.lock();
-        let now = Instant::now();
-        let alive = |id: &str| inner.alive(id, now);
-        let mut holders: Vec<Agent> = inner
+        let ids = inner
             .persisted
             .holdings
             .get(&holding_key(dataset, version))
-            .and_then(|files| files.get(path))
-            .into_iter()
-            .flatten()
-            .filter(|id| alive(id))
-            .filter_map(|id| inner.persisted.agents.get(id).cloned())
-            .collect();
-        fastrand::shuffle(&mut holders);
-        holders.sort_by_key(|agent| agent.load);
-        holders
+            .and_then(|files| files.get(path));
+        inner.live_agents(ids.into_iter().flatten())
     }
 
     /// The live agents fetching `path` of `dataset@version` now (they serve the pieces they have
     /// verified), least loaded first.
     pub fn fetchers(&self, dataset: &str, version: &str, path: &str) -> Vec<Agent> {
         let inner = self.lock();
-        let now = Instant::now();
-        let mut fetchers: Vec<Agent> = inner
+        let ids = inner
             .claims
             .get(&holding_key(dataset, version))
-            .and_then(|files| files.get(path))
-            .into_iter()
-            .flatten()
-            .filter(|id| inner.alive(id, now))
-            .filter_map(|id| inner.persisted.agents.get(id).cloned())
-            .collect();
-        fastrand::shuffle(&mut fetchers);
-        fetchers.sort_by_key(|agent| agent.load);
-        fetchers
+            .and_then(|files| files.get(path));
+        inner.live_agents(ids.into_iter().flatten())
     }
 
     /// Agent `id` wrote a new version of `dataset/path` (`blake3`, `size_bytes`): the
@@ -472,9 +474,7 @@ impl Tracker {
         check_name("path", path)?;
         check_name("blake3", blake3)?;
         let mut inner = self.lock();
-        if !inner.persisted.agents.contains_key(id) {
-            return Err(TrackerError::UnknownAgent(id.chars().take(64).collect()));
-        }
+        inner.known(id)?;
         let prefix = format!("{dataset}@");
         let pulled: BTreeSet<String> = inner
             .persisted
@@ -517,15 +517,12 @@ impl Tracker {
         version: u64,
     ) -> Result<bool, TrackerError> {
         let mut inner = self.lock();
-        if !inner.persisted.agents.contains_key(id) {
-            return Err(TrackerError::UnknownAgent(id.chars().take(64).collect()));
-        }
-        let before = inner.persisted.directory.line(dataset, path).cloned();
-        let newest = inner.persisted.directory.shared(id, dataset, path, version);
-        if inner.persisted.directory.line(dataset, path) != before.as_ref() {
+        inner.known(id)?;
+        let sharing = inner.persisted.directory.shared(id, dataset, path, version);
+        if sharing == Sharing::Changed {
             self.save(&inner)?;
         }
-        Ok(newest)
+        Ok(sharing != Sharing::NotNewest)
     }
 
     /// Agent `id` starts writing back the newest version of `dataset/path` to the master.
@@ -556,7 +553,8 @@ impl Tracker {
             .persisted
             .directory
             .end_writeback(id, dataset, path, version, written);
-        if written {
+        // Only a write-back of the newest version changes what is persisted.
+        if written && clean {
             self.save(&inner)?;
         }
         Ok(clean)

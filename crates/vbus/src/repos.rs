@@ -129,24 +129,11 @@ fn walk(root: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
     Ok(out)
 }
 
-/// Replaces `path` whole with what `from` gives: a hidden temporary file beside it, synced,
-/// renamed over it, the directory synced.
+/// Replaces `path` whole with what `from` gives (hidden temporary file, sync, rename).
 fn write_whole_from(path: &Path, from: &mut dyn std::io::Read) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-    let tmp = dir.join(format!(".{}.vbus-tmp", name.unwrap_or_default()));
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        std::io::copy(from, &mut file)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    vbus_sync::origin::write_file_whole_from(path, from, None)
+        .map(drop)
+        .map_err(|(op, err)| std::io::Error::new(err.kind(), format!("cannot {op}: {err}")))
 }
 
 impl Repositories {

@@ -321,16 +321,22 @@ impl BusAgent {
                 Err(err) => tracing::warn!(error = %err, "cannot pin {key} until written back"),
             }
         }
-        // Copies pulled as part of dataset versions no longer match: stop offering them.
-        for holding in self.holdings().values() {
-            if holding.dataset == key.dataset()
-                && holding
-                    .files
-                    .get(key.path())
-                    .is_some_and(|hash| *hash != blake3)
-                && let Err(err) =
-                    tracker.withdraw(&self.id, &holding.dataset, &holding.version, key.path())
-            {
+        // Copies pulled as part of dataset versions no longer match: stop offering them (the
+        // versions are listed first: no lock is held across the tracker calls).
+        let stale: Vec<String> = self
+            .holdings()
+            .values()
+            .filter(|holding| {
+                holding.dataset == key.dataset()
+                    && holding
+                        .files
+                        .get(key.path())
+                        .is_some_and(|hash| *hash != blake3)
+            })
+            .map(|holding| holding.version.clone())
+            .collect();
+        for version in stale {
+            if let Err(err) = tracker.withdraw(&self.id, key.dataset(), &version, key.path()) {
                 tracing::warn!(error = %err, "cannot withdraw the pulled copy of {key}");
             }
         }
@@ -467,13 +473,11 @@ impl BusAgent {
         path: &str,
     ) -> Result<bool, String> {
         let leased = match tracker.begin_writeback(&self.id, dataset, path) {
-            Ok(line) => line,
-            Err(vbus_sync::PeerError::Refused {
-                status: 409,
-                message,
-                ..
-            }) => {
-                return Ok(message.contains("already at the master"));
+            Ok(Ok(line)) => line,
+            Ok(Err(vbus_sync::coherence::WritebackRefused::Clean { .. })) => return Ok(true),
+            Ok(Err(refused)) => {
+                tracing::debug!(%refused, "write-back not started");
+                return Ok(false);
             }
             Err(err) => return Err(err.to_string()),
         };
@@ -1483,10 +1487,7 @@ async fn begin_writeback(
     body: axum::body::Bytes,
 ) -> Response {
     match parse::<vbus_sync::peer::LineRequest>(&body) {
-        Ok(r) => match tracker.begin_writeback(&r.id, &r.dataset, &r.path) {
-            Ok(line) => Json(line).into_response(),
-            Err(refused) => refuse(StatusCode::CONFLICT, refused.to_string()),
-        },
+        Ok(r) => Json(tracker.begin_writeback(&r.id, &r.dataset, &r.path)).into_response(),
         Err(refused) => refused.into_response(),
     }
 }
