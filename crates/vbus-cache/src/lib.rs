@@ -21,5 +21,5 @@ pub use error::{Error, Result};
 pub use key::{CacheKey, DEFAULT_DATASET, Value};
 pub use manager::{CacheBuilder, CacheManager, CacheStats, DeviceValue, Found, Listed, WriteMode};
 pub use memory::{Inserted, MemoryTier, TierStats};
-pub use policy::{Policy, PolicyKind};
+pub use policy::{Entries, GhostId, GhostMap, Policy, PolicyKind, SlotTable};
 pub use source::{DirSource, Source};

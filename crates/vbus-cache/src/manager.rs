@@ -369,14 +369,13 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl CacheManager {
     /// A builder with the defaults.
     pub fn builder() -> CacheBuilder {
-        let cores = std::thread::available_parallelism().map_or(2, usize::from);
         CacheBuilder {
             l1_device: None,
             l1_capacity_bytes: 1 << 30,
             l1_policy: PolicyKind::Lru,
             l2_capacity_bytes: 1 << 30,
             l2_policy: PolicyKind::Lru,
-            l2_shards: 4 * cores,
+            l2_shards: crate::memory::default_shards(),
             l3_dir: None,
             l3_capacity_bytes: u64::MAX,
             source: None,

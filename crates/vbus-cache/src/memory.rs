@@ -6,10 +6,22 @@
 //! counter is exact under contention. A key is hashed once per operation.
 
 use std::hash::{BuildHasher, Hash};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use crate::policy::{Policy, PolicyKind};
+use crate::policy::{Entries, GhostId, Policy, PolicyKind};
+
+/// Set in a key-map value that is a ghost number, not a slot: S3-FIFO's ghosts live in the key
+/// map, so a returning key finds its ghost in the probe that found no entry, and an eviction
+/// turns the victim's map entry into its ghost in place.
+const GHOST: u32 = 1 << 31;
+
+/// The shard count the cache manager gives its L2 tier: four per core (as `quick_cache` does),
+/// so that threads rarely meet on a lock while the shards' headers stay in L1 (a get reads its
+/// shard's lock and table header before any entry).
+pub fn default_shards() -> usize {
+    4 * std::thread::available_parallelism().map_or(2, usize::from)
+}
 
 /// Counters and gauges of a tier (summed over shards).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -68,23 +80,66 @@ struct Entry<K, V> {
     value: V,
     size_bytes: u64,
     pinned: bool,
+    /// The policy's hit state ([`Entries::mark`]), in the padding: a hit touches this line
+    /// only.
+    mark: AtomicU32,
 }
 
-/// One shard: the lock-protected state, and the hit and miss counters beside it.
+/// A slot of the entry slab.
 #[derive(Debug)]
+enum Slot<K, V> {
+    Free,
+    Live(Entry<K, V>),
+}
+
+/// A mark for slots that hold no entry (a policy never asks for one).
+static NO_MARK: AtomicU32 = AtomicU32::new(0);
+
+impl<K, V> Entries for [Slot<K, V>] {
+    fn mark(&self, slot: u32) -> &AtomicU32 {
+        match self.get(slot as usize) {
+            Some(Slot::Live(entry)) => &entry.mark,
+            _ => &NO_MARK,
+        }
+    }
+
+    fn size_bytes(&self, slot: u32) -> u64 {
+        self.get(slot as usize)
+            .and_then(Slot::live)
+            .map_or(0, |entry| entry.size_bytes)
+    }
+}
+
+impl<K, V> Slot<K, V> {
+    fn live(&self) -> Option<&Entry<K, V>> {
+        match self {
+            Self::Live(entry) => Some(entry),
+            Self::Free => None,
+        }
+    }
+}
+
+/// One shard: the lock-protected state, on cache lines of its own.
+#[derive(Debug)]
+#[repr(align(64))]
 struct Shard<K, V> {
     state: RwLock<ShardState<K, V>>,
-    hits: AtomicU64,
-    misses: AtomicU64,
 }
 
+/// The fields a get reads come first (`repr(C)` keeps the order), so that with the lock word
+/// they take the shard's first two cache lines: a get reads no other line of the shard header.
 #[derive(Debug)]
+#[repr(C)]
 struct ShardState<K, V> {
-    /// Slots of the entry slab, found by the key's hash and compared by key.
+    /// Slots of the entry slab, found by the key's hash and compared by key; and S3-FIFO's
+    /// ghosts (`GHOST | id`), found by the key's hash alone.
     slots_by_key: hashbrown::HashTable<u32>,
-    entries: Vec<Option<Entry<K, V>>>,
-    free_slots: Vec<u32>,
+    entries: Vec<Slot<K, V>>,
+    /// Hit and miss counts: atomics, bumped under the shared lock.
+    hits: AtomicU64,
+    misses: AtomicU64,
     policy: Policy,
+    free_slots: Vec<u32>,
     /// The tier's hasher (the same in every shard).
     hasher: foldhash::fast::FixedState,
     capacity_bytes: u64,
@@ -110,11 +165,11 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
         let hasher = foldhash::fast::FixedState::with_seed(0x5eed_cafe);
         let shards = (0..n_shards)
             .map(|_| Shard {
-                hits: AtomicU64::new(0),
-                misses: AtomicU64::new(0),
                 state: RwLock::new(ShardState {
                     slots_by_key: hashbrown::HashTable::new(),
                     entries: Vec::new(),
+                    hits: AtomicU64::new(0),
+                    misses: AtomicU64::new(0),
                     free_slots: Vec::new(),
                     policy: Policy::new(kind, shard_capacity),
                     hasher: hasher.clone(),
@@ -142,18 +197,19 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
     }
 
     /// The value of `key`, counted as a hit or a miss and told to the policy.
+    #[inline]
     pub fn get(&self, key: &K) -> Option<V> {
         let (shard, hash) = self.shard(key);
         let found = {
             let state = shard.read();
             let Some(slot) = state.find(hash, key) else {
-                shard.misses.fetch_add(1, Ordering::Relaxed);
+                state.misses.fetch_add(1, Ordering::Relaxed);
                 return None;
             };
-            if state.policy.access_shared(slot) {
-                shard.hits.fetch_add(1, Ordering::Relaxed);
+            if state.policy.access_shared(slot, &state.entries[..]) {
+                state.hits.fetch_add(1, Ordering::Relaxed);
                 return state.entries[slot as usize]
-                    .as_ref()
+                    .live()
                     .map(|entry| entry.value.clone());
             }
             slot
@@ -162,21 +218,22 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
         // slot still holding the key is enough: a slot holds one entry, found by its key.
         let mut state = shard.write();
         let still = state.entries[found as usize]
-            .as_ref()
+            .live()
             .is_some_and(|entry| entry.key == *key);
         let slot = if still {
             found
         } else {
             let Some(slot) = state.find(hash, key) else {
-                shard.misses.fetch_add(1, Ordering::Relaxed);
+                state.misses.fetch_add(1, Ordering::Relaxed);
                 return None;
             };
             slot
         };
-        state.policy.access(slot);
-        shard.hits.fetch_add(1, Ordering::Relaxed);
+        let state = &mut *state;
+        state.policy.access(slot, &state.entries[..]);
+        state.hits.fetch_add(1, Ordering::Relaxed);
         state.entries[slot as usize]
-            .as_ref()
+            .live()
             .map(|entry| entry.value.clone())
     }
 
@@ -186,7 +243,7 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
         let state = shard.read();
         let slot = state.find(hash, key)?;
         state.entries[slot as usize]
-            .as_ref()
+            .live()
             .map(|entry| entry.value.clone())
     }
 
@@ -251,7 +308,7 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
         let existing = shard.find(hash, &key);
         if let Some(slot) = existing
             && shard.entries[slot as usize]
-                .as_ref()
+                .live()
                 .is_some_and(|entry| keep(&entry.value))
         {
             return Err(value);
@@ -262,7 +319,7 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
         let mut pinned = pinned;
         if let Some(slot) = existing {
             let old = shard.entries[slot as usize]
-                .as_ref()
+                .live()
                 .expect("mapped slots hold entries");
             pinned |= old.pinned;
             // Replacing in place must still fit once the old bytes are gone.
@@ -280,35 +337,67 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
             let any_pinned = shard.pinned_bytes > 0;
             let victim = shard
                 .policy
-                .evict(&mut |slot| {
-                    any_pinned
-                        && entries[slot as usize]
-                            .as_ref()
-                            .is_some_and(|entry| entry.pinned)
-                })
+                .evict(
+                    &mut |slot| {
+                        any_pinned
+                            && entries[slot as usize]
+                                .live()
+                                .is_some_and(|entry| entry.pinned)
+                    },
+                    &entries[..],
+                )
                 .expect("can_make_room found enough unpinned bytes");
             let victim_hash = shard.policy.key_hash(victim);
-            let entry = shard.take_slot(victim, victim_hash);
+            let ghost = shard.policy.take_remembered();
+            let entry = shard.take_slot(victim, victim_hash, ghost);
+            while let Some((ghost_hash, id)) = shard.policy.pop_forgotten() {
+                if let Ok(found) = shard
+                    .slots_by_key
+                    .find_entry(ghost_hash, |&other| other == GHOST | id)
+                {
+                    found.remove();
+                }
+            }
             shard.stats.n_evictions += 1;
             shard.stats.evicted_bytes += entry.size_bytes;
             on_evict(entry.key, entry.value, entry.size_bytes);
         }
-        let slot = shard.free_slots.pop().unwrap_or_else(|| {
-            shard.entries.push(None);
-            (shard.entries.len() - 1) as u32
-        });
-        shard.entries[slot as usize] = Some(Entry {
+        let slot = match shard.free_slots.pop() {
+            Some(slot) => slot,
+            // Slot numbers stay below the ghost flag.
+            None if shard.entries.len() >= GHOST as usize => return Err(value),
+            None => {
+                shard.entries.push(Slot::Free);
+                (shard.entries.len() - 1) as u32
+            }
+        };
+        shard.entries[slot as usize] = Slot::Live(Entry {
             key,
             value,
             size_bytes,
             pinned,
+            mark: AtomicU32::new(0),
         });
-        let (entries, hasher) = (&shard.entries, &shard.hasher);
-        shard.slots_by_key.insert_unique(hash, slot, |&slot| {
-            entries[slot as usize]
-                .as_ref()
-                .map_or(0, |entry| hasher.hash_one(&entry.key))
+        // A ghost of the key (S3-FIFO) becomes its entry in place.
+        let ghost = match existing {
+            Some(_) => None,
+            None => shard.find_ghost(hash),
+        };
+        let ghost_entry = ghost.and_then(|id| {
+            shard
+                .slots_by_key
+                .find_entry(hash, |&other| other == GHOST | id)
+                .ok()
         });
+        match ghost_entry {
+            Some(mut found) => *found.get_mut() = slot,
+            None => {
+                let (entries, hasher, policy) = (&shard.entries, &shard.hasher, &shard.policy);
+                shard.slots_by_key.insert_unique(hash, slot, |&other| {
+                    map_hash(entries, hasher, policy, other)
+                });
+            }
+        }
         shard.used_bytes += size_bytes;
         shard.stats.n_entries += 1;
         shard.stats.used_bytes = shard.used_bytes;
@@ -316,7 +405,9 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
             shard.stats.n_pinned += 1;
             shard.pinned_bytes += size_bytes;
         }
-        shard.policy.insert(slot, hash, size_bytes);
+        shard
+            .policy
+            .insert(slot, hash, size_bytes, ghost, &shard.entries[..]);
         Ok(())
     }
 
@@ -336,9 +427,9 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
             return false;
         };
         let shard = &mut *state;
-        let entry = shard.entries[slot as usize]
-            .as_mut()
-            .expect("mapped slots hold entries");
+        let Slot::Live(entry) = &mut shard.entries[slot as usize] else {
+            unreachable!("find returns live slots");
+        };
         let was = std::mem::replace(&mut entry.pinned, pinned);
         match (was, pinned) {
             (false, true) => {
@@ -358,9 +449,10 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
     pub fn stats(&self) -> TierStats {
         let mut total = TierStats::default();
         for shard in self.shards.iter() {
-            let stats = shard.read().stats;
-            total.hits += shard.hits.load(Ordering::Relaxed);
-            total.misses += shard.misses.load(Ordering::Relaxed);
+            let state = shard.read();
+            let stats = state.stats;
+            total.hits += state.hits.load(Ordering::Relaxed);
+            total.misses += state.misses.load(Ordering::Relaxed);
             total.n_entries += stats.n_entries;
             total.used_bytes += stats.used_bytes;
             total.capacity_bytes += stats.capacity_bytes;
@@ -380,7 +472,7 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
             .map(|shard| {
                 let shard = shard.read();
                 shard.slots_by_key.capacity() * (std::mem::size_of::<u32>() + 1)
-                    + shard.entries.capacity() * std::mem::size_of::<Option<Entry<K, V>>>()
+                    + shard.entries.capacity() * std::mem::size_of::<Slot<K, V>>()
                     + shard.free_slots.capacity() * std::mem::size_of::<u32>()
                     + shard.policy.index_bytes()
             })
@@ -410,12 +502,23 @@ impl<K: Hash + Eq, V> ShardState<K, V> {
     fn find(&self, hash: u64, key: &K) -> Option<u32> {
         self.slots_by_key
             .find(hash, |&slot| {
-                self.entries[slot as usize]
-                    .as_ref()
-                    .is_some_and(|entry| entry.key == *key)
+                slot & GHOST == 0
+                    && self.entries[slot as usize]
+                        .live()
+                        .is_some_and(|entry| entry.key == *key)
             })
             .copied()
     }
+
+    /// The ghost a key of `hash` left in the map (S3-FIFO), if any.
+    fn find_ghost(&self, hash: u64) -> Option<GhostId> {
+        self.slots_by_key
+            .find(hash, |&other| {
+                other & GHOST != 0 && self.policy.ghost_hash(other & !GHOST) == Some(hash)
+            })
+            .map(|&other| other & !GHOST)
+    }
+
     /// Whether evicting unpinned entries (other than `except`) can free room for `size_bytes`
     /// when `used_bytes` are in use.
     fn can_make_room(&self, used_bytes: u64, size_bytes: u64, except: u32) -> bool {
@@ -425,7 +528,7 @@ impl<K: Hash + Eq, V> ShardState<K, V> {
         let except_pinned_bytes = self
             .entries
             .get(except as usize)
-            .and_then(Option::as_ref)
+            .and_then(Slot::live)
             .filter(|entry| entry.pinned)
             .map_or(0, |entry| entry.size_bytes);
         self.pinned_bytes - except_pinned_bytes + size_bytes <= self.capacity_bytes
@@ -433,26 +536,38 @@ impl<K: Hash + Eq, V> ShardState<K, V> {
 
     /// Removes a slot's entry, whose key hashes to `hash`, from map, policy and accounting.
     fn remove_slot(&mut self, slot: u32, hash: u64) -> Entry<K, V> {
-        self.policy.remove(slot);
-        self.take_slot(slot, hash)
+        self.policy.remove(slot, &self.entries[..]);
+        self.take_slot(slot, hash, None)
     }
 
     /// Removes a slot's entry, whose key hashes to `hash`, from map and accounting (the policy
-    /// already let it go). The map is searched by slot number, so the entry's line is not needed
-    /// before the map's: the two loads overlap.
-    fn take_slot(&mut self, slot: u32, hash: u64) -> Entry<K, V> {
+    /// already let it go), and frees the slot; with `ghost`, its map entry becomes that ghost
+    /// instead. The entry is taken before the map is searched (by slot number, not key), so the
+    /// loads of its line and of the map's overlap instead of waiting on each other.
+    fn take_slot(&mut self, slot: u32, hash: u64, ghost: Option<GhostId>) -> Entry<K, V> {
+        let entry = self.unaccount(slot, Slot::Free);
         let found = self.slots_by_key.find_entry(hash, |&other| other == slot);
         debug_assert!(
             found.is_ok(),
             "slot {slot} is in the key map under its hash"
         );
-        if let Ok(found) = found {
-            found.remove();
+        if let Ok(mut found) = found {
+            match ghost {
+                Some(id) => *found.get_mut() = GHOST | id,
+                None => {
+                    found.remove();
+                }
+            }
         }
-        let entry = self.entries[slot as usize]
-            .take()
-            .expect("the slot holds an entry");
         self.free_slots.push(slot);
+        entry
+    }
+
+    /// Takes a slot's entry out of the accounting, leaving `instead` in the slot.
+    fn unaccount(&mut self, slot: u32, instead: Slot<K, V>) -> Entry<K, V> {
+        let Slot::Live(entry) = std::mem::replace(&mut self.entries[slot as usize], instead) else {
+            unreachable!("slot {slot} holds an entry");
+        };
         self.used_bytes -= entry.size_bytes;
         self.stats.used_bytes = self.used_bytes;
         self.stats.n_entries -= 1;
@@ -461,6 +576,23 @@ impl<K: Hash + Eq, V> ShardState<K, V> {
             self.pinned_bytes -= entry.size_bytes;
         }
         entry
+    }
+}
+
+/// The hash a key-map value was stored under: its entry's key's, or its ghost's.
+fn map_hash<K: Hash, V>(
+    entries: &[Slot<K, V>],
+    hasher: &foldhash::fast::FixedState,
+    policy: &Policy,
+    value: u32,
+) -> u64 {
+    if value & GHOST != 0 {
+        // A ghost in the map is always one the policy still holds.
+        policy.ghost_hash(value & !GHOST).unwrap_or(0)
+    } else {
+        entries[value as usize]
+            .live()
+            .map_or(0, |entry| hasher.hash_one(&entry.key))
     }
 }
 
@@ -526,6 +658,32 @@ mod tests {
                     model.values().filter(|m| m.2).count() as u64
                 );
             }
+        }
+    }
+
+    /// With one shard, the tier's hits are the policy's over a plain map (the replay tier): its
+    /// S3-FIFO ghosts, kept in the key map and the slab, remember exactly what the policy says.
+    /// A small entry takes one half cache line.
+    #[test]
+    fn hits_match_the_replay_tier() {
+        assert_eq!(std::mem::size_of::<Slot<u64, u64>>(), 32);
+        let mut zipf = crate::replay::Zipf::new(20_000, 1.0, 3);
+        let stream: Vec<u64> = (0..200_000).map(|_| zipf.next_key()).collect();
+        for kind in [PolicyKind::S3Fifo, PolicyKind::Sieve] {
+            let tier: MemoryTier<u64, u64> = MemoryTier::new(kind, 2_000, 1);
+            let mut replayed = crate::replay::Tier::new(kind, 2_000);
+            let hasher = foldhash::fast::FixedState::with_seed(0x5eed_cafe);
+            for &key in &stream {
+                if tier.get(&key).is_none() {
+                    assert!(tier.insert_with(key, key, 1, |_, _, _| {}));
+                }
+                // The replay tier takes keys as their own hashes: give it the tier's hashes.
+                replayed.access(hasher.hash_one(key), 1);
+            }
+            let (ours, theirs) = (tier.stats(), replayed.stats());
+            assert_eq!(ours.hits, theirs.hits, "{}", kind.as_str());
+            assert_eq!(ours.misses, theirs.misses, "{}", kind.as_str());
+            assert!(ours.hits > stream.len() as u64 / 2, "{}", kind.as_str());
         }
     }
 

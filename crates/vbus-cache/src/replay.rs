@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use crate::policy::{Policy, PolicyKind};
+use crate::policy::{Entries as _, GhostMap, Policy, PolicyKind, SlotTable};
 
 /// Hits and misses of a replay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -35,9 +35,12 @@ pub struct Tier {
     capacity_bytes: u64,
     used_bytes: u64,
     slots_by_key: HashMap<u64, u32>,
-    sizes: Vec<u64>,
+    /// Each slot's size and the policy's hit mark.
+    slots: SlotTable,
     keys: Vec<u64>,
     free_slots: Vec<u32>,
+    /// S3-FIFO's ghosts, by key (keys are their own hashes here).
+    ghosts: GhostMap,
     stats: ReplayStats,
 }
 
@@ -49,9 +52,10 @@ impl Tier {
             capacity_bytes,
             used_bytes: 0,
             slots_by_key: HashMap::new(),
-            sizes: Vec::new(),
+            slots: SlotTable::default(),
             keys: Vec::new(),
             free_slots: Vec::new(),
+            ghosts: GhostMap::default(),
             stats: ReplayStats::default(),
         }
     }
@@ -59,7 +63,7 @@ impl Tier {
     /// One access: a hit, or a miss followed by an insert that evicts until the key fits.
     pub fn access(&mut self, key: u64, size_bytes: u64) -> bool {
         if let Some(&slot) = self.slots_by_key.get(&key) {
-            self.policy.access(slot);
+            self.policy.access(slot, &self.slots);
             self.stats.hits += 1;
             return true;
         }
@@ -69,23 +73,26 @@ impl Tier {
             return false;
         }
         while self.used_bytes + size_bytes > self.capacity_bytes {
-            let Some(victim) = self.policy.evict(&mut |_| false) else {
+            let Some(victim) = self.policy.evict(&mut |_| false, &self.slots) else {
                 break;
             };
-            self.used_bytes -= self.sizes[victim as usize];
-            self.slots_by_key.remove(&self.keys[victim as usize]);
+            self.used_bytes -= self.slots.size_bytes(victim);
+            let victim_key = self.keys[victim as usize];
+            self.slots_by_key.remove(&victim_key);
+            self.ghosts.after_evict(&mut self.policy, victim_key);
             self.free_slots.push(victim);
         }
         let slot = self.free_slots.pop().unwrap_or_else(|| {
-            self.sizes.push(0);
             self.keys.push(0);
-            (self.sizes.len() - 1) as u32
+            (self.keys.len() - 1) as u32
         });
-        self.sizes[slot as usize] = size_bytes;
+        self.slots.set_size(slot, size_bytes);
         self.keys[slot as usize] = key;
         self.slots_by_key.insert(key, slot);
         self.used_bytes += size_bytes;
-        self.policy.insert(slot, key, size_bytes);
+        let ghost = self.ghosts.take(&self.policy, key);
+        self.policy
+            .insert(slot, key, size_bytes, ghost, &self.slots);
         false
     }
 

@@ -14,8 +14,6 @@ struct Link {
     /// The hash of the key the slot holds, kept for the tier: an evicted slot's hash comes from
     /// this line (already read to unlink it), not from the entry.
     key_hash: u64,
-    /// The list's clock when the slot was last pushed at the head (LRU's recency).
-    stamp: u32,
     /// A policy's per-slot bit (SIEVE's visited), in the padding beside the links so that one
     /// cache line serves both; atomic so hits can set it under a shared lock.
     mark: AtomicBool,
@@ -28,7 +26,6 @@ impl Link {
             next: NIL,
             linked: false,
             key_hash: 0,
-            stamp: 0,
             mark: AtomicBool::new(false),
         }
     }
@@ -92,11 +89,10 @@ impl SlotList {
         self.links.get(slot as usize).map(|link| &link.mark)
     }
 
-    /// Pushes at the head since `slot` was last pushed there: an upper bound on the slots ahead
-    /// of it. `None` when it is not linked.
-    pub fn age(&self, slot: u32) -> Option<u32> {
-        let link = self.links.get(slot as usize).filter(|link| link.linked)?;
-        Some(self.clock.wrapping_sub(link.stamp))
+    /// Pushes at the head so far (wrapping): a slot pushed with stamp `s` has had
+    /// `clock() - s` slots pushed ahead of it since, at most.
+    pub fn clock(&self) -> u32 {
+        self.clock
     }
 
     /// The key hash recorded for `slot` by [`SlotList::push_head_with_hash`] (kept after unlink);
@@ -107,10 +103,11 @@ impl SlotList {
             .map_or(0, |link| link.key_hash)
     }
 
-    /// Links `slot` at the head and records its key's hash.
-    pub fn push_head_with_hash(&mut self, slot: u32, key_hash: u64) {
-        self.push_head(slot);
+    /// Links `slot` at the head and records its key's hash; returns its stamp.
+    pub fn push_head_with_hash(&mut self, slot: u32, key_hash: u64) -> u32 {
+        let stamp = self.push_head(slot);
         self.links[slot as usize].key_hash = key_hash;
+        stamp
     }
 
     /// The slot nearer the head than `slot` (newer), if any.
@@ -119,8 +116,9 @@ impl SlotList {
         (prev != NIL).then_some(prev)
     }
 
-    /// Links `slot` at the head. It must not be linked.
-    pub fn push_head(&mut self, slot: u32) {
+    /// Links `slot` at the head (it must not be linked); returns its stamp, the clock before
+    /// this push.
+    pub fn push_head(&mut self, slot: u32) -> u32 {
         let idx = slot as usize;
         if self.links.len() <= idx {
             self.links.resize_with(idx + 1, Link::unlinked);
@@ -130,7 +128,7 @@ impl SlotList {
         link.prev = NIL;
         link.next = self.head;
         link.linked = true;
-        link.stamp = self.clock;
+        let stamp = self.clock;
         self.clock = self.clock.wrapping_add(1);
         if self.head != NIL {
             self.links[self.head as usize].prev = slot;
@@ -139,6 +137,7 @@ impl SlotList {
         }
         self.head = slot;
         self.len += 1;
+        stamp
     }
 
     /// Unlinks `slot`; returns whether it was linked.
@@ -168,11 +167,15 @@ impl SlotList {
         true
     }
 
-    /// Moves a linked slot to the head.
-    pub fn move_to_head(&mut self, slot: u32) {
+    /// Moves a linked slot to the head (the head itself is pushed there again: its age
+    /// restarts); returns its new stamp.
+    pub fn move_to_head(&mut self, slot: u32) -> u32 {
         if self.head != slot && self.unlink(slot) {
-            self.push_head(slot);
+            return self.push_head(slot);
         }
+        let stamp = self.clock;
+        self.clock = self.clock.wrapping_add(1);
+        stamp
     }
 
     /// Slots from tail to head.

@@ -1,11 +1,17 @@
 //! Least recently used.
 
-use super::SlotList;
+use std::sync::atomic::Ordering;
+
+use super::{Entries, SlotList};
 
 /// The newest `len / MOVE_WINDOW_DIV` slots are not moved on a hit.
 const MOVE_WINDOW_DIV: usize = 4;
 
 /// Slots by recency: a hit moves a slot to the head, eviction takes the tail.
+///
+/// Each slot's stamp (the list's clock when it was last pushed at the head) is its entry's mark
+/// ([`Entries`]), so that a hit that does not move reads the entry's line and no line of the
+/// list.
 ///
 /// A hit on a slot already among the newest quarter of the list does not move it (memcached
 /// bumps an item at most once a minute for the same reason): such a hit is served under a shared
@@ -18,21 +24,28 @@ pub struct Lru {
 }
 
 impl Lru {
-    pub(crate) fn insert(&mut self, slot: u32, key_hash: u64) {
-        self.list.push_head_with_hash(slot, key_hash);
+    pub(crate) fn insert<E: Entries + ?Sized>(&mut self, slot: u32, key_hash: u64, entries: &E) {
+        let stamp = self.list.push_head_with_hash(slot, key_hash);
+        entries.mark(slot).store(stamp, Ordering::Relaxed);
     }
 
-    /// A hit under a shared lock: true when `slot` is in the newest quarter and stays where it
-    /// is; false when it must move ([`Lru::access`], under the exclusive lock).
-    pub(crate) fn access_shared(&self, slot: u32) -> bool {
-        self.list
-            .age(slot)
-            .is_some_and(|age| (age as usize) < self.list.len() / MOVE_WINDOW_DIV)
+    /// A hit under a shared lock on a slot it holds: true when `slot` is in the newest quarter
+    /// and stays where it is; false when it must move ([`Lru::access`], under the exclusive
+    /// lock).
+    pub(crate) fn access_shared<E: Entries + ?Sized>(&self, slot: u32, entries: &E) -> bool {
+        let age = self
+            .list
+            .clock()
+            .wrapping_sub(entries.mark(slot).load(Ordering::Relaxed));
+        (age as usize) < self.list.len() / MOVE_WINDOW_DIV
     }
 
     /// A hit that moves `slot` to the head.
-    pub(crate) fn access(&mut self, slot: u32) {
-        self.list.move_to_head(slot);
+    pub(crate) fn access<E: Entries + ?Sized>(&mut self, slot: u32, entries: &E) {
+        if self.list.contains(slot) {
+            let stamp = self.list.move_to_head(slot);
+            entries.mark(slot).store(stamp, Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn remove(&mut self, slot: u32) {
@@ -41,11 +54,16 @@ impl Lru {
 
     /// The least recently used slot not kept. Kept slots are moved to the head (treated as just
     /// used), so each is passed over once per call at most.
-    pub(crate) fn evict(&mut self, keep: &mut dyn FnMut(u32) -> bool) -> Option<u32> {
+    pub(crate) fn evict<E: Entries + ?Sized>(
+        &mut self,
+        keep: &mut dyn FnMut(u32) -> bool,
+        entries: &E,
+    ) -> Option<u32> {
         for _ in 0..self.list.len() {
             let slot = self.list.tail()?;
             if keep(slot) {
-                self.list.move_to_head(slot);
+                let stamp = self.list.move_to_head(slot);
+                entries.mark(slot).store(stamp, Ordering::Relaxed);
                 continue;
             }
             self.list.unlink(slot);

@@ -11,6 +11,8 @@
 //! - [`PolicyKind::Sieve`]: SIEVE (Zhang et al., NSDI 2024): one FIFO, a visited bit, and a hand
 //!   that sweeps from old to new evicting the first unvisited entry.
 
+use std::sync::atomic::AtomicU32;
+
 mod list;
 mod lru;
 mod s3fifo;
@@ -18,8 +20,53 @@ mod sieve;
 
 pub(crate) use list::SlotList;
 pub use lru::Lru;
-pub use s3fifo::S3Fifo;
+pub use s3fifo::{GhostId, S3Fifo};
 pub use sieve::Sieve;
+
+/// The caller's entries, as a policy reads them: per-slot state a policy keeps there rather
+/// than in its own structures. S3-FIFO's hit count and LRU's stamp are an entry's mark, so a hit
+/// reads (and writes) the entry's own cache line and no line of the policy's; S3-FIFO's sizes
+/// are the entries' own. Marks are atomic: S3-FIFO's hits bump them under a shared lock.
+pub trait Entries {
+    /// The mark of `slot`, a slot the policy holds.
+    fn mark(&self, slot: u32) -> &AtomicU32;
+
+    /// The size of the entry in `slot`, as it was inserted.
+    fn size_bytes(&self, slot: u32) -> u64;
+}
+
+/// Marks and sizes by slot, for a caller whose entries do not hold them (the replay tier,
+/// tests).
+#[derive(Debug, Default)]
+pub struct SlotTable {
+    marks: Vec<AtomicU32>,
+    sizes: Vec<u64>,
+}
+
+impl SlotTable {
+    /// Records the size of a new entry in `slot`.
+    pub fn set_size(&mut self, slot: u32, size_bytes: u64) {
+        let idx = slot as usize;
+        if self.sizes.len() <= idx {
+            self.sizes.resize(idx + 1, 0);
+            self.marks.resize_with(idx + 1, || AtomicU32::new(0));
+        }
+        self.sizes[idx] = size_bytes;
+    }
+}
+
+/// A mark for slots never given a size (a policy never asks for one).
+static NO_MARK: AtomicU32 = AtomicU32::new(0);
+
+impl Entries for SlotTable {
+    fn mark(&self, slot: u32) -> &AtomicU32 {
+        self.marks.get(slot as usize).unwrap_or(&NO_MARK)
+    }
+
+    fn size_bytes(&self, slot: u32) -> u64 {
+        self.sizes.get(slot as usize).copied().unwrap_or(0)
+    }
+}
 
 /// The policies a tier can use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -77,27 +124,36 @@ impl Policy {
     }
 
     /// A new entry of `size_bytes` in `slot`; `key_hash` identifies its key across slots.
-    pub fn insert(&mut self, slot: u32, key_hash: u64, size_bytes: u64) {
+    /// `ghost` is the ghost its key left ([`Policy::take_remembered`]), when the caller's key
+    /// map still held it ([`Policy::ghost_hash`]); the caller lets that map entry go.
+    pub fn insert<M: Entries + ?Sized>(
+        &mut self,
+        slot: u32,
+        key_hash: u64,
+        size_bytes: u64,
+        ghost: Option<GhostId>,
+        entries: &M,
+    ) {
         match self {
-            Self::Lru(policy) => policy.insert(slot, key_hash),
-            Self::S3Fifo(policy) => policy.insert(slot, key_hash, size_bytes),
+            Self::Lru(policy) => policy.insert(slot, key_hash, entries),
+            Self::S3Fifo(policy) => policy.insert(slot, key_hash, size_bytes, ghost, entries),
             Self::Sieve(policy) => policy.insert(slot, key_hash),
         }
     }
 
     /// A hit on `slot` as a tier serves it: [`Policy::access_shared`], then [`Policy::access`]
     /// when that asks for it.
-    pub fn hit(&mut self, slot: u32) {
-        if !self.access_shared(slot) {
-            self.access(slot);
+    pub fn hit<M: Entries + ?Sized>(&mut self, slot: u32, entries: &M) {
+        if !self.access_shared(slot, entries) {
+            self.access(slot, entries);
         }
     }
 
     /// A hit on `slot` under the exclusive lock (LRU moves it to the head whatever its age).
-    pub fn access(&mut self, slot: u32) {
+    pub fn access<M: Entries + ?Sized>(&mut self, slot: u32, entries: &M) {
         match self {
-            Self::Lru(policy) => policy.access(slot),
-            Self::S3Fifo(policy) => policy.access(slot),
+            Self::Lru(policy) => policy.access(slot, entries),
+            Self::S3Fifo(policy) => policy.access(slot, entries),
             Self::Sieve(policy) => policy.access(slot),
         }
     }
@@ -105,11 +161,11 @@ impl Policy {
     /// A hit on `slot` under a shared lock: S3-FIFO and SIEVE only bump atomic state; LRU
     /// returns false when the slot must move (take the exclusive lock and call
     /// [`Policy::access`]).
-    pub fn access_shared(&self, slot: u32) -> bool {
+    pub fn access_shared<M: Entries + ?Sized>(&self, slot: u32, entries: &M) -> bool {
         match self {
-            Self::Lru(policy) => policy.access_shared(slot),
+            Self::Lru(policy) => policy.access_shared(slot, entries),
             Self::S3Fifo(policy) => {
-                policy.access(slot);
+                policy.access(slot, entries);
                 true
             }
             Self::Sieve(policy) => {
@@ -120,21 +176,52 @@ impl Policy {
     }
 
     /// `slot` left the tier for another reason than eviction (removed, replaced, promoted).
-    pub fn remove(&mut self, slot: u32) {
+    pub fn remove<M: Entries + ?Sized>(&mut self, slot: u32, entries: &M) {
         match self {
             Self::Lru(policy) => policy.remove(slot),
-            Self::S3Fifo(policy) => policy.remove(slot),
+            Self::S3Fifo(policy) => policy.remove(slot, entries),
             Self::Sieve(policy) => policy.remove(slot),
         }
     }
 
     /// Chooses a victim, removes it from the policy and returns it; `None` when every entry is
     /// kept. `keep(slot)` true means the entry must stay.
-    pub fn evict(&mut self, keep: &mut dyn FnMut(u32) -> bool) -> Option<u32> {
+    pub fn evict<M: Entries + ?Sized>(
+        &mut self,
+        keep: &mut dyn FnMut(u32) -> bool,
+        entries: &M,
+    ) -> Option<u32> {
         match self {
-            Self::Lru(policy) => policy.evict(keep),
-            Self::S3Fifo(policy) => policy.evict(keep),
+            Self::Lru(policy) => policy.evict(keep, entries),
+            Self::S3Fifo(policy) => policy.evict(keep, entries),
             Self::Sieve(policy) => policy.evict(keep),
+        }
+    }
+
+    /// The ghost the last [`Policy::evict`]'s victim left, once: S3-FIFO remembers keys evicted
+    /// from its small queue. The caller keeps it in its key map under the victim's key hash, in
+    /// place of the victim, until it is consumed by an insert or forgotten.
+    pub fn take_remembered(&mut self) -> Option<GhostId> {
+        match self {
+            Self::S3Fifo(policy) => policy.take_remembered(),
+            Self::Lru(_) | Self::Sieve(_) => None,
+        }
+    }
+
+    /// A ghost that left the window unconsumed, `(key_hash, id)`: the caller drops it from its
+    /// key map. Call after each [`Policy::evict`] until `None`.
+    pub fn pop_forgotten(&mut self) -> Option<(u64, GhostId)> {
+        match self {
+            Self::S3Fifo(policy) => policy.pop_forgotten(),
+            Self::Lru(_) | Self::Sieve(_) => None,
+        }
+    }
+
+    /// The key hash ghost `id` remembers, while it can still be consumed.
+    pub fn ghost_hash(&self, id: GhostId) -> Option<u64> {
+        match self {
+            Self::S3Fifo(policy) => policy.ghost_hash(id),
+            Self::Lru(_) | Self::Sieve(_) => None,
         }
     }
 
@@ -170,6 +257,35 @@ impl Policy {
     /// True when the policy orders no entry.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// Ghosts by key hash, for a caller whose key map does not hold them (the memory tier keeps
+/// them in its own): the bookkeeping [`Policy::take_remembered`] and [`Policy::pop_forgotten`]
+/// ask for, in one place.
+#[derive(Debug, Default)]
+pub struct GhostMap {
+    by_hash: std::collections::HashMap<u64, GhostId>,
+}
+
+impl GhostMap {
+    /// After [`Policy::evict`] chose a victim whose key hashes to `victim_hash`: keeps the ghost
+    /// it left and drops the forgotten ones.
+    pub fn after_evict(&mut self, policy: &mut Policy, victim_hash: u64) {
+        if let Some(id) = policy.take_remembered() {
+            self.by_hash.insert(victim_hash, id);
+        }
+        while let Some((key_hash, id)) = policy.pop_forgotten() {
+            if self.by_hash.get(&key_hash) == Some(&id) {
+                self.by_hash.remove(&key_hash);
+            }
+        }
+    }
+
+    /// Before [`Policy::insert`] of a key hashing to `key_hash`: the ghost to pass, taken out.
+    pub fn take(&mut self, policy: &Policy, key_hash: u64) -> Option<GhostId> {
+        let id = self.by_hash.remove(&key_hash)?;
+        (policy.ghost_hash(id) == Some(key_hash)).then_some(id)
     }
 }
 

@@ -1,13 +1,14 @@
 //! S3-FIFO: a small probationary FIFO, a main FIFO with reinsertion, and a ghost FIFO of hashes.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use super::Entries;
 
 /// Share of the capacity, in bytes, the small queue holds before it gives way (10%).
 const SMALL_SHARE: f64 = 0.10;
 /// The access counter saturates here.
-const FREQ_MAX: u8 = 3;
+const FREQ_MAX: u32 = 3;
 /// Ghost entries remembered at least.
 const GHOST_MIN: usize = 16;
 
@@ -19,20 +20,33 @@ enum Queue {
     Main,
 }
 
+/// What the policy keeps per slot: 16 bytes (the size and the hit count are the caller's, read
+/// through [`Entries`]).
 #[derive(Debug, Default)]
 struct SlotState {
-    /// Hits since the last pass, bumped under a shared lock, so atomic (a lost race loses one
-    /// count). Beside the rest of the slot's state: one cache line per slot on every path.
-    freq: AtomicU8,
     queue: Queue,
     /// Bumped at every insert into the slot: queue positions of an earlier occupant go stale.
     stamp: u32,
-    size_bytes: u64,
     key_hash: u64,
 }
 
 /// A queue position: the slot and its stamp when it was queued.
 type Position = (u32, u32);
+
+/// A ghost's number: its remember number, kept to 31 bits (the tier flags ghosts in its key map
+/// with the 32nd). Ghosts in the window are far fewer than 2^31, so the number names one.
+pub type GhostId = u32;
+
+/// Ghost numbers wrap here.
+const GHOST_ID_MASK: u64 = (1 << 31) - 1;
+
+/// A remembered key hash; `consumed` once its key came back (the caller already let its map
+/// entry go).
+#[derive(Debug, Clone, Copy)]
+struct Ghost {
+    key_hash: u64,
+    consumed: bool,
+}
 
 /// New keys enter the small queue; keys seen recently in the ghost queue enter main. Eviction
 /// takes from small while it holds more than 10% of the bytes: an entry hit twice or more there
@@ -42,6 +56,11 @@ type Position = (u32, u32);
 /// The queues are rings of positions, read and written in order (no pointer chasing); a removed
 /// entry is left in its ring and skipped when it comes up, and a ring holding more stale
 /// positions than live ones is compacted.
+///
+/// The ghost queue is not searched by hash here: the caller keeps each ghost's number in its key
+/// map under the victim's key hash ([`S3Fifo::take_remembered`]), in place of the victim's slot,
+/// so a returning key finds its ghost in the probe that found no entry and hands it to
+/// [`S3Fifo::insert`].
 #[derive(Debug)]
 pub struct S3Fifo {
     small: VecDeque<Position>,
@@ -51,45 +70,15 @@ pub struct S3Fifo {
     small_target_bytes: u64,
     small_bytes: u64,
     slots: Vec<SlotState>,
-    /// The ghost queue, as a window over remember numbers: the `ghost_len` newest remembered
-    /// hashes are in it. `ghost_index` maps a hash to its newest remember number; an entry
-    /// older than the window is dead and swept out when the index outgrows twice the window.
-    /// (A queue of hashes beside the index would cost one more random probe per eviction.)
-    ghost_index: HashMap<u64, u64, KeyHashState>,
-    ghost_seq: u64,
+    /// The `ghost_len` newest remembered hashes, oldest first.
+    ghosts: VecDeque<Ghost>,
+    /// The remember number of `ghosts[0]`.
+    ghost_front: u64,
     ghost_len: u64,
-}
-
-/// The ghost index's keys are key hashes already: used as they are, not hashed again.
-#[derive(Debug, Clone, Copy, Default)]
-struct KeyHashState;
-
-impl std::hash::BuildHasher for KeyHashState {
-    type Hasher = KeyHashHasher;
-
-    fn build_hasher(&self) -> KeyHashHasher {
-        KeyHashHasher(0)
-    }
-}
-
-#[derive(Debug)]
-struct KeyHashHasher(u64);
-
-impl std::hash::Hasher for KeyHashHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only u64 keys are hashed; anything else folds in bytewise.
-        for &byte in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
-        }
-    }
-
-    fn write_u64(&mut self, value: u64) {
-        self.0 = value;
-    }
+    /// The ghost the last victim left, until the caller takes it.
+    remembered: Option<GhostId>,
+    /// Ghosts that left the window unconsumed, until the caller drops them from its map.
+    forgotten: Vec<(u64, GhostId)>,
 }
 
 /// Stale positions a ring may hold beyond its live ones before it is compacted.
@@ -105,27 +94,35 @@ impl S3Fifo {
             small_target_bytes: ((capacity_bytes as f64) * SMALL_SHARE) as u64,
             small_bytes: 0,
             slots: Vec::new(),
-            ghost_index: HashMap::with_hasher(KeyHashState),
-            ghost_seq: 0,
+            ghosts: VecDeque::new(),
+            ghost_front: 0,
             ghost_len: 0,
+            remembered: None,
+            forgotten: Vec::new(),
         }
     }
 
-    pub(crate) fn insert(&mut self, slot: u32, key_hash: u64, size_bytes: u64) {
+    /// A new entry of `size_bytes` in `slot`; `ghost` is the ghost its key left, when the
+    /// caller found one (a returning key, which goes to main; the caller let the ghost's map
+    /// entry go).
+    pub(crate) fn insert<E: Entries + ?Sized>(
+        &mut self,
+        slot: u32,
+        key_hash: u64,
+        size_bytes: u64,
+        ghost: Option<GhostId>,
+        entries: &E,
+    ) {
         let idx = slot as usize;
         if self.slots.len() <= idx {
             self.slots.resize_with(idx + 1, SlotState::default);
         }
-        let returning = self
-            .ghost_index
-            .remove(&key_hash)
-            .is_some_and(|seq| self.in_ghost(seq));
+        let returning = ghost.is_some_and(|id| self.consume_ghost(id, key_hash));
         let queue = if returning { Queue::Main } else { Queue::Small };
+        entries.mark(slot).store(0, Ordering::Relaxed);
         let state = &mut self.slots[idx];
-        state.freq.store(0, Ordering::Relaxed);
         state.queue = queue;
         state.stamp = state.stamp.wrapping_add(1);
-        state.size_bytes = size_bytes;
         state.key_hash = key_hash;
         let position = (slot, state.stamp);
         match queue {
@@ -141,23 +138,25 @@ impl S3Fifo {
         }
     }
 
-    pub(crate) fn access(&self, slot: u32) {
-        if let Some(state) = self.slots.get(slot as usize) {
-            let seen = state.freq.load(Ordering::Relaxed);
-            if seen < FREQ_MAX {
-                state.freq.store(seen + 1, Ordering::Relaxed);
-            }
+    /// A hit: the slot's frequency (its mark: hits since the last pass, kept in the caller's
+    /// entry so that a hit touches no line of the policy's) goes up, to [`FREQ_MAX`]. Bumped
+    /// under a shared lock, so atomic; a lost race loses one count.
+    pub(crate) fn access<E: Entries + ?Sized>(&self, slot: u32, entries: &E) {
+        let freq = entries.mark(slot);
+        let seen = freq.load(Ordering::Relaxed);
+        if seen < FREQ_MAX {
+            freq.store(seen + 1, Ordering::Relaxed);
         }
     }
 
-    pub(crate) fn remove(&mut self, slot: u32) {
+    pub(crate) fn remove<E: Entries + ?Sized>(&mut self, slot: u32, entries: &E) {
         let Some(state) = self.slots.get_mut(slot as usize) else {
             return;
         };
         match state.queue {
             Queue::Small => {
                 self.small_len -= 1;
-                self.small_bytes -= state.size_bytes;
+                self.small_bytes -= entries.size_bytes(slot);
             }
             Queue::Main => self.main_len -= 1,
             Queue::None => return,
@@ -193,10 +192,15 @@ impl S3Fifo {
         self.main.push_back((slot, stamp));
     }
 
-    pub(crate) fn evict(&mut self, keep: &mut dyn FnMut(u32) -> bool) -> Option<u32> {
+    pub(crate) fn evict<E: Entries + ?Sized>(
+        &mut self,
+        keep: &mut dyn FnMut(u32) -> bool,
+        entries: &E,
+    ) -> Option<u32> {
+        self.remembered = None;
         // Each entry moves at most a few times (small → main, and FREQ_MAX reinsertions), and
         // kept entries once per queue per call, so this bound covers every case.
-        let bound = 2 * (usize::from(FREQ_MAX) + 2) * (self.len() + 1);
+        let bound = 2 * (FREQ_MAX as usize + 2) * (self.len() + 1);
         // Kept entries met in a row in main: a full pass of them means main has nothing to give,
         // and small is tried whatever its share.
         let mut main_kept_run = 0usize;
@@ -209,12 +213,12 @@ impl S3Fifo {
             if from_small {
                 let slot = self.pop_live(Queue::Small)?;
                 self.small_len -= 1;
-                let state = &mut self.slots[slot as usize];
-                self.small_bytes -= state.size_bytes;
-                if state.freq.load(Ordering::Relaxed) > 1 || keep(slot) {
+                self.small_bytes -= entries.size_bytes(slot);
+                let freq = entries.mark(slot);
+                if freq.load(Ordering::Relaxed) > 1 || keep(slot) {
                     let state = &mut self.slots[slot as usize];
                     state.queue = Queue::Main;
-                    state.freq.store(0, Ordering::Relaxed);
+                    freq.store(0, Ordering::Relaxed);
                     self.requeue_main(slot);
                     self.main_len += 1;
                     continue;
@@ -226,11 +230,9 @@ impl S3Fifo {
                 return Some(slot);
             }
             let slot = self.pop_live(Queue::Main)?;
-            let freq = self.slots[slot as usize].freq.load(Ordering::Relaxed);
+            let freq = entries.mark(slot).load(Ordering::Relaxed);
             if freq > 0 {
-                self.slots[slot as usize]
-                    .freq
-                    .store(freq - 1, Ordering::Relaxed);
+                entries.mark(slot).store(freq - 1, Ordering::Relaxed);
                 self.requeue_main(slot);
                 continue;
             }
@@ -252,23 +254,64 @@ impl S3Fifo {
         None
     }
 
-    /// Whether remember number `seq` is still in the ghost window.
-    fn in_ghost(&self, seq: u64) -> bool {
-        seq + self.ghost_len > self.ghost_seq
-    }
-
     /// Puts a key hash in the ghost queue, which remembers about as many keys as the queues hold:
-    /// the window grows by one up to that many (a queue trimmed to it after each push).
+    /// the window grows by one up to that many, and the oldest ghosts beyond it are forgotten.
+    /// Consumed ghosts still count in the window.
     fn remember(&mut self, key_hash: u64) {
-        self.ghost_seq += 1;
-        self.ghost_index.insert(key_hash, self.ghost_seq);
+        let seq = self.ghost_front + self.ghosts.len() as u64;
+        self.ghosts.push_back(Ghost {
+            key_hash,
+            consumed: false,
+        });
         let ghost_max = self.len().max(GHOST_MIN) as u64;
         self.ghost_len = (self.ghost_len + 1).min(ghost_max);
-        if self.ghost_index.len() as u64 > 2 * self.ghost_len + STALE_SLACK as u64 {
-            let (ghost_seq, ghost_len) = (self.ghost_seq, self.ghost_len);
-            self.ghost_index
-                .retain(|_, &mut seq| seq + ghost_len > ghost_seq);
+        while self.ghosts.len() as u64 > self.ghost_len {
+            let Some(ghost) = self.ghosts.pop_front() else {
+                break;
+            };
+            if !ghost.consumed {
+                self.forgotten
+                    .push((ghost.key_hash, ghost_id(self.ghost_front)));
+            }
+            self.ghost_front += 1;
         }
+        self.remembered = Some(ghost_id(seq));
+    }
+
+    /// Where ghost `id` is in the ring, if it is in the window.
+    fn ghost_index(&self, id: GhostId) -> Option<usize> {
+        let offset = u64::from(id).wrapping_sub(self.ghost_front) & GHOST_ID_MASK;
+        usize::try_from(offset)
+            .ok()
+            .filter(|&index| index < self.ghosts.len())
+    }
+
+    /// Marks ghost `id` as come back; true when it is in the window, unconsumed, and remembers
+    /// `key_hash`.
+    fn consume_ghost(&mut self, id: GhostId, key_hash: u64) -> bool {
+        let Some(index) = self.ghost_index(id) else {
+            return false;
+        };
+        let ghost = &mut self.ghosts[index];
+        let fresh = !ghost.consumed && ghost.key_hash == key_hash;
+        ghost.consumed = true;
+        fresh
+    }
+
+    /// The key hash ghost `id` remembers, while it is in the window and unconsumed.
+    pub(crate) fn ghost_hash(&self, id: GhostId) -> Option<u64> {
+        let ghost = self.ghosts[self.ghost_index(id)?];
+        (!ghost.consumed).then_some(ghost.key_hash)
+    }
+
+    /// The ghost the last [`S3Fifo::evict`]'s victim left (a victim from small), once.
+    pub(crate) fn take_remembered(&mut self) -> Option<GhostId> {
+        self.remembered.take()
+    }
+
+    /// A ghost that left the window unconsumed, `(key_hash, id)`, for the caller to drop.
+    pub(crate) fn pop_forgotten(&mut self) -> Option<(u64, GhostId)> {
+        self.forgotten.pop()
     }
 
     pub(crate) fn key_hash(&self, slot: u32) -> u64 {
@@ -280,13 +323,18 @@ impl S3Fifo {
     pub(crate) fn index_bytes(&self) -> usize {
         (self.small.capacity() + self.main.capacity()) * std::mem::size_of::<Position>()
             + self.slots.capacity() * std::mem::size_of::<SlotState>()
-            // A hash map entry: key, value and one control byte.
-            + self.ghost_index.capacity() * (std::mem::size_of::<(u64, u64)>() + 1)
+            + self.ghosts.capacity() * std::mem::size_of::<Ghost>()
+            + self.forgotten.capacity() * std::mem::size_of::<(u64, GhostId)>()
     }
 
     pub(crate) fn len(&self) -> usize {
         self.small_len + self.main_len
     }
+}
+
+/// The ghost number of remember number `seq`.
+fn ghost_id(seq: u64) -> GhostId {
+    (seq & GHOST_ID_MASK) as GhostId
 }
 
 /// Whether a queued position still stands for its slot's entry in that queue.

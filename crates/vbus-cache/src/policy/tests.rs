@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 
-use super::{Policy, PolicyKind};
+use super::{GhostMap, Policy, PolicyKind, SlotTable};
 
 /// The algorithms again, written the slow obvious way. Queues hold slots oldest first.
 enum Model {
@@ -275,38 +275,49 @@ fn check(kind: PolicyKind, seed: u64) {
     let mut live: Vec<u32> = Vec::new();
     let mut free: Vec<u32> = (0..4096).rev().collect();
     let mut pinned = vec![false; 4096];
+    // The caller's side of S3-FIFO's ghosts, and each live slot's hash.
+    let mut ghosts = GhostMap::default();
+    let mut hashes = vec![0u64; 4096];
+    let mut slots = SlotTable::default();
     for op_idx in 0..20_000 {
         let context = format!("{} seed {seed} op {op_idx}", kind.as_str());
         match rng.u32(..100) {
             0..=34 if !free.is_empty() => {
-                let slot = free.pop().unwrap();
-                // Hashes repeat across slots so that ghost hits happen.
+                // Hashes come back in other slots, so that ghost hits happen; as in a tier,
+                // no two live slots share one.
                 let key_hash = rng.u64(..300);
+                if live.iter().any(|&other| hashes[other as usize] == key_hash) {
+                    continue;
+                }
+                let slot = free.pop().unwrap();
+                hashes[slot as usize] = key_hash;
                 let size = rng.u64(1..128);
-                policy.insert(slot, key_hash, size);
+                slots.set_size(slot, size);
+                let ghost = ghosts.take(&policy, key_hash);
+                policy.insert(slot, key_hash, size, ghost, &slots);
                 model.insert(slot, key_hash, size);
                 pinned[slot as usize] = rng.u32(..20) == 0;
                 live.push(slot);
             }
             35..=64 if !live.is_empty() => {
                 let slot = live[rng.usize(..live.len())];
-                policy.hit(slot);
+                policy.hit(slot, &slots);
                 model.hit(slot);
             }
             65..=74 if !live.is_empty() => {
                 let slot = live[rng.usize(..live.len())];
-                policy.access(slot);
+                policy.access(slot, &slots);
                 model.access(slot);
             }
             75..=84 if !live.is_empty() => {
                 let slot = live.swap_remove(rng.usize(..live.len()));
-                policy.remove(slot);
+                policy.remove(slot, &slots);
                 model.remove(slot);
                 free.push(slot);
             }
             _ => {
                 let pinned_now = pinned.clone();
-                let got = policy.evict(&mut |slot| pinned_now[slot as usize]);
+                let got = policy.evict(&mut |slot| pinned_now[slot as usize], &slots);
                 let expected = model.evict(&|slot| pinned_now[slot as usize]);
                 assert_eq!(got, expected, "{context}: victim");
                 if let Some(slot) = got {
@@ -316,6 +327,7 @@ fn check(kind: PolicyKind, seed: u64) {
                         .position(|&s| s == slot)
                         .expect("victims are live");
                     live.swap_remove(at);
+                    ghosts.after_evict(&mut policy, hashes[slot as usize]);
                     free.push(slot);
                 }
             }
@@ -350,56 +362,75 @@ fn s3fifo_matches_its_model() {
     }
 }
 
+/// Sizes and marks for the fixed-order tests below: slots under 16 of `size_bytes` each.
+fn slots(size_bytes: u64) -> SlotTable {
+    let mut slots = SlotTable::default();
+    for slot in 0..16 {
+        slots.set_size(slot, size_bytes);
+    }
+    slots
+}
+
 #[test]
 fn everything_kept_means_no_victim() {
+    let m = &slots(10);
     for kind in PolicyKind::ALL {
         let mut policy = Policy::new(kind, 1000);
         for slot in 0..10 {
-            policy.insert(slot, u64::from(slot), 10);
+            policy.insert(slot, u64::from(slot), 10, None, m);
         }
-        assert_eq!(policy.evict(&mut |_| true), None, "{}", kind.as_str());
+        assert_eq!(policy.evict(&mut |_| true, m), None, "{}", kind.as_str());
         assert_eq!(policy.len(), 10);
-        let victim = policy.evict(&mut |slot| slot != 7);
+        let victim = policy.evict(&mut |slot| slot != 7, m);
         assert_eq!(victim, Some(7), "{}", kind.as_str());
     }
 }
 
 #[test]
 fn classic_orders() {
+    let m = &slots(1);
     // LRU: a hit saves an entry.
     let mut lru = Policy::new(PolicyKind::Lru, 0);
     for slot in 0..3 {
-        lru.insert(slot, u64::from(slot), 1);
+        lru.insert(slot, u64::from(slot), 1, None, m);
     }
-    lru.access(0);
-    assert_eq!(lru.evict(&mut |_| false), Some(1));
+    lru.access(0, m);
+    assert_eq!(lru.evict(&mut |_| false, m), Some(1));
     // A hit among the newest quarter does not move a slot; an older one does.
     let mut lru = Policy::new(PolicyKind::Lru, 0);
     for slot in 0..12 {
-        lru.insert(slot, u64::from(slot), 1);
+        lru.insert(slot, u64::from(slot), 1, None, m);
     }
-    lru.hit(0);
-    lru.hit(11);
-    let order: Vec<_> = std::iter::from_fn(|| lru.evict(&mut |_| false)).collect();
+    lru.hit(0, m);
+    lru.hit(11, m);
+    let order: Vec<_> = std::iter::from_fn(|| lru.evict(&mut |_| false, m)).collect();
     assert_eq!(order, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 0]);
     // SIEVE: a visited entry survives one sweep, and the hand stays where it stopped.
     let mut sieve = Policy::new(PolicyKind::Sieve, 0);
     for slot in 0..4 {
-        sieve.insert(slot, u64::from(slot), 1);
+        sieve.insert(slot, u64::from(slot), 1, None, m);
     }
-    sieve.access(0);
-    assert_eq!(sieve.evict(&mut |_| false), Some(1));
-    sieve.access(2);
-    assert_eq!(sieve.evict(&mut |_| false), Some(3));
-    assert_eq!(sieve.evict(&mut |_| false), Some(0));
+    sieve.access(0, m);
+    assert_eq!(sieve.evict(&mut |_| false, m), Some(1));
+    sieve.access(2, m);
+    assert_eq!(sieve.evict(&mut |_| false, m), Some(3));
+    assert_eq!(sieve.evict(&mut |_| false, m), Some(0));
     // S3-FIFO: a key evicted from small and inserted again goes to main, ahead of small's.
+    let m = &slots(30);
     let mut s3 = Policy::new(PolicyKind::S3Fifo, 100);
-    s3.insert(0, 42, 30);
-    assert_eq!(s3.evict(&mut |_| false), Some(0));
-    s3.insert(1, 42, 30);
-    s3.insert(2, 7, 30);
+    s3.insert(0, 42, 30, None, m);
+    assert_eq!(s3.evict(&mut |_| false, m), Some(0));
+    let ghost = s3.take_remembered();
     assert_eq!(
-        s3.evict(&mut |_| false),
+        ghost.and_then(|id| s3.ghost_hash(id)),
+        Some(42),
+        "a victim from small leaves a ghost"
+    );
+    s3.insert(1, 42, 30, ghost, m);
+    assert_eq!(ghost.and_then(|id| s3.ghost_hash(id)), None, "consumed");
+    s3.insert(2, 7, 30, None, m);
+    assert_eq!(
+        s3.evict(&mut |_| false, m),
         Some(2),
         "small is over 10% and goes first"
     );

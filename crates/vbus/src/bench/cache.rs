@@ -14,8 +14,6 @@ use super::{Better, Device, Measurement, Mode, Reporter, gbps, median};
 
 const SUITE: &str = "cache";
 
-/// Shards of the memory tier in this bench (as the daemon would use on a small machine).
-const N_SHARDS: usize = 64;
 /// DESIGN.md: index overhead at most this many bytes per entry beyond the value.
 const INDEX_BYTES_PER_ENTRY_MAX: f64 = 256.0;
 
@@ -51,7 +49,11 @@ enum Built {
 impl Built {
     fn new(contender: Contender, capacity_entries: u64) -> Self {
         match contender {
-            Contender::Ours(kind) => Self::Ours(MemoryTier::new(kind, capacity_entries, N_SHARDS)),
+            Contender::Ours(kind) => Self::Ours(MemoryTier::new(
+                kind,
+                capacity_entries,
+                vbus_cache::memory::default_shards(),
+            )),
             Contender::QuickCache => {
                 Self::QuickCache(quick_cache::sync::Cache::new(capacity_entries as usize))
             }
@@ -124,7 +126,8 @@ pub(super) fn run<W: Write>(
     reporter.note(&format!(
         "bench cache: Zipf over {n_keys} keys, capacity {capacity_entries} entries, get then insert on a miss, \
          {n_ops_per_thread} operations per thread, medians of rounds; ours is the L2 memory tier \
-         ({N_SHARDS} shards) with each policy"
+         ({} shards, as the daemon's: 4 per core) with each policy",
+        vbus_cache::memory::default_shards()
     ))?;
 
     // Operations per second, Zipf 1.0, 1 and 2 threads.
@@ -226,7 +229,11 @@ pub(super) fn run<W: Write>(
         Mode::Full => 1_000_000u64,
         Mode::Quick => 100_000,
     };
-    let tier: MemoryTier<u64, u64> = MemoryTier::new(PolicyKind::S3Fifo, n_entries, N_SHARDS);
+    let tier: MemoryTier<u64, u64> = MemoryTier::new(
+        PolicyKind::S3Fifo,
+        n_entries,
+        vbus_cache::memory::default_shards(),
+    );
     let mut zipf = Zipf::new(n_entries * 10, 0.9, 3);
     for _ in 0..n_entries * 3 {
         let key = zipf.next_key();
