@@ -11,6 +11,7 @@
 
 #![forbid(unsafe_code)]
 
+mod crc;
 mod error;
 mod histogram;
 mod log;

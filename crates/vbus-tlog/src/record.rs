@@ -106,8 +106,8 @@ pub fn encode_with(
 
 /// CRC-32C of a frame (without its padding), skipping the CRC field itself.
 fn checksum(frame: &[u8]) -> u32 {
-    let crc = crc32c::crc32c(&frame[..4]);
-    crc32c::crc32c_append(crc, &frame[8..])
+    let crc = crate::crc::append(0, &frame[..4]);
+    crate::crc::append(crc, &frame[8..])
 }
 
 /// Decodes the record at the start of `buf`; returns it and the bytes it takes (padding
