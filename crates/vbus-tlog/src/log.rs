@@ -39,6 +39,10 @@ impl Durability {
     }
 }
 
+/// Scheduler yields a sync leader gives other writers to queue their records first, at most (it
+/// stops as soon as a yield brings none).
+const GATHER_STEPS_MAX: usize = 8;
+
 /// How long an open waits for a busy lock before it reports [`Error::Locked`].
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -126,6 +130,8 @@ struct State {
     want_sync_seq: u64,
     want_fsync: bool,
     leader_active: bool,
+    /// Records the last group sync made durable (more than one: other writers are about).
+    last_sync_batch: u64,
     /// The flusher was woken early and has not taken the queue since.
     flusher_woken: bool,
     failed: Option<String>,
@@ -293,6 +299,7 @@ impl LogCore {
             want_sync_seq: 0,
             want_fsync: false,
             leader_active: false,
+            last_sync_batch: 0,
             flusher_woken: false,
             failed: None,
             appended_bytes: 0,
@@ -574,6 +581,20 @@ impl LogCore {
             }
             // Lead: take everything pending, write it and (when asked) sync it, unlocked.
             state.leader_active = true;
+            if state.want_sync_seq > state.synced_seq && state.last_sync_batch > 1 {
+                // Other writers are about: the ones the last sync released are on their way
+                // back. Let them queue before syncing, while each step brings more.
+                let mut seen = state.next_seq;
+                for _ in 0..GATHER_STEPS_MAX {
+                    drop(state);
+                    std::thread::yield_now();
+                    state = self.lock();
+                    if state.next_seq == seen {
+                        break;
+                    }
+                    seen = state.next_seq;
+                }
+            }
             let chunks = std::mem::take(&mut state.pending);
             state.pending_bytes = 0;
             let upto = state.next_seq - 1;
@@ -593,6 +614,7 @@ impl LogCore {
                 Ok(()) => {
                     state.written_seq = upto;
                     if sync {
+                        state.last_sync_batch = upto - state.synced_seq;
                         state.synced_seq = upto;
                         state.n_syncs += 1;
                     } else {
