@@ -4,7 +4,9 @@
 //! version listing that file) resumes from it: the pieces already there are hashed again and
 //! those that match the manifest are kept, so a torn write costs only its piece. While a file is
 //! in flight its verified pieces are served to peers ([`Interconnect::read_in_flight`]); when
-//! every piece is there the whole is hashed and published into L3, and the stage is gone.
+//! every piece is there the whole is hashed and published into L3, and the stage is gone. A stage
+//! nobody has written for [`STALE_STAGE_AGE`] (a pull given up, of a version no longer wanted) is
+//! removed when the staging area is opened, so abandoned pulls do not fill the disk.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -14,6 +16,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::manifest::{FileEntry, Manifest, ManifestError, piece_len};
+
+/// How long a stage may sit unwritten before opening the staging area removes it.
+pub const STALE_STAGE_AGE: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
 /// The staging area of one agent.
 #[derive(Debug)]
@@ -51,14 +56,51 @@ pub enum InFlight {
 }
 
 impl Interconnect {
-    /// The staging area in `dir` (created).
+    /// The staging area in `dir` (created); stages unwritten for [`STALE_STAGE_AGE`] are
+    /// removed.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, ManifestError> {
         let dir = dir.into();
         std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
-        Ok(Self {
+        let staging = Self {
             dir,
             in_flight: Mutex::new(HashMap::new()),
-        })
+        };
+        staging.remove_stale(STALE_STAGE_AGE)?;
+        Ok(staging)
+    }
+
+    /// Removes every stage not in flight whose last write is older than `age`; returns how many
+    /// it removed. (A pull writes its stage at every piece, so only abandoned ones qualify.)
+    pub fn remove_stale(&self, age: std::time::Duration) -> Result<usize, ManifestError> {
+        let now = std::time::SystemTime::now();
+        let mut n_removed = 0;
+        for dataset in std::fs::read_dir(&self.dir).map_err(io("list", &self.dir))? {
+            let dataset = dataset.map_err(io("list", &self.dir))?.path();
+            if !dataset.is_dir() {
+                continue;
+            }
+            for entry in std::fs::read_dir(&dataset).map_err(io("list", &dataset))? {
+                let path = entry.map_err(io("list", &dataset))?.path();
+                if path.extension().is_none_or(|ext| ext != "part") {
+                    continue;
+                }
+                let modified = std::fs::metadata(&path)
+                    .and_then(|meta| meta.modified())
+                    .map_err(io("stat", &path))?;
+                let idle = now.duration_since(modified).unwrap_or_default();
+                let in_flight = self.lock().values().any(|partial| partial.path == path);
+                if idle >= age && !in_flight {
+                    std::fs::remove_file(&path).map_err(io("remove", &path))?;
+                    tracing::info!(
+                        stage = %path.display(),
+                        idle_days = idle.as_secs() / 86_400,
+                        "removed a stage no pull has written for a long time"
+                    );
+                    n_removed += 1;
+                }
+            }
+        }
+        Ok(n_removed)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Partial>>> {
@@ -230,6 +272,8 @@ impl Partial {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
@@ -295,5 +339,47 @@ mod tests {
             file.blake3
         );
         assert_eq!(std::fs::read(partial.path()).unwrap(), bytes);
+    }
+
+    #[test]
+    fn stages_left_unwritten_for_long_are_removed_at_open_and_fresh_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("INTERCONNECT");
+        std::fs::create_dir_all(root.join("ds")).unwrap();
+        let old = root.join("ds/aaaa.part");
+        let fresh = root.join("ds/bbbb.part");
+        let other = root.join("ds/notes.txt");
+        for path in [&old, &fresh, &other] {
+            std::fs::write(path, b"bytes").unwrap();
+        }
+        let long_ago = std::time::SystemTime::now() - STALE_STAGE_AGE - Duration::from_secs(60);
+        for path in [&old, &other] {
+            File::options()
+                .write(true)
+                .open(path)
+                .unwrap()
+                .set_modified(long_ago)
+                .unwrap();
+        }
+
+        let stage = Interconnect::open(&root).unwrap();
+        assert!(!old.exists(), "an abandoned stage is removed");
+        assert!(fresh.exists(), "a recent stage stays for its resume");
+        assert!(other.exists(), "only stages are touched");
+        // A stage in flight is never removed, whatever its age.
+        let origin_dir = dir.path().join("origin");
+        std::fs::create_dir_all(origin_dir.join("ds")).unwrap();
+        std::fs::write(origin_dir.join("ds/f.bin"), b"some bytes").unwrap();
+        let manifest = crate::Origin::dir(&origin_dir)
+            .manifest_with("ds", "v", 64 << 10)
+            .unwrap();
+        let (partial, _) = stage.begin(&manifest, &manifest.files[0]).unwrap();
+        assert_eq!(
+            stage.remove_stale(Duration::ZERO).unwrap(),
+            1,
+            "only the other stage"
+        );
+        assert!(partial.path().exists());
+        assert!(!fresh.exists());
     }
 }
