@@ -200,15 +200,21 @@ impl State {
                     _ => Bytes::Host(self.pool.take(*size)),
                 };
                 let idx = *id as usize;
-                if self.pages.len() <= idx {
-                    self.pages.resize_with(idx + 1, || None);
-                }
-                self.pages[idx] = Some(Page {
+                let page = Page {
                     size: *size,
                     location: *location,
                     epoch: 0,
                     bytes,
-                });
+                };
+                // Ids are handed out in order: a new page goes at the end.
+                if idx == self.pages.len() {
+                    self.pages.push(Some(page));
+                } else {
+                    if self.pages.len() < idx {
+                        self.pages.resize_with(idx + 1, || None);
+                    }
+                    self.pages[idx] = Some(page);
+                }
                 self.n_pages += 1;
                 self.next_page_id = id + 1;
             }
