@@ -211,20 +211,21 @@ pub fn read_piece(
     Ok(bytes)
 }
 
-/// Hashes a file of `size_bytes` read piece by piece through `read(offset, len)`: its root and
-/// each piece.
+/// Hashes a file of `size_bytes` read piece by piece through `read(offset, len, buf)` (which
+/// fills `buf`, one buffer for every piece): its root and each piece.
 pub(crate) fn hash_pieces(
     path: &str,
     size_bytes: u64,
     piece_bytes: u64,
-    mut read: impl FnMut(u64, u64) -> Result<Vec<u8>, ManifestError>,
+    mut read: impl FnMut(u64, u64, &mut Vec<u8>) -> Result<(), ManifestError>,
 ) -> Result<FileEntry, ManifestError> {
     let mut whole = blake3::Hasher::new();
     let mut pieces = Vec::new();
     let mut offset = 0;
+    let mut piece = Vec::new();
     while offset < size_bytes {
         let len = piece_bytes.min(size_bytes - offset);
-        let piece = read(offset, len)?;
+        read(offset, len, &mut piece)?;
         whole.update(&piece);
         pieces.push(blake3::hash(&piece).to_hex().to_string());
         offset += len;
@@ -241,10 +242,10 @@ pub(crate) fn hash_pieces(
 fn hash_file(path: &Path, relative: &str, piece_bytes: u64) -> Result<FileEntry, ManifestError> {
     let file = File::open(path).map_err(io("open", path))?;
     let size_bytes = file.metadata().map_err(io("stat", path))?.len();
-    hash_pieces(relative, size_bytes, piece_bytes, |offset, len| {
-        let mut bytes = vec![0u8; len as usize];
-        std::os::unix::fs::FileExt::read_exact_at(&file, &mut bytes, offset)
-            .map_err(io("read", path))?;
-        Ok(bytes)
+    hash_pieces(relative, size_bytes, piece_bytes, |offset, len, buf| {
+        // Only growth is zeroed: the reused buffer is not written twice.
+        buf.truncate(len as usize);
+        buf.resize(len as usize, 0);
+        std::os::unix::fs::FileExt::read_exact_at(&file, buf, offset).map_err(io("read", path))
     })
 }

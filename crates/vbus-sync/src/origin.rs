@@ -47,6 +47,18 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
     fn list(&self, dir: &str) -> Result<Vec<Object>, ManifestError>;
     /// `len` bytes of `key` from `offset`; fewer is an error.
     fn read_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, ManifestError>;
+    /// [`Backend::read_range`] into `buf` (replacing what it held), so a caller reading piece
+    /// after piece reuses one buffer.
+    fn read_range_into(
+        &self,
+        key: &str,
+        offset: u64,
+        len: u64,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), ManifestError> {
+        *buf = self.read_range(key, offset, len)?;
+        Ok(())
+    }
     /// All of `key`; `None` when there is no such object.
     fn read(&self, key: &str) -> Result<Option<Vec<u8>>, ManifestError>;
     /// Replaces `key` whole with the `size_bytes` bytes `from` gives: a reader sees the old
@@ -153,7 +165,7 @@ impl Origin {
                 &object.path,
                 object.size_bytes,
                 piece_bytes,
-                |offset, len| self.backend.read_range(&key, offset, len),
+                |offset, len, buf| self.backend.read_range_into(&key, offset, len, buf),
             )?);
         }
         Ok(Manifest {
@@ -360,12 +372,25 @@ impl Backend for DirBackend {
     }
 
     fn read_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, ManifestError> {
+        let mut bytes = Vec::new();
+        self.read_range_into(key, offset, len, &mut bytes)?;
+        Ok(bytes)
+    }
+
+    fn read_range_into(
+        &self,
+        key: &str,
+        offset: u64,
+        len: u64,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), ManifestError> {
         let path = self.root.join(key);
         let file = std::fs::File::open(&path).map_err(io_error("open", &path))?;
-        let mut bytes = vec![0u8; len as usize];
-        std::os::unix::fs::FileExt::read_exact_at(&file, &mut bytes, offset)
-            .map_err(io_error("read", &path))?;
-        Ok(bytes)
+        // Only growth is zeroed: a reused buffer is not written twice.
+        buf.truncate(len as usize);
+        buf.resize(len as usize, 0);
+        std::os::unix::fs::FileExt::read_exact_at(&file, buf, offset)
+            .map_err(io_error("read", &path))
     }
 
     fn read(&self, key: &str) -> Result<Option<Vec<u8>>, ManifestError> {
