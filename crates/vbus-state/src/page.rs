@@ -164,8 +164,9 @@ fn apply_on_device(
 #[derive(Debug, Default)]
 pub(crate) struct PagePool {
     free: HashMap<u64, Vec<Vec<u8>>, foldhash::fast::FixedState>,
-    /// Buffers known to hold zeros (reserved, never used): taken without clearing.
-    zeroed: HashMap<u64, Vec<Vec<u8>>, foldhash::fast::FixedState>,
+    /// Buffers known to hold zeros (reserved, never used): taken without clearing. By size, in
+    /// a short list (a bus reserves a few sizes), searched in order: cheaper than a hash.
+    zeroed: Vec<(u64, Vec<Vec<u8>>)>,
     pooled_bytes: u64,
 }
 
@@ -176,7 +177,12 @@ impl PagePool {
 
     /// A zeroed buffer of `size` bytes.
     pub fn take(&mut self, size: u64) -> Vec<u8> {
-        if let Some(bytes) = self.zeroed.get_mut(&size).and_then(Vec::pop) {
+        if let Some(bytes) = self
+            .zeroed
+            .iter_mut()
+            .find(|(reserved, _)| *reserved == size)
+            .and_then(|(_, list)| list.pop())
+        {
             self.pooled_bytes -= size;
             return bytes;
         }
@@ -208,7 +214,18 @@ impl PagePool {
     /// Pre-faults `n_pages` buffers of `size` bytes for later pages (beyond the pool's bound:
     /// the caller asked for them).
     pub fn reserve(&mut self, size: u64, n_pages: usize) {
-        let list = self.zeroed.entry(size).or_default();
+        let at = match self
+            .zeroed
+            .iter()
+            .position(|(reserved, _)| *reserved == size)
+        {
+            Some(at) => at,
+            None => {
+                self.zeroed.push((size, Vec::new()));
+                self.zeroed.len() - 1
+            }
+        };
+        let list = &mut self.zeroed[at].1;
         list.reserve(n_pages);
         for _ in 0..n_pages {
             let mut bytes = vec![0u8; size as usize];

@@ -68,6 +68,16 @@ pub(crate) fn append(crc: u32, data: &[u8]) -> u32 {
     !crc
 }
 
+/// The CRC-32C of the 4 bytes `word` followed by `data`: the word in one table step.
+pub(crate) fn append_after_word(word: [u8; 4], data: &[u8]) -> u32 {
+    let lo = !0u32 ^ u32::from_le_bytes(word);
+    let crc = TABLES[3][(lo & 0xff) as usize]
+        ^ TABLES[2][((lo >> 8) & 0xff) as usize]
+        ^ TABLES[1][((lo >> 16) & 0xff) as usize]
+        ^ TABLES[0][(lo >> 24) as usize];
+    append(!crc, data)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,6 +95,14 @@ mod tests {
                 append(append(0, head), tail),
                 crc32c::crc32c(whole),
                 "length {len} split at {split}"
+            );
+        }
+        for len in 0..100 {
+            let word = [data[0], data[1], data[2], data[3]];
+            assert_eq!(
+                append_after_word(word, &data[4..4 + len]),
+                crc32c::crc32c(&data[..4 + len]),
+                "a word and {len} bytes"
             );
         }
         // The standard check value.

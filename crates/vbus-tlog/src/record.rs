@@ -106,8 +106,7 @@ pub fn encode_with(
 
 /// CRC-32C of a frame (without its padding), skipping the CRC field itself.
 fn checksum(frame: &[u8]) -> u32 {
-    let crc = crate::crc::append(0, &frame[..4]);
-    crate::crc::append(crc, &frame[8..])
+    crate::crc::append_after_word([frame[0], frame[1], frame[2], frame[3]], &frame[8..])
 }
 
 /// Decodes the record at the start of `buf`; returns it and the bytes it takes (padding
