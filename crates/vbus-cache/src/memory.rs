@@ -9,7 +9,7 @@ use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use crate::policy::{Entries, GhostId, Policy, PolicyKind};
+use crate::policy::{Entries, GhostId, NO_MARK, Policy, PolicyKind};
 
 /// Set in a key-map value that is a ghost number, not a slot: S3-FIFO's ghosts live in the key
 /// map, so a returning key finds its ghost in the probe that found no entry, and an eviction
@@ -85,37 +85,18 @@ struct Entry<K, V> {
     mark: AtomicU32,
 }
 
-/// A slot of the entry slab.
-#[derive(Debug)]
-enum Slot<K, V> {
-    Free,
-    Live(Entry<K, V>),
-}
-
-/// A mark for slots that hold no entry (a policy never asks for one).
-static NO_MARK: AtomicU32 = AtomicU32::new(0);
-
-impl<K, V> Entries for [Slot<K, V>] {
+impl<K, V> Entries for [Option<Entry<K, V>>] {
     fn mark(&self, slot: u32) -> &AtomicU32 {
         match self.get(slot as usize) {
-            Some(Slot::Live(entry)) => &entry.mark,
+            Some(Some(entry)) => &entry.mark,
             _ => &NO_MARK,
         }
     }
 
     fn size_bytes(&self, slot: u32) -> u64 {
         self.get(slot as usize)
-            .and_then(Slot::live)
+            .and_then(Option::as_ref)
             .map_or(0, |entry| entry.size_bytes)
-    }
-}
-
-impl<K, V> Slot<K, V> {
-    fn live(&self) -> Option<&Entry<K, V>> {
-        match self {
-            Self::Live(entry) => Some(entry),
-            Self::Free => None,
-        }
     }
 }
 
@@ -134,7 +115,7 @@ struct ShardState<K, V> {
     /// Slots of the entry slab, found by the key's hash and compared by key; and S3-FIFO's
     /// ghosts (`GHOST | id`), found by the key's hash alone.
     slots_by_key: hashbrown::HashTable<u32>,
-    entries: Vec<Slot<K, V>>,
+    entries: Vec<Option<Entry<K, V>>>,
     /// Hit and miss counts: atomics, bumped under the shared lock.
     hits: AtomicU64,
     misses: AtomicU64,
@@ -209,7 +190,7 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
             if state.policy.access_shared(slot, &state.entries[..]) {
                 state.hits.fetch_add(1, Ordering::Relaxed);
                 return state.entries[slot as usize]
-                    .live()
+                    .as_ref()
                     .map(|entry| entry.value.clone());
             }
             slot
@@ -218,7 +199,7 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
         // slot still holding the key is enough: a slot holds one entry, found by its key.
         let mut state = shard.write();
         let still = state.entries[found as usize]
-            .live()
+            .as_ref()
             .is_some_and(|entry| entry.key == *key);
         let slot = if still {
             found
@@ -233,7 +214,7 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
         state.policy.access(slot, &state.entries[..]);
         state.hits.fetch_add(1, Ordering::Relaxed);
         state.entries[slot as usize]
-            .live()
+            .as_ref()
             .map(|entry| entry.value.clone())
     }
 
@@ -243,7 +224,7 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
         let state = shard.read();
         let slot = state.find(hash, key)?;
         state.entries[slot as usize]
-            .live()
+            .as_ref()
             .map(|entry| entry.value.clone())
     }
 
@@ -308,7 +289,7 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
         let existing = shard.find(hash, &key);
         if let Some(slot) = existing
             && shard.entries[slot as usize]
-                .live()
+                .as_ref()
                 .is_some_and(|entry| keep(&entry.value))
         {
             return Err(value);
@@ -319,7 +300,7 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
         let mut pinned = pinned;
         if let Some(slot) = existing {
             let old = shard.entries[slot as usize]
-                .live()
+                .as_ref()
                 .expect("mapped slots hold entries");
             pinned |= old.pinned;
             // Replacing in place must still fit once the old bytes are gone.
@@ -341,7 +322,7 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
                     &mut |slot| {
                         any_pinned
                             && entries[slot as usize]
-                                .live()
+                                .as_ref()
                                 .is_some_and(|entry| entry.pinned)
                     },
                     &entries[..],
@@ -367,11 +348,11 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
             // Slot numbers stay below the ghost flag.
             None if shard.entries.len() >= GHOST as usize => return Err(value),
             None => {
-                shard.entries.push(Slot::Free);
+                shard.entries.push(None);
                 (shard.entries.len() - 1) as u32
             }
         };
-        shard.entries[slot as usize] = Slot::Live(Entry {
+        shard.entries[slot as usize] = Some(Entry {
             key,
             value,
             size_bytes,
@@ -427,8 +408,8 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
             return false;
         };
         let shard = &mut *state;
-        let Slot::Live(entry) = &mut shard.entries[slot as usize] else {
-            unreachable!("find returns live slots");
+        let Some(entry) = &mut shard.entries[slot as usize] else {
+            unreachable!("find returns slots holding entries");
         };
         let was = std::mem::replace(&mut entry.pinned, pinned);
         match (was, pinned) {
@@ -472,7 +453,7 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
             .map(|shard| {
                 let shard = shard.read();
                 shard.slots_by_key.capacity() * (std::mem::size_of::<u32>() + 1)
-                    + shard.entries.capacity() * std::mem::size_of::<Slot<K, V>>()
+                    + shard.entries.capacity() * std::mem::size_of::<Option<Entry<K, V>>>()
                     + shard.free_slots.capacity() * std::mem::size_of::<u32>()
                     + shard.policy.index_bytes()
             })
@@ -504,7 +485,7 @@ impl<K: Hash + Eq, V> ShardState<K, V> {
             .find(hash, |&slot| {
                 slot & GHOST == 0
                     && self.entries[slot as usize]
-                        .live()
+                        .as_ref()
                         .is_some_and(|entry| entry.key == *key)
             })
             .copied()
@@ -528,7 +509,7 @@ impl<K: Hash + Eq, V> ShardState<K, V> {
         let except_pinned_bytes = self
             .entries
             .get(except as usize)
-            .and_then(Slot::live)
+            .and_then(Option::as_ref)
             .filter(|entry| entry.pinned)
             .map_or(0, |entry| entry.size_bytes);
         self.pinned_bytes - except_pinned_bytes + size_bytes <= self.capacity_bytes
@@ -545,7 +526,16 @@ impl<K: Hash + Eq, V> ShardState<K, V> {
     /// instead. The entry is taken before the map is searched (by slot number, not key), so the
     /// loads of its line and of the map's overlap instead of waiting on each other.
     fn take_slot(&mut self, slot: u32, hash: u64, ghost: Option<GhostId>) -> Entry<K, V> {
-        let entry = self.unaccount(slot, Slot::Free);
+        let entry = self.entries[slot as usize]
+            .take()
+            .expect("the slot holds an entry");
+        self.used_bytes -= entry.size_bytes;
+        self.stats.used_bytes = self.used_bytes;
+        self.stats.n_entries -= 1;
+        if entry.pinned {
+            self.stats.n_pinned -= 1;
+            self.pinned_bytes -= entry.size_bytes;
+        }
         let found = self.slots_by_key.find_entry(hash, |&other| other == slot);
         debug_assert!(
             found.is_ok(),
@@ -562,26 +552,11 @@ impl<K: Hash + Eq, V> ShardState<K, V> {
         self.free_slots.push(slot);
         entry
     }
-
-    /// Takes a slot's entry out of the accounting, leaving `instead` in the slot.
-    fn unaccount(&mut self, slot: u32, instead: Slot<K, V>) -> Entry<K, V> {
-        let Slot::Live(entry) = std::mem::replace(&mut self.entries[slot as usize], instead) else {
-            unreachable!("slot {slot} holds an entry");
-        };
-        self.used_bytes -= entry.size_bytes;
-        self.stats.used_bytes = self.used_bytes;
-        self.stats.n_entries -= 1;
-        if entry.pinned {
-            self.stats.n_pinned -= 1;
-            self.pinned_bytes -= entry.size_bytes;
-        }
-        entry
-    }
 }
 
 /// The hash a key-map value was stored under: its entry's key's, or its ghost's.
 fn map_hash<K: Hash, V>(
-    entries: &[Slot<K, V>],
+    entries: &[Option<Entry<K, V>>],
     hasher: &foldhash::fast::FixedState,
     policy: &Policy,
     value: u32,
@@ -591,7 +566,7 @@ fn map_hash<K: Hash, V>(
         policy.ghost_hash(value & !GHOST).unwrap_or(0)
     } else {
         entries[value as usize]
-            .live()
+            .as_ref()
             .map_or(0, |entry| hasher.hash_one(&entry.key))
     }
 }
@@ -666,7 +641,7 @@ mod tests {
     /// A small entry takes one half cache line.
     #[test]
     fn hits_match_the_replay_tier() {
-        assert_eq!(std::mem::size_of::<Slot<u64, u64>>(), 32);
+        assert_eq!(std::mem::size_of::<Option<Entry<u64, u64>>>(), 32);
         let mut zipf = crate::replay::Zipf::new(20_000, 1.0, 3);
         let stream: Vec<u64> = (0..200_000).map(|_| zipf.next_key()).collect();
         for kind in [PolicyKind::S3Fifo, PolicyKind::Sieve] {

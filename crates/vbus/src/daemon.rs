@@ -19,6 +19,7 @@ use serde_json::json;
 
 use crate::config::Config;
 use crate::home::{self, Home, Overwrite};
+use crate::sync::BusAgent;
 use crate::tiers::{self, Tiers};
 
 /// The daemon's shared state.
@@ -103,20 +104,8 @@ async fn serve(state: Arc<AppState>, listener: std::net::TcpListener) -> anyhow:
         "vbus {} started", env!("CARGO_PKG_VERSION")
     );
     tracing::info!("listening on http://{local_addr}");
-    let agent = {
-        let (bus, state) = (Arc::clone(&state.bus), Arc::clone(&state));
-        std::thread::Builder::new()
-            .name("vbus-bus-agent".to_owned())
-            .spawn(move || bus.run_agent(&state.tiers.cache))
-            .context("cannot start the BUS agent thread")?
-    };
-    let repositories = {
-        let (bus, state) = (Arc::clone(&state.bus), Arc::clone(&state));
-        std::thread::Builder::new()
-            .name("vbus-repositories".to_owned())
-            .spawn(move || bus.run_repositories(&state.tiers.cache))
-            .context("cannot start the repositories thread")?
-    };
+    let agent = spawn_bus_loop(&state, "vbus-bus-agent", BusAgent::run_agent)?;
+    let repositories = spawn_bus_loop(&state, "vbus-repositories", BusAgent::run_repositories)?;
     let checkpoints = tokio::spawn(checkpoint_periodically(Arc::clone(&state)));
     let snapshots = tokio::spawn(snapshot_metrics_periodically(Arc::clone(&state)));
     axum::serve(listener, router(Arc::clone(&state)))
@@ -126,11 +115,10 @@ async fn serve(state: Arc<AppState>, listener: std::net::TcpListener) -> anyhow:
     checkpoints.abort();
     snapshots.abort();
     state.bus.stop();
-    if agent.join().is_err() {
-        tracing::error!("the BUS agent thread panicked");
-    }
-    if repositories.join().is_err() {
-        tracing::error!("the repositories thread panicked");
+    for (thread, name) in [(agent, "the BUS agent"), (repositories, "the repositories")] {
+        if thread.join().is_err() {
+            tracing::error!("{name} thread panicked");
+        }
     }
     if let Some(bus) = &state.state_bus {
         let bus = Arc::clone(bus);
@@ -148,6 +136,20 @@ async fn serve(state: Arc<AppState>, listener: std::net::TcpListener) -> anyhow:
         .context("cannot write the write-back values to L3")?;
     tracing::info!(written_back = dirty, "stopped cleanly");
     Ok(())
+}
+
+/// Runs one of the BUS agent's loops (`run(&bus, &cache)`, until [`BusAgent::stop`]) on a thread
+/// named `name`.
+fn spawn_bus_loop(
+    state: &Arc<AppState>,
+    name: &str,
+    run: fn(&BusAgent, &vbus_cache::CacheManager),
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    let state = Arc::clone(state);
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || run(&state.bus, &state.tiers.cache))
+        .with_context(|| format!("cannot start the {name} thread"))
 }
 
 /// Checkpoints the state bus every `state.checkpoint_interval_seconds` (0: never).

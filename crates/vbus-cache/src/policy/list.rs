@@ -167,15 +167,15 @@ impl SlotList {
         true
     }
 
-    /// Moves a linked slot to the head (the head itself is pushed there again: its age
-    /// restarts); returns its new stamp.
-    pub fn move_to_head(&mut self, slot: u32) -> u32 {
-        if self.head != slot && self.unlink(slot) {
-            return self.push_head(slot);
+    /// Moves `slot` to the head (the head itself is pushed there again: its age restarts);
+    /// returns its new stamp, or `None` (and changes nothing) when it is not linked.
+    pub fn move_to_head(&mut self, slot: u32) -> Option<u32> {
+        if self.head == slot && slot != NIL {
+            let stamp = self.clock;
+            self.clock = self.clock.wrapping_add(1);
+            return Some(stamp);
         }
-        let stamp = self.clock;
-        self.clock = self.clock.wrapping_add(1);
-        stamp
+        self.unlink(slot).then(|| self.push_head(slot))
     }
 
     /// Slots from tail to head.
@@ -197,7 +197,13 @@ mod tests {
             list.push_head(slot);
         }
         assert_eq!(list.iter_from_tail().collect::<Vec<_>>(), [3, 1, 7]);
-        list.move_to_head(3);
+        assert_eq!(list.move_to_head(3), Some(3), "the fourth push");
+        assert_eq!(list.move_to_head(9), None, "never linked");
+        assert_eq!(
+            list.move_to_head(3),
+            Some(4),
+            "the head is re-stamped; the refused move took no stamp"
+        );
         assert_eq!(list.iter_from_tail().collect::<Vec<_>>(), [1, 7, 3]);
         assert!(list.unlink(7));
         assert!(!list.unlink(7));

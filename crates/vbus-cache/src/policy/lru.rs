@@ -42,8 +42,7 @@ impl Lru {
 
     /// A hit that moves `slot` to the head.
     pub(crate) fn access<E: Entries + ?Sized>(&mut self, slot: u32, entries: &E) {
-        if self.list.contains(slot) {
-            let stamp = self.list.move_to_head(slot);
+        if let Some(stamp) = self.list.move_to_head(slot) {
             entries.mark(slot).store(stamp, Ordering::Relaxed);
         }
     }
@@ -62,8 +61,9 @@ impl Lru {
         for _ in 0..self.list.len() {
             let slot = self.list.tail()?;
             if keep(slot) {
-                let stamp = self.list.move_to_head(slot);
-                entries.mark(slot).store(stamp, Ordering::Relaxed);
+                if let Some(stamp) = self.list.move_to_head(slot) {
+                    entries.mark(slot).store(stamp, Ordering::Relaxed);
+                }
                 continue;
             }
             self.list.unlink(slot);

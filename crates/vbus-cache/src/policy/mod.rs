@@ -55,8 +55,9 @@ impl SlotTable {
     }
 }
 
-/// A mark for slots never given a size (a policy never asks for one).
-static NO_MARK: AtomicU32 = AtomicU32::new(0);
+/// The mark of a slot that holds no entry (a policy never asks for one; callers' [`Entries`]
+/// hand it out rather than panic).
+pub(crate) static NO_MARK: AtomicU32 = AtomicU32::new(0);
 
 impl Entries for SlotTable {
     fn mark(&self, slot: u32) -> &AtomicU32 {

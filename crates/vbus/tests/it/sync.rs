@@ -457,6 +457,25 @@ fn peer_routes_need_the_cluster_token_and_a_daemon_alone_still_syncs() {
 }
 
 /// Sets `bus_config.KEY` in `home`'s config.
+/// Names the local-directory repositories the daemon keeps coherent.
+fn set_repositories(home: &Path, repos: &[PathBuf]) {
+    let paths: Vec<String> = repos.iter().map(|r| r.display().to_string()).collect();
+    set_bus_key(home, "repositories", Json::from(paths));
+}
+
+/// Whether `path` holds exactly `want`.
+fn holds(path: &Path, want: &[u8]) -> bool {
+    std::fs::read(path).is_ok_and(|got| got == want)
+}
+
+/// The stages in `BUS/INTERCONNECT/{dataset}` of an agent's home.
+fn staged(home: &Path, dataset: &str) -> Vec<std::ffi::OsString> {
+    std::fs::read_dir(home.join("BUS/INTERCONNECT").join(dataset))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .collect()
+}
+
 fn set_bus_key(home: &Path, key: &str, value: Json) {
     let config_path = home.join("CONFIG/vbus_config.json");
     let mut config: Json =
@@ -966,11 +985,8 @@ fn a_pull_serves_pieces_in_flight_and_resumes_after_a_kill() {
     agent.signal(Signal::KILL);
     let _ = agent.wait();
     let _ = pulling.join();
-    let staged: Vec<_> = std::fs::read_dir(home.join("BUS/INTERCONNECT/ds"))
-        .unwrap()
-        .map(|entry| entry.unwrap().file_name())
-        .collect();
-    assert_eq!(staged.len(), 1, "{staged:?}");
+    let stages = staged(&home, "ds");
+    assert_eq!(stages.len(), 1, "{stages:?}");
 
     // Restarted without the limit: the pull resumes and fetches only what was missing.
     set_bus_key(&home, "download_bytes_per_second", Json::from(0));
@@ -984,10 +1000,7 @@ fn a_pull_serves_pieces_in_flight_and_resumes_after_a_kill() {
     );
     assert_eq!(as_u64(&report, "files_fetched"), 1, "{report}");
     assert_holds(&home, "ds", &files);
-    let left: Vec<_> = std::fs::read_dir(home.join("BUS/INTERCONNECT/ds"))
-        .unwrap()
-        .map(|entry| entry.unwrap().file_name())
-        .collect();
+    let left = staged(&home, "ds");
     assert!(
         left.is_empty(),
         "the stage is gone once published: {left:?}"
@@ -1008,47 +1021,37 @@ fn local_repositories_are_kept_coherent_with_the_master() {
     set_bus_key(&home, "tracker", Json::String(String::new()));
     set_bus_key(&home, "sync_interval_seconds", Json::from(1));
     let repos = [dir.path().join("repo1"), dir.path().join("repo2")];
-    set_bus_key(
-        &home,
-        "repositories",
-        Json::from(
-            repos
-                .iter()
-                .map(|r| r.display().to_string())
-                .collect::<Vec<_>>(),
-        ),
-    );
+    set_repositories(&home, &repos);
     let agent = Daemon::start(&home);
-    let same = |path: &Path, want: &[u8]| std::fs::read(path).is_ok_and(|got| got == want);
     let limit = Duration::from_secs(10);
 
     // The master is mirrored into both.
     let b = std::fs::read(master.join("ds/sub/b.bin")).unwrap();
     for repo in &repos {
         wait_until(limit, "the master mirrored", || {
-            same(&repo.join("ds/a.txt"), b"a from the master")
-                && same(&repo.join("ds/sub/b.bin"), &b)
+            holds(&repo.join("ds/a.txt"), b"a from the master")
+                && holds(&repo.join("ds/sub/b.bin"), &b)
         });
     }
 
     // A change in repo1 reaches the master and repo2.
     std::fs::write(repos[0].join("ds/a.txt"), b"a as repo1 wrote it").unwrap();
     wait_until(limit, "repo1's change everywhere", || {
-        same(&master.join("ds/a.txt"), b"a as repo1 wrote it")
-            && same(&repos[1].join("ds/a.txt"), b"a as repo1 wrote it")
+        holds(&master.join("ds/a.txt"), b"a as repo1 wrote it")
+            && holds(&repos[1].join("ds/a.txt"), b"a as repo1 wrote it")
     });
     // A new file in repo2 too.
     std::fs::create_dir_all(repos[1].join("other")).unwrap();
     std::fs::write(repos[1].join("other/new.txt"), b"new in repo2").unwrap();
     wait_until(limit, "repo2's new file everywhere", || {
-        same(&master.join("other/new.txt"), b"new in repo2")
-            && same(&repos[0].join("other/new.txt"), b"new in repo2")
+        holds(&master.join("other/new.txt"), b"new in repo2")
+            && holds(&repos[0].join("other/new.txt"), b"new in repo2")
     });
     // A change at the master reaches both.
     std::fs::write(master.join("ds/sub/b.bin"), b"b rewritten at the master").unwrap();
     for repo in &repos {
         wait_until(limit, "the master's change in the repositories", || {
-            same(&repo.join("ds/sub/b.bin"), b"b rewritten at the master")
+            holds(&repo.join("ds/sub/b.bin"), b"b rewritten at the master")
         });
     }
 
@@ -1076,7 +1079,7 @@ fn local_repositories_are_kept_coherent_with_the_master() {
     // Stable: another round changes nothing.
     std::thread::sleep(Duration::from_millis(2500));
     for copy in &copies {
-        assert!(same(copy, &agreed), "{} moved", copy.display());
+        assert!(holds(copy, &agreed), "{} moved", copy.display());
     }
     let (status, body) = http_raw(&agent.addr, "GET", "/v1/sync/status", &[], &[]);
     assert_eq!(status, 200);
@@ -1105,16 +1108,11 @@ fn a_clustered_agents_repository_takes_part_in_coherence() {
             home
         })
         .collect();
-    set_bus_key(
-        &homes[0],
-        "repositories",
-        Json::from(vec![repo.display().to_string()]),
-    );
+    set_repositories(&homes[0], std::slice::from_ref(&repo));
     let agents: Vec<Daemon> = homes.iter().map(|home| Daemon::start(home)).collect();
-    let same = |path: &Path, want: &[u8]| std::fs::read(path).is_ok_and(|got| got == want);
     let limit = Duration::from_secs(10);
     wait_until(limit, "the master mirrored", || {
-        same(&repo.join("ds/f.txt"), b"f from the master")
+        holds(&repo.join("ds/f.txt"), b"f from the master")
     });
 
     // Written in a's repository: ordered at the directory, read on b.
@@ -1130,7 +1128,7 @@ fn a_clustered_agents_repository_takes_part_in_coherence() {
     let (status, put) = put_object(&agents[1].addr, "ds/f.txt", b"f as b wrote it");
     assert_eq!(status, 201, "{put}");
     wait_until(limit, "b's write in a's repository and the master", || {
-        same(&repo.join("ds/f.txt"), b"f as b wrote it")
-            && same(&master.join("ds/f.txt"), b"f as b wrote it")
+        holds(&repo.join("ds/f.txt"), b"f as b wrote it")
+            && holds(&master.join("ds/f.txt"), b"f as b wrote it")
     });
 }
