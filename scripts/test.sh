@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Runs every VBUS test: unit and end-to-end tests of each crate on the simulated device, then the
-# vbus-gpu tests again on the CUDA backend through the fake driver (crates/vbus-fake-cuda, loaded
-# by cudarc as libcuda.so). Needs only a Rust toolchain (cargo); cargo builds everything else,
-# including the real S3-compatible server the BUS tests run against (s3s-fs, from crates.io, into
-# target/tools the first time).
+# vbus-gpu tests, the cache's L1 tests and the state bus's GPU-page tests again on the CUDA backend
+# through the fake driver (crates/vbus-fake-cuda, loaded by cudarc as libcuda.so). Needs only a
+# Rust toolchain (cargo); cargo builds everything else, including the real S3-compatible server the
+# BUS tests run against (s3s-fs, from crates.io, into target/tools the first time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v cargo >/dev/null 2>&1; then
@@ -23,11 +23,13 @@ export VBUS_TEST_S3S_FS
 echo "== all crates (L1 on the simulated device)"
 cargo test --workspace --locked "$@"
 
-echo "== vbus-gpu on the CUDA backend, through the fake driver"
+echo "== vbus-gpu, then L1 of the cache and GPU pages of the state bus, on the CUDA backend through the fake driver"
 cargo build -p vbus-fake-cuda --locked
 fake_dir="$target_dir/fake-cuda"
 mkdir -p "$fake_dir"
 ln -sf "$(cd "$target_dir/debug" && pwd)/libvbus_fake_cuda.so" "$fake_dir/libcuda.so"
-LD_LIBRARY_PATH="$(cd "$fake_dir" && pwd)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
-  VBUS_GPU_TEST_BACKEND=cuda \
-  cargo test -p vbus-gpu --locked "$@"
+export LD_LIBRARY_PATH="$(cd "$fake_dir" && pwd)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export VBUS_GPU_TEST_BACKEND=cuda
+cargo test -p vbus-gpu --locked "$@"
+cargo test -p vbus-cache --test it --locked "$@" -- l1:: stress::
+cargo test -p vbus-state --test it --locked "$@" -- gpu

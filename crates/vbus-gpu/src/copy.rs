@@ -26,6 +26,10 @@ const STAGING_SLOTS: usize = 4;
 const FILE_SLOTS: usize = 8;
 /// Reader threads of a file load, at most.
 const FILE_READERS_MAX: usize = 4;
+/// The staging pool: the ring and one file load's slots.
+pub(crate) const STAGING_POOL_BYTES: u64 = (STAGING_SLOTS + FILE_SLOTS) as u64 * STAGING_SLOT_BYTES;
+/// The staging pool's chunks: four slots each, so the ring takes one chunk.
+pub(crate) const STAGING_CHUNK_BYTES: u64 = 4 * STAGING_SLOT_BYTES;
 /// Page-locked copies are queued in pieces of this size.
 const PINNED_PIECE_BYTES: u64 = 64 << 20;
 
@@ -200,6 +204,12 @@ impl Device {
         if len == 0 {
             return Ok(dst);
         }
+        // One load at a time: each reads as fast as the disk gives, and the slots stay bounded.
+        let _one_load = self
+            .inner
+            .file_load
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let n_pieces = len.div_ceil(STAGING_SLOT_BYTES);
         let n_readers = std::thread::available_parallelism()
             .map_or(2, usize::from)
@@ -208,10 +218,16 @@ impl Device {
         let n_slots = FILE_SLOTS
             .min(n_pieces as usize + n_readers)
             .max(n_readers + 1);
-        let slots: Vec<crate::HostBuffer> = (0..n_slots)
-            .map(|_| self.alloc_host(STAGING_SLOT_BYTES))
-            .collect::<Result<_>>()?;
-        let slot_addresses: Vec<u64> = slots.iter().map(|slot| slot.allocation.address).collect();
+        let mut slots = StagingSlots {
+            pool: &self.inner.staging_pool,
+            slots: Vec::with_capacity(n_slots),
+        };
+        for _ in 0..n_slots {
+            slots
+                .slots
+                .push(self.inner.staging_pool.alloc(STAGING_SLOT_BYTES)?);
+        }
+        let slot_addresses: Vec<u64> = slots.slots.iter().map(|slot| slot.address).collect();
         let slot_addresses = &slot_addresses;
         let dst_address = dst.allocation.address;
         let next_piece = AtomicU64::new(0);
@@ -418,12 +434,12 @@ impl Device {
         Ok(())
     }
 
-    /// The staging ring, its slots allocated from the host pool on first use.
+    /// The staging ring, its slots allocated from the staging pool on first use.
     fn staging(&self) -> Result<std::sync::MutexGuard<'_, Staging>> {
         let mut staging = self.inner.staging.lock().unwrap_or_else(|p| p.into_inner());
         if staging.slots.is_empty() {
             for _ in 0..STAGING_SLOTS {
-                let slot = self.inner.host.alloc(STAGING_SLOT_BYTES)?;
+                let slot = self.inner.staging_pool.alloc(STAGING_SLOT_BYTES)?;
                 staging.slots.push(slot);
                 staging.events.push(None);
             }
@@ -437,7 +453,21 @@ impl Drop for crate::device::DeviceInner {
         let staging = self.staging.get_mut().unwrap_or_else(|p| p.into_inner());
         staging.events.clear();
         for slot in staging.slots.drain(..) {
-            self.host.free(slot);
+            self.staging_pool.free(slot);
+        }
+    }
+}
+
+/// A file load's slots, given back to the staging pool when dropped.
+struct StagingSlots<'a> {
+    pool: &'a crate::pool::Pool,
+    slots: Vec<Allocation>,
+}
+
+impl Drop for StagingSlots<'_> {
+    fn drop(&mut self) {
+        for slot in self.slots.drain(..) {
+            self.pool.free(slot);
         }
     }
 }

@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::copy::Staging;
+use crate::copy::{STAGING_CHUNK_BYTES, STAGING_POOL_BYTES, Staging};
 use crate::cuda::CudaContext;
 use crate::pool::{Allocation, CudaDeviceSource, CudaHostSource, HeapSource, Pool, PoolStats};
 use crate::{Error, Result, driver_present};
@@ -18,6 +18,22 @@ pub enum BackendChoice {
     Cuda,
     /// Host memory behind the same API and accounting.
     Simulated,
+}
+
+impl std::str::FromStr for BackendChoice {
+    type Err = String;
+
+    /// `auto`, `cuda` or `simulated`, as the configuration's `gpu.backend` spells them.
+    fn from_str(name: &str) -> std::result::Result<Self, String> {
+        match name {
+            "auto" => Ok(Self::Auto),
+            "cuda" => Ok(Self::Cuda),
+            "simulated" => Ok(Self::Simulated),
+            other => Err(format!(
+                "unknown GPU backend {other:?}: use auto, cuda or simulated"
+            )),
+        }
+    }
 }
 
 /// Which backend a [`Device`] runs on.
@@ -78,6 +94,9 @@ pub struct DeviceStats {
     pub vram: PoolStats,
     /// The page-locked host pool (heap memory on the simulated device).
     pub host: PoolStats,
+    /// The copy engine's own page-locked slots (pageable copies and file loads), outside the host
+    /// pool's capacity, so a full host pool never stops a copy.
+    pub staging: PoolStats,
 }
 
 pub(crate) enum Backend {
@@ -90,7 +109,12 @@ pub(crate) struct DeviceInner {
     pub backend: Backend,
     pub vram: Pool,
     pub host: Pool,
+    /// Where the staging ring's and the file loads' slots come from: at most
+    /// [`crate::copy::STAGING_POOL_BYTES`], apart from the host pool.
+    pub staging_pool: Pool,
     pub staging: Mutex<Staging>,
+    /// Held by a file load: one at a time keeps the staging pool's bound.
+    pub file_load: Mutex<()>,
 }
 
 /// One GPU, or the simulated device. Cheap to clone.
@@ -123,7 +147,7 @@ impl Device {
                 driver_present() && crate::discover().devices.len() > options.device_idx
             }
         };
-        let (backend, vram, host) = if use_cuda {
+        let (backend, vram, host, staging_pool) = if use_cuda {
             let context = CudaContext::get(options.device_idx)?;
             let vram = Pool::new(
                 "VRAM",
@@ -142,7 +166,15 @@ impl Device {
                 options.host_capacity_bytes,
                 options.chunk_bytes,
             );
-            (Backend::Cuda(context), vram, host)
+            let staging_pool = Pool::new(
+                "page-locked staging memory",
+                Box::new(CudaHostSource {
+                    context: Arc::clone(&context),
+                }),
+                STAGING_POOL_BYTES,
+                STAGING_CHUNK_BYTES,
+            );
+            (Backend::Cuda(context), vram, host, staging_pool)
         } else {
             let vram = Pool::new(
                 "VRAM (simulated)",
@@ -156,14 +188,22 @@ impl Device {
                 options.host_capacity_bytes,
                 options.chunk_bytes,
             );
-            (Backend::Simulated, vram, host)
+            let staging_pool = Pool::new(
+                "staging memory",
+                Box::new(HeapSource::new(STAGING_POOL_BYTES)),
+                STAGING_POOL_BYTES,
+                STAGING_CHUNK_BYTES,
+            );
+            (Backend::Simulated, vram, host, staging_pool)
         };
         let inner = DeviceInner {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             backend,
             vram,
             host,
+            staging_pool,
             staging: Mutex::new(Staging::default()),
+            file_load: Mutex::new(()),
         };
         let device = Self {
             inner: Arc::new(inner),
@@ -205,7 +245,7 @@ impl Device {
 
     /// Gives empty pool chunks back to the driver; returns the bytes released.
     pub fn trim(&self) -> u64 {
-        self.inner.vram.trim() + self.inner.host.trim()
+        self.inner.vram.trim() + self.inner.host.trim() + self.inner.staging_pool.trim()
     }
 
     /// Pool figures.
@@ -214,6 +254,7 @@ impl Device {
             backend: self.kind(),
             vram: self.inner.vram.stats(),
             host: self.inner.host.stats(),
+            staging: self.inner.staging_pool.stats(),
         }
     }
 

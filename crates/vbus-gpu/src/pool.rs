@@ -153,8 +153,9 @@ impl Pool {
             .chunk_bytes
             .max(aligned_len.next_multiple_of(CHUNK_ALIGN_BYTES))
             .min(
-                self.capacity_bytes.saturating_sub(state.reserved_bytes) / CHUNK_ALIGN_BYTES
-                    * CHUNK_ALIGN_BYTES,
+                // The last chunk takes what the capacity has left, whole 2 MiB or not.
+                self.capacity_bytes.saturating_sub(state.reserved_bytes) / ALIGN_BYTES
+                    * ALIGN_BYTES,
             );
         let available = self.source.available_bytes().unwrap_or(u64::MAX);
         if chunk_bytes < aligned_len || chunk_bytes > available {

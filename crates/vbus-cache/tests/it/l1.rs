@@ -1,11 +1,11 @@
-//! L1 on the simulated device (the same code runs on CUDA through `vbus-gpu`).
+//! L1 on the device `VBUS_GPU_TEST_BACKEND` names (the simulated device by default).
 
 use vbus_cache::{CacheManager, Error};
-use vbus_gpu::{BackendChoice, Device, DeviceOptions};
+use vbus_gpu::{Device, DeviceOptions};
 
 fn device() -> Device {
     Device::open(&DeviceOptions {
-        backend: BackendChoice::Simulated,
+        backend: crate::test_backend(),
         capacity_bytes: 64 << 20,
         host_capacity_bytes: 64 << 20,
         chunk_bytes: 8 << 20,

@@ -49,7 +49,7 @@ fn storm(write_mode: WriteMode) {
         Err(_) => tempfile::tempdir().unwrap(),
     };
     let device = vbus_gpu::Device::open(&vbus_gpu::DeviceOptions {
-        backend: vbus_gpu::BackendChoice::Simulated,
+        backend: crate::test_backend(),
         capacity_bytes: 16 << 20,
         host_capacity_bytes: 16 << 20,
         chunk_bytes: 4 << 20,

@@ -158,8 +158,12 @@ fn a_load_that_fails_part_way_returns_everything() {
     );
     let stats = device.stats();
     assert_eq!(
-        (stats.vram.allocated_bytes, stats.host.allocated_bytes),
-        (0, 0)
+        (
+            stats.vram.allocated_bytes,
+            stats.host.allocated_bytes,
+            stats.staging.allocated_bytes
+        ),
+        (0, 0, 0)
     );
     // The device still works.
     let mut buffer = device.alloc(3).unwrap();

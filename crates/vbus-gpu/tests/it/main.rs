@@ -10,11 +10,10 @@ use vbus_gpu::{BackendChoice, BackendKind, Device, DeviceOptions};
 
 /// The backend under test.
 pub fn backend() -> BackendChoice {
-    match std::env::var("VBUS_GPU_TEST_BACKEND").as_deref() {
-        Ok("cuda") => BackendChoice::Cuda,
-        Ok("simulated") | Err(_) => BackendChoice::Simulated,
-        Ok(other) => panic!("VBUS_GPU_TEST_BACKEND={other:?}; use cuda or simulated"),
-    }
+    std::env::var("VBUS_GPU_TEST_BACKEND").map_or(BackendChoice::Simulated, |name| {
+        name.parse()
+            .unwrap_or_else(|error| panic!("VBUS_GPU_TEST_BACKEND: {error}"))
+    })
 }
 
 /// A device of the backend under test with the given VRAM and host capacities.

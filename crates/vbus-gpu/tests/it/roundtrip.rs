@@ -100,3 +100,39 @@ fn partial_ranges_land_where_asked() {
     assert_eq!(&middle[50..150], &[2u8; 100]);
     assert_eq!(&middle[150..], &[1u8; 150]);
 }
+
+/// The staging ring and a file load's slots come from the copy engine's own pool, so a host pool
+/// far smaller than them (or full) never stops a pageable copy or a load.
+#[test]
+fn a_small_host_pool_never_stops_a_copy() {
+    let device = device(256 << 20, 1 << 20);
+    let _full_host_pool = device.alloc_host(1 << 20).unwrap();
+    let len = (40 << 20) + 5;
+    let bytes = random_bytes(len, 7);
+    let mut on_device = device.alloc(len as u64).unwrap();
+    device.upload(&bytes, &mut on_device, 0).unwrap();
+    let mut back = vec![0u8; len];
+    device.download(&on_device, 0, &mut back).unwrap();
+    assert_same(&back, &bytes, "pageable, host pool full");
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    file.write_all(&bytes).unwrap();
+    file.flush().unwrap();
+    // Two loads at once share the staging pool by taking turns.
+    std::thread::scope(|scope| {
+        for _ in 0..2 {
+            scope.spawn(|| {
+                let loaded = device.load_file(file.path()).unwrap();
+                let mut back = vec![0u8; len];
+                device.download(&loaded, 0, &mut back).unwrap();
+                assert_same(&back, &bytes, "file to device, host pool full");
+            });
+        }
+    });
+    let stats = device.stats();
+    assert_eq!(
+        stats.host.allocated_bytes,
+        1 << 20,
+        "only the test's buffer"
+    );
+    assert!(stats.staging.allocated_bytes <= 4 * vbus_gpu::STAGING_SLOT_BYTES);
+}

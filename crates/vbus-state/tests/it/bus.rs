@@ -178,7 +178,7 @@ fn edges_propagate_in_order_and_cycles_are_refused() {
 fn gpu_pages_keep_their_bytes_on_the_device() {
     let dir = tempfile::tempdir().unwrap();
     let device = vbus_gpu::Device::open(&vbus_gpu::DeviceOptions {
-        backend: vbus_gpu::BackendChoice::Simulated,
+        backend: crate::test_backend(),
         capacity_bytes: 16 << 20,
         host_capacity_bytes: 16 << 20,
         chunk_bytes: 4 << 20,
