@@ -30,6 +30,10 @@ const FILE_READERS_MAX: usize = 4;
 pub(crate) const STAGING_POOL_BYTES: u64 = (STAGING_SLOTS + FILE_SLOTS) as u64 * STAGING_SLOT_BYTES;
 /// The staging pool's chunks: four slots each, so the ring takes one chunk.
 pub(crate) const STAGING_CHUNK_BYTES: u64 = 4 * STAGING_SLOT_BYTES;
+/// Threads that copy between pageable memory and a staging slot, at most.
+const COPY_THREADS_MAX: usize = 4;
+/// Copies smaller than this use one thread.
+const PARALLEL_COPY_MIN_BYTES: usize = 1 << 20;
 /// Page-locked copies are queued in pieces of this size.
 const PINNED_PIECE_BYTES: u64 = 64 << 20;
 
@@ -364,7 +368,7 @@ impl Device {
             let slot = unsafe {
                 std::slice::from_raw_parts_mut(slots[slot_idx].address as *mut u8, piece as usize)
             };
-            slot.copy_from_slice(&src[start..end]);
+            parallel_copy(slot, &src[start..end]);
             // SAFETY: the slot is not touched again until its event completes; the device range
             // lies in the destination buffer, mutably borrowed by the caller until we return.
             unsafe {
@@ -403,7 +407,10 @@ impl Device {
             let slot = unsafe {
                 std::slice::from_raw_parts(slots[slot_idx].address as *const u8, piece as usize)
             };
-            dst[piece_offset as usize..(piece_offset + piece) as usize].copy_from_slice(slot);
+            parallel_copy(
+                &mut dst[piece_offset as usize..(piece_offset + piece) as usize],
+                slot,
+            );
             Ok(())
         };
         for (piece_idx, (piece_offset, piece)) in
@@ -477,6 +484,41 @@ impl Drop for StagingSlots<'_> {
 fn settle(context: &CudaContext, lane: Lane, queued: Result<()>) -> Result<()> {
     let synchronized = context.synchronize(lane);
     queued.and(synchronized)
+}
+
+/// Copies `src` into `dst` (of the same length) on up to [`COPY_THREADS_MAX`] threads. One core's
+/// `memcpy` moves 5 to 10 GB/s, far below what a page-locked transfer does (55 GB/s on the lent
+/// H100), so a staged copy with one copying thread runs at the core's speed.
+fn parallel_copy(dst: &mut [u8], src: &[u8]) {
+    static N_THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let n_threads = *N_THREADS.get_or_init(|| {
+        std::thread::available_parallelism().map_or(1, |n| n.get().min(COPY_THREADS_MAX))
+    });
+    if n_threads <= 1 || src.len() < PARALLEL_COPY_MIN_BYTES {
+        dst.copy_from_slice(src);
+        return;
+    }
+    let part_bytes = src.len().div_ceil(n_threads).next_multiple_of(4096);
+    let mut refused = false;
+    std::thread::scope(|scope| {
+        let mut parts = dst.chunks_mut(part_bytes).zip(src.chunks(part_bytes));
+        let first = parts.next();
+        for (dst_part, src_part) in parts {
+            let spawned = std::thread::Builder::new()
+                .spawn_scoped(scope, move || dst_part.copy_from_slice(src_part));
+            if spawned.is_err() {
+                refused = true;
+                break;
+            }
+        }
+        if let Some((dst_part, src_part)) = first {
+            dst_part.copy_from_slice(src_part);
+        }
+    });
+    // The OS refused a thread: its part (and those after it) were never copied.
+    if refused {
+        dst.copy_from_slice(src);
+    }
 }
 
 /// `(offset, len)` pieces of at most `piece_bytes` covering `0..len`.

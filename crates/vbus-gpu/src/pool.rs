@@ -264,9 +264,11 @@ impl Pool {
             what: self.what,
             requested_bytes: len,
             allocated_bytes: state.allocated_bytes,
-            capacity_bytes: self
-                .capacity_bytes
-                .min(state.reserved_bytes + self.source.available_bytes().unwrap_or(u64::MAX)),
+            capacity_bytes: self.capacity_bytes.min(
+                state
+                    .reserved_bytes
+                    .saturating_add(self.source.available_bytes().unwrap_or(u64::MAX)),
+            ),
         }
     }
 }

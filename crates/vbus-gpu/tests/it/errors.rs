@@ -144,6 +144,23 @@ fn a_failed_allocation_is_a_clean_error() {
     }
 }
 
+/// Running out of the page-locked pool names it and its capacity (a driver-backed host pool has no
+/// "available" figure of its own, which once overflowed the sum).
+#[test]
+fn running_out_of_host_memory_names_the_capacity() {
+    let device = device(8 << 20, 6 << 20);
+    let _held = device.alloc_host(4 << 20).unwrap();
+    let err = device.alloc_host(3 << 20).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::OutOfMemory { requested_bytes, allocated_bytes, capacity_bytes, .. }
+                if (requested_bytes, allocated_bytes, capacity_bytes) == (3 << 20, 4 << 20, 6 << 20)
+        ),
+        "{err}"
+    );
+}
+
 /// A read that fails part-way through a load (a directory opens, then refuses `read`) is an
 /// error naming the path; everything in flight is waited for and every buffer returned.
 #[test]
