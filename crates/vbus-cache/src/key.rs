@@ -54,18 +54,48 @@ impl fmt::Display for CacheKey {
     }
 }
 
+/// A value's bytes: on the heap, or in page-locked memory of a CUDA L1 device, from which a
+/// promotion to the device is one DMA transfer rather than a copy staged through the driver.
+pub(crate) enum ValueBytes {
+    Heap(Vec<u8>),
+    PageLocked(vbus_gpu::HostBuffer),
+}
+
+impl std::ops::Deref for ValueBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Self::Heap(bytes) => bytes,
+            Self::PageLocked(buffer) => buffer,
+        }
+    }
+}
+
+impl AsMut<[u8]> for ValueBytes {
+    fn as_mut(&mut self) -> &mut [u8] {
+        match self {
+            Self::Heap(bytes) => bytes,
+            Self::PageLocked(buffer) => buffer,
+        }
+    }
+}
+
 /// An immutable value: its bytes and the version the put (or the load) gave it. Cheap to clone;
 /// a handle stays valid after a newer put of the same key.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct Value {
-    /// A `Vec` behind the `Arc`, so a value read from disk or the device is taken over without a
-    /// copy (`Arc<[u8]>` from a `Vec` would copy it).
-    bytes: Arc<Vec<u8>>,
+    /// Taken over without a copy from a read of the disk or the device.
+    bytes: Arc<ValueBytes>,
     version: u64,
 }
 
 impl Value {
     pub(crate) fn new(bytes: Vec<u8>, version: u64) -> Self {
+        Self::from_bytes(ValueBytes::Heap(bytes), version)
+    }
+
+    pub(crate) fn from_bytes(bytes: ValueBytes, version: u64) -> Self {
         Self {
             bytes: Arc::new(bytes),
             version,
@@ -90,6 +120,31 @@ impl Value {
     /// True for an empty value.
     pub fn is_empty(&self) -> bool {
         self.bytes.is_empty()
+    }
+
+    /// True when the bytes are in page-locked memory of the L1 device (a CUDA L1 puts large
+    /// values there), so copies to and from the device need no staging.
+    pub fn is_page_locked(&self) -> bool {
+        matches!(*self.bytes, ValueBytes::PageLocked(_))
+    }
+}
+
+impl PartialEq for Value {
+    /// Same version and same bytes, wherever they live.
+    fn eq(&self, other: &Self) -> bool {
+        self.version == other.version && self.bytes() == other.bytes()
+    }
+}
+
+impl Eq for Value {}
+
+impl std::fmt::Debug for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Value")
+            .field("version", &self.version)
+            .field("len", &self.len())
+            .field("page_locked", &self.is_page_locked())
+            .finish()
     }
 }
 

@@ -19,7 +19,10 @@ mod source;
 
 pub use error::{Error, Result};
 pub use key::{CacheKey, DEFAULT_DATASET, Value};
-pub use manager::{CacheBuilder, CacheManager, CacheStats, DeviceValue, Found, Listed, WriteMode};
+pub use manager::{
+    CacheBuilder, CacheManager, CacheStats, DeviceValue, Found, Listed, PAGE_LOCKED_MIN_BYTES,
+    WriteMode,
+};
 pub use memory::{Inserted, MemoryTier, TierStats};
 pub use policy::{Entries, GhostId, GhostMap, Policy, PolicyKind, SlotTable};
 pub use source::{DirSource, Source};

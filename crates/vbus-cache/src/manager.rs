@@ -9,6 +9,10 @@
 //! a miss; L1 victims go back to L2 when it lacks them. Concurrent gets of one missing key load it
 //! once.
 //!
+//! With a CUDA device for L1, values of [`PAGE_LOCKED_MIN_BYTES`] or more are kept in the device's
+//! page-locked host pool (as they are read from L3 or the device, or copied at a put), so L2 ↔ L1
+//! moves are single DMA transfers; when the pool is full a value lives on the heap instead.
+//!
 //! Nothing is dropped while it is the only copy: a value is in L3, or it is dirty, and a dirty
 //! value stays in its key's stripe map (readable) until L3 holds it, whatever L2 evicts. L3 evicts
 //! only values it loaded from the source (which can fetch them again), never a put's value, never
@@ -22,6 +26,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak, mpsc};
 
 use vbus_store::{EvictionHook, FileStore};
 
+use crate::key::ValueBytes;
 use crate::memory::{Inserted, MemoryTier, TierStats};
 use crate::policy::PolicyKind;
 use crate::{CacheKey, Error, Result, Source, Value};
@@ -32,6 +37,9 @@ const N_STRIPES: usize = 64;
 const SHARED_LOAD_ATTEMPTS_MAX: usize = 4;
 /// Prefetch requests waiting at most; more are dropped (and counted).
 const PREFETCH_QUEUE_MAX: usize = 1024;
+/// Values at least this large live in page-locked memory when L1 is a CUDA device; smaller ones
+/// stay on the heap, where the pool's lock and its fragmentation cost more than staging saves.
+pub const PAGE_LOCKED_MIN_BYTES: usize = 64 << 10;
 
 /// When a put reaches L3.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -158,6 +166,7 @@ impl CacheBuilder {
             .filter(|_| self.l1_capacity_bytes > 0)
             .map(|device| L1 {
                 tier: MemoryTier::new(self.l1_policy, self.l1_capacity_bytes, 1),
+                page_locked: device.kind() == vbus_gpu::BackendKind::Cuda,
                 device,
             });
         let l2 = (self.l2_capacity_bytes > 0)
@@ -306,6 +315,9 @@ impl DeviceValue {
 struct L1 {
     tier: MemoryTier<CacheKey, Arc<DeviceValue>>,
     device: vbus_gpu::Device,
+    /// Host values go to the device's page-locked pool (a CUDA device; the simulated device's
+    /// "page-locked" memory is only heap).
+    page_locked: bool,
 }
 
 /// One load in flight: the first get does it, the others wait for its outcome.
@@ -436,15 +448,11 @@ impl CacheManager {
             && self.inner.is_current(&key, on_device.version)?
         {
             // A host read of an L1 value copies it back (and keeps it in L2 when it fits).
-            let mut bytes = vec![0u8; on_device.buffer.len() as usize];
-            l1.device
-                .download(&on_device.buffer, 0, &mut bytes)
-                .map_err(Error::Device)?;
+            let value = self.inner.download(l1, &on_device)?;
             self.inner
                 .counters
                 .bytes_from_l1
-                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-            let value = Value::new(bytes, on_device.version);
+                .fetch_add(value.len() as u64, Ordering::Relaxed);
             let victims = {
                 let stripe = self.inner.stripe(&key);
                 self.inner.fill_l2(&stripe, &key, &value)?
@@ -792,7 +800,7 @@ impl Inner {
         }
         // A put's value has no other copy: L3 must never evict it.
         lock(&self.refetchable).remove(key);
-        let value = Value::new(bytes.to_vec(), meta.version);
+        let value = self.value_from_slice(bytes, meta.version);
         let current = Current {
             version: meta.version,
             pinned: meta.pinned,
@@ -824,7 +832,7 @@ impl Inner {
         }
         let pinned = self.current(stripe, key)?.is_some_and(|c| c.pinned);
         let version = self.l3.reserve_version();
-        let value = Value::new(bytes.to_vec(), version);
+        let value = self.value_from_slice(bytes, version);
         let evicted =
             match l2.insert_unless(key.clone(), value.clone(), size_bytes, pinned, |held| {
                 held.version() >= version
@@ -958,6 +966,38 @@ impl Inner {
         }
     }
 
+    /// Room for a value of `len` bytes: the L1 device's page-locked pool when L1 is on CUDA, the
+    /// value is at least [`PAGE_LOCKED_MIN_BYTES`] and the pool has room; else the heap.
+    fn value_bytes(&self, len: usize) -> ValueBytes {
+        if len >= PAGE_LOCKED_MIN_BYTES
+            && let Some(l1) = self.l1.as_ref().filter(|l1| l1.page_locked)
+            && let Ok(buffer) = l1.device.alloc_host(len as u64)
+        {
+            return ValueBytes::PageLocked(buffer);
+        }
+        ValueBytes::Heap(vec![0; len])
+    }
+
+    /// A value holding a copy of `bytes` (a put's), where [`Self::value_bytes`] places it.
+    fn value_from_slice(&self, bytes: &[u8], version: u64) -> Value {
+        if bytes.len() < PAGE_LOCKED_MIN_BYTES || self.l1.as_ref().is_none_or(|l1| !l1.page_locked)
+        {
+            return Value::new(bytes.to_vec(), version);
+        }
+        let mut room = self.value_bytes(bytes.len());
+        room.as_mut().copy_from_slice(bytes);
+        Value::from_bytes(room, version)
+    }
+
+    /// An L1 value copied back to the host (by DMA when it lands in page-locked memory).
+    fn download(&self, l1: &L1, on_device: &DeviceValue) -> Result<Value> {
+        let mut bytes = self.value_bytes(on_device.buffer.len() as usize);
+        l1.device
+            .download(&on_device.buffer, 0, bytes.as_mut())
+            .map_err(Error::Device)?;
+        Ok(Value::from_bytes(bytes, on_device.version))
+    }
+
     /// Copies `value` to the device and keeps it in L1 (unless the key has moved on, or L1 holds
     /// this version or a newer one). L1 victims go back to L2 when L2 lacks them; none is ever
     /// the only copy, as L3 or the dirty values hold every value. Returns the device value, kept
@@ -1024,11 +1064,7 @@ impl Inner {
         else {
             return Ok(Vec::new());
         };
-        let mut bytes = vec![0u8; on_device.buffer.len() as usize];
-        l1.device
-            .download(&on_device.buffer, 0, &mut bytes)
-            .map_err(Error::Device)?;
-        let value = Value::new(bytes, on_device.version);
+        let value = self.download(l1, on_device)?;
         let Some(victims) = self.fill_l2_at(key, &value, current) else {
             return Ok(Vec::new());
         };
@@ -1103,9 +1139,12 @@ impl Inner {
         if let Some(dirty) = self.stripe(key).get(key) {
             return Ok(Some(dirty.value.clone()));
         }
-        if let Some((bytes, meta)) = self.l3.get_file_with_meta(key.dataset(), key.path())? {
+        if let Some((bytes, meta)) = self
+            .l3
+            .get_file_into(key.dataset(), key.path(), |len| self.value_bytes(len))?
+        {
             self.counters.l3_hits.fetch_add(1, Ordering::Relaxed);
-            let value = Value::new(bytes, meta.version);
+            let value = Value::from_bytes(bytes, meta.version);
             let victims = {
                 let stripe = self.stripe(key);
                 self.fill_l2(&stripe, key, &value)?
@@ -1143,8 +1182,8 @@ impl Inner {
                 drop(stripe);
                 return Ok(self
                     .l3
-                    .get_file_with_meta(key.dataset(), key.path())?
-                    .map(|(bytes, meta)| Value::new(bytes, meta.version)));
+                    .get_file_into(key.dataset(), key.path(), |len| self.value_bytes(len))?
+                    .map(|(bytes, meta)| Value::from_bytes(bytes, meta.version)));
             }
             let meta = self.l3.store_file(key.dataset(), key.path(), &bytes)?;
             lock(&self.refetchable).insert(key.clone());

@@ -499,6 +499,42 @@ impl FileStore {
         })
     }
 
+    /// As [`Self::get_file_with_meta`], but the bytes are read into the buffer `alloc` returns
+    /// for the file's size (page-locked memory, say), so they need no second copy. `alloc` may be
+    /// called again when a publish races the read.
+    pub fn get_file_into<B: AsMut<[u8]>>(
+        &self,
+        dataset: &str,
+        path: &str,
+        mut alloc: impl FnMut(usize) -> B,
+    ) -> Result<Option<(B, FileMeta)>> {
+        let key = name::key(dataset, path)?;
+        self.read_current(&key, |mut file, lookup, final_path| {
+            let len = file
+                .metadata()
+                .map_err(Error::io("stat", final_path))?
+                .len();
+            let len = usize::try_from(len).map_err(|_| {
+                Error::io("read", final_path)(io::Error::new(
+                    io::ErrorKind::OutOfMemory,
+                    format!("{len} bytes do not fit in this address space"),
+                ))
+            })?;
+            let mut buffer = alloc(len);
+            file.read_exact(buffer.as_mut())
+                .map_err(Error::io("read", final_path))?;
+            let mut entry = lookup.entry.clone();
+            if lookup.needs_check {
+                let hash = hash_bytes(buffer.as_mut());
+                if !self.inner.record_check(lookup, hash, len as u64)? {
+                    return Ok(None);
+                }
+                entry.hash = Some(hash);
+            }
+            Ok(Some((buffer, FileMeta::new(&key, &entry))))
+        })
+    }
+
     /// A reader (Read + Seek) of the file as it is now; a later publish does not change what it
     /// reads. When the file needs checking, it is hashed in full before the reader is returned.
     pub fn file_reader(&self, dataset: &str, path: &str) -> Result<Option<FileReader>> {

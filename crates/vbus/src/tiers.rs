@@ -1,5 +1,6 @@
 //! The tiers the daemon runs, built from the configuration: L1 on the device `gpu.backend` picks,
-//! L2 in RAM, L3 at `CACHE/L3_DISK`, under one `CacheManager`.
+//! L2 in RAM (its large values page-locked on a CUDA device), L3 at `CACHE/L3_DISK`, under one
+//! `CacheManager`.
 
 use anyhow::Context as _;
 use vbus_cache::{CacheManager, PolicyKind, WriteMode as CacheWriteMode};
@@ -8,8 +9,10 @@ use vbus_gpu::{BackendChoice, BackendKind, Device, DeviceOptions};
 use crate::config::{Config, Durability, EvictionPolicy, GpuBackend, WriteMode};
 use crate::home::Home;
 
-/// Page-locked host memory the device may use for staging and host buffers.
-const L1_HOST_POOL_BYTES: u64 = 256 << 20;
+/// Page-locked host memory beyond L2's capacity: for values that left L2 while a client still
+/// holds them, and host reads of L1 values when L2 is off. (The copy engine's staging slots have
+/// their own pool.)
+const HOST_POOL_HEADROOM_BYTES: u64 = 256 << 20;
 
 /// The cache a daemon serves, and where its L1 runs.
 #[derive(Debug, Clone)]
@@ -43,14 +46,15 @@ pub fn open(
         "config key `cache_hierarchy.L3_DISK.enabled` is false, but this version of the cache keeps \
          every value in L3; set it to true"
     );
+    let l2_capacity_bytes = if hierarchy.l2_ram.enabled {
+        hierarchy.l2_ram.capacity_bytes()
+    } else {
+        0
+    };
     let mut builder = CacheManager::builder()
         .l3_dir(home.l3_dir())
         .l3_capacity_bytes(hierarchy.l3_disk.capacity_bytes())
-        .l2_capacity_bytes(if hierarchy.l2_ram.enabled {
-            hierarchy.l2_ram.capacity_bytes()
-        } else {
-            0
-        })
+        .l2_capacity_bytes(l2_capacity_bytes)
         .l2_policy(policy_kind(hierarchy.l2_ram.eviction_policy))
         .write_mode(match hierarchy.write_mode {
             WriteMode::WriteThrough => CacheWriteMode::Through,
@@ -72,7 +76,9 @@ pub fn open(
             device_idx: config.gpu.device_index as usize,
             capacity_bytes: hierarchy.l1_vram.capacity_bytes(),
             reserve_bytes: config.gpu.reserve_mb * (1 << 20),
-            host_capacity_bytes: L1_HOST_POOL_BYTES,
+            // L2's large values live in page-locked memory on a CUDA device; the pool grows in
+            // chunks as they arrive.
+            host_capacity_bytes: l2_capacity_bytes + HOST_POOL_HEADROOM_BYTES,
             ..DeviceOptions::default()
         })
         .with_context(|| {

@@ -136,3 +136,63 @@ fn a_write_back_value_on_the_device_stays_current_once_written_back() {
     assert_eq!(download(&device, &again), vec![5u8; 3000]);
     assert_eq!(cache.get_stats().promotions_to_l1, 1);
 }
+
+/// With a CUDA L1, large values live in the device's page-locked pool wherever they come from (a
+/// put, L3, the device), small ones on the heap; on the simulated device all stay on the heap.
+/// A full pool only sends values to the heap. Every path keeps the bytes exact, and every
+/// page-locked byte goes back to the pool with the last handle.
+#[test]
+fn large_values_live_in_page_locked_memory_with_a_cuda_l1() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = device();
+    let cuda = device.kind() == vbus_gpu::BackendKind::Cuda;
+    let big: Vec<u8> = (0..(1u32 << 20) + 3).map(|i| (i % 251) as u8).collect();
+    let open = |l2_capacity_bytes: u64| {
+        CacheManager::builder()
+            .l3_dir(dir.path().join("L3"))
+            .l1_device(device.clone())
+            .l1_capacity_bytes(4 << 20)
+            .l2_capacity_bytes(l2_capacity_bytes)
+            .build()
+            .unwrap()
+    };
+    {
+        let cache = open(8 << 20);
+        let put = cache.put("big", &big).unwrap();
+        assert_eq!((put.bytes(), put.is_page_locked()), (&big[..], cuda));
+        let small = cache.put("small", &[7u8; 1000]).unwrap();
+        assert!(!small.is_page_locked());
+        assert_eq!(device.stats().host.allocated_bytes > 0, cuda);
+    }
+    assert_eq!(
+        device.stats().host.allocated_bytes,
+        0,
+        "the pool got it all back"
+    );
+    {
+        // From L3, then to the device and back: L2 off, so the host read is answered by L1.
+        let cache = open(8 << 20);
+        let loaded = cache.get("big").unwrap().unwrap();
+        assert_eq!((loaded.bytes(), loaded.is_page_locked()), (&big[..], cuda));
+        drop(cache);
+        let cache = open(0);
+        let on_device = cache.get_device("big").unwrap().unwrap();
+        assert_eq!(download(&device, &on_device), big);
+        let from_l1 = cache.get("big").unwrap().unwrap();
+        assert_eq!(
+            (from_l1.bytes(), from_l1.is_page_locked()),
+            (&big[..], cuda)
+        );
+        assert!(cache.get_stats().l1.hits >= 1);
+        drop(loaded);
+    }
+    assert_eq!(device.stats().host.allocated_bytes, 0);
+    // The pool full: the heap takes the value, and nothing else changes.
+    let hog = device.alloc_host(64 << 20).unwrap();
+    let cache = open(8 << 20);
+    let put = cache.put("big", &big[1..]).unwrap();
+    assert_eq!((put.bytes(), put.is_page_locked()), (&big[1..], false));
+    let on_device = cache.get_device("big").unwrap().unwrap();
+    assert_eq!(download(&device, &on_device), &big[1..]);
+    drop(hog);
+}

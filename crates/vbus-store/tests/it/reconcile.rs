@@ -89,6 +89,48 @@ fn bytes_that_no_longer_match_are_quarantined() {
     assert_eq!(store.stats().n_checksum_failures, 1);
 }
 
+/// A read into the caller's buffer checks the hash as a plain read does.
+#[test]
+fn reads_into_a_callers_buffer_are_verified_too() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = FileStore::open(dir.path()).unwrap();
+        store.store_file("d", "good.bin", b"kept bytes").unwrap();
+        store.store_file("d", "bad.bin", b"good bytes").unwrap();
+    }
+    corrupt_in_place(&dir.path().join("d/bad.bin"), b"evil bytes");
+    let store = FileStore::open(dir.path()).unwrap();
+    let mut sizes = Vec::new();
+    let (bytes, meta) = store
+        .get_file_into("d", "good.bin", |len| {
+            sizes.push(len);
+            vec![0xAAu8; len]
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (bytes.as_slice(), sizes.as_slice()),
+        (&b"kept bytes"[..], &[10][..])
+    );
+    assert_eq!(meta.size_bytes, 10);
+    let err = store
+        .get_file_into("d", "bad.bin", |len| vec![0u8; len])
+        .unwrap_err();
+    assert!(matches!(err, Error::ChecksumMismatch { .. }), "{err}");
+    assert_eq!(
+        store
+            .get_file_into("d", "bad.bin", |len| vec![0u8; len])
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .get_file_into("d", "absent", |len| vec![0u8; len])
+            .unwrap(),
+        None
+    );
+}
+
 #[test]
 fn every_read_verification_catches_damage_after_the_first_read() {
     let dir = tempfile::tempdir().unwrap();
