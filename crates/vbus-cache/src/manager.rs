@@ -967,11 +967,12 @@ impl Inner {
     }
 
     /// Room for a value of `len` bytes: the L1 device's page-locked pool when L1 is on CUDA, the
-    /// value is at least [`PAGE_LOCKED_MIN_BYTES`] and the pool has room; else the heap.
+    /// value is at least [`PAGE_LOCKED_MIN_BYTES`] and the pool has room now (it grows in the
+    /// background, never while a caller waits); else the heap.
     fn value_bytes(&self, len: usize) -> ValueBytes {
         if len >= PAGE_LOCKED_MIN_BYTES
             && let Some(l1) = self.l1.as_ref().filter(|l1| l1.page_locked)
-            && let Ok(buffer) = l1.device.alloc_host(len as u64)
+            && let Some(buffer) = l1.device.alloc_host_ready(len as u64)
         {
             return ValueBytes::PageLocked(buffer);
         }

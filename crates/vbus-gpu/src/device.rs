@@ -1,6 +1,6 @@
 //! `Device`: one GPU (or the simulated device), its VRAM pool and its page-locked host pool.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::copy::{STAGING_CHUNK_BYTES, STAGING_POOL_BYTES, Staging};
@@ -115,6 +115,8 @@ pub(crate) struct DeviceInner {
     pub staging: Mutex<Staging>,
     /// Held by a file load: one at a time keeps the staging pool's bound.
     pub file_load: Mutex<()>,
+    /// True while a background thread adds a chunk to the host pool.
+    pub host_growing: AtomicBool,
 }
 
 /// One GPU, or the simulated device. Cheap to clone.
@@ -204,6 +206,7 @@ impl Device {
             staging_pool,
             staging: Mutex::new(Staging::default()),
             file_load: Mutex::new(()),
+            host_growing: AtomicBool::new(false),
         };
         let device = Self {
             inner: Arc::new(inner),
@@ -241,6 +244,54 @@ impl Device {
             device: Arc::clone(&self.inner),
             allocation,
         })
+    }
+
+    /// Page-locked host memory from what the host pool holds now, or `None` at once: this never
+    /// waits for the driver, whose page-locked chunks are slow to make (a 256 MiB one took about
+    /// 170 ms on the lent H100, 1 GiB about 720 ms). When the pool runs short (less than half a
+    /// chunk free, or no room for `len`), a background thread adds a chunk for later callers.
+    pub fn alloc_host_ready(&self, len: u64) -> Option<HostBuffer> {
+        let host = &self.inner.host;
+        let allocation = host.alloc_from_chunks(len);
+        if allocation.is_none() || host.free_in_chunks() < host.chunk_bytes() / 2 {
+            self.grow_host_in_background(if allocation.is_none() { len } else { 0 });
+        }
+        allocation.map(|allocation| HostBuffer {
+            device: Arc::clone(&self.inner),
+            allocation,
+        })
+    }
+
+    /// Adds chunks to the host pool, waiting for the driver, until `free_bytes` are free in it or
+    /// its capacity is reached; for callers that want [`Self::alloc_host_ready`] to find room
+    /// from the start.
+    pub fn grow_host_pool(&self, free_bytes: u64) -> Result<()> {
+        loop {
+            let free = self.inner.host.free_in_chunks();
+            if free >= free_bytes || !self.inner.host.add_chunk(1)? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Starts one thread (unless one is at work) that adds a chunk of at least `min_bytes` to the
+    /// host pool.
+    fn grow_host_in_background(&self, min_bytes: u64) {
+        if self.inner.host_growing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let inner = Arc::clone(&self.inner);
+        let spawned = std::thread::Builder::new()
+            .name("vbus-host-pool".to_owned())
+            .spawn(move || {
+                if let Err(err) = inner.host.add_chunk(min_bytes) {
+                    tracing::warn!(error = %err, "cannot grow the page-locked host pool");
+                }
+                inner.host_growing.store(false, Ordering::Release);
+            });
+        if spawned.is_err() {
+            self.inner.host_growing.store(false, Ordering::Release);
+        }
     }
 
     /// Gives empty pool chunks back to the driver; returns the bytes released.

@@ -53,6 +53,17 @@ pub(crate) struct Allocation {
     aligned_len: u64,
 }
 
+impl Allocation {
+    /// A zero-length allocation, which owns nothing.
+    const EMPTY: Self = Self {
+        address: 0,
+        len: 0,
+        chunk_idx: usize::MAX,
+        offset: 0,
+        aligned_len: 0,
+    };
+}
+
 #[derive(Debug)]
 struct Chunk {
     base: u64,
@@ -62,7 +73,10 @@ struct Chunk {
 #[derive(Debug, Default)]
 struct PoolState {
     chunks: Vec<Option<Chunk>>,
+    /// Bytes of the chunks held, and of those being taken from the source.
     reserved_bytes: u64,
+    /// Bytes of chunks being taken from the source by [`Pool::add_chunk`].
+    reserved_in_flight: u64,
     allocated_bytes: u64,
     n_allocations: u64,
 }
@@ -103,19 +117,80 @@ impl Pool {
     /// `len` bytes from the smallest free range of any chunk, or from a new chunk.
     pub fn alloc(&self, len: u64) -> Result<Allocation> {
         if len == 0 {
-            return Ok(Allocation {
-                address: 0,
-                len: 0,
-                chunk_idx: usize::MAX,
-                offset: 0,
-                aligned_len: 0,
-            });
+            return Ok(Allocation::EMPTY);
         }
         let aligned_len =
             RangeAllocator::aligned(len).ok_or_else(|| self.out_of_memory(len, &self.lock()))?;
         let mut state = self.lock();
-        // Best fit across chunks: the chunk whose largest free range is the smallest that fits.
-        let fitting = state
+        let chunk_idx = match Self::best_fit(&state, aligned_len) {
+            Some(chunk_idx) => chunk_idx,
+            None => self.grow(&mut state, aligned_len)?,
+        };
+        Ok(Self::carve(&mut state, chunk_idx, aligned_len, len))
+    }
+
+    /// `len` bytes from a chunk the pool holds now; `None` at once when none has room (the pool
+    /// does not grow, so the caller never waits for the driver).
+    pub fn alloc_from_chunks(&self, len: u64) -> Option<Allocation> {
+        if len == 0 {
+            return Some(Allocation::EMPTY);
+        }
+        let aligned_len = RangeAllocator::aligned(len)?;
+        let mut state = self.lock();
+        let chunk_idx = Self::best_fit(&state, aligned_len)?;
+        Some(Self::carve(&mut state, chunk_idx, aligned_len, len))
+    }
+
+    /// Bytes free in the chunks held now (not what the capacity would still allow).
+    pub fn free_in_chunks(&self) -> u64 {
+        let state = self.lock();
+        state.reserved_bytes - state.allocated_bytes - state.reserved_in_flight
+    }
+
+    /// The size of the chunks this pool takes.
+    pub fn chunk_bytes(&self) -> u64 {
+        self.chunk_bytes
+    }
+
+    /// Adds one chunk with room for at least `min_bytes` (the pool's chunk size or more; less
+    /// only where the capacity ends). The source is called without the pool's lock held, so
+    /// allocations and frees go on meanwhile (a page-locked chunk takes the driver a tenth of a
+    /// second or more). Returns false when the capacity has no room for it.
+    pub fn add_chunk(&self, min_bytes: u64) -> Result<bool> {
+        let Some(aligned_len) = RangeAllocator::aligned(min_bytes.max(1)) else {
+            return Ok(false);
+        };
+        let chunk_bytes = {
+            let mut state = self.lock();
+            let chunk_bytes = self.chunk_size_for(&state, aligned_len);
+            if chunk_bytes < aligned_len
+                || chunk_bytes > self.source.available_bytes().unwrap_or(u64::MAX)
+            {
+                return Ok(false);
+            }
+            // Counted at once, so two growers never pass the capacity together.
+            state.reserved_bytes += chunk_bytes;
+            state.reserved_in_flight += chunk_bytes;
+            chunk_bytes
+        };
+        let base = self.source.alloc_chunk(chunk_bytes);
+        let mut state = self.lock();
+        state.reserved_in_flight -= chunk_bytes;
+        match base {
+            Ok(base) => {
+                Self::insert_chunk(&mut state, base, chunk_bytes);
+                Ok(true)
+            }
+            Err(err) => {
+                state.reserved_bytes -= chunk_bytes;
+                Err(err)
+            }
+        }
+    }
+
+    /// Best fit across chunks: the chunk whose largest free range is the smallest that fits.
+    fn best_fit(state: &PoolState, aligned_len: u64) -> Option<usize> {
+        state
             .chunks
             .iter()
             .enumerate()
@@ -123,11 +198,11 @@ impl Pool {
                 let largest = chunk.as_ref()?.allocator.largest_free_bytes();
                 (largest >= aligned_len).then_some((largest, chunk_idx))
             })
-            .min();
-        let chunk_idx = match fitting {
-            Some((_, chunk_idx)) => chunk_idx,
-            None => self.grow(&mut state, aligned_len)?,
-        };
+            .min()
+            .map(|(_, chunk_idx)| chunk_idx)
+    }
+
+    fn carve(state: &mut PoolState, chunk_idx: usize, aligned_len: u64, len: u64) -> Allocation {
         let chunk = state.chunks[chunk_idx]
             .as_mut()
             .expect("a fitting chunk exists");
@@ -138,25 +213,29 @@ impl Pool {
         let address = chunk.base + offset;
         state.allocated_bytes += aligned_len;
         state.n_allocations += 1;
-        Ok(Allocation {
+        Allocation {
             address,
             len,
             chunk_idx,
             offset,
             aligned_len,
-        })
+        }
+    }
+
+    /// The size of a new chunk for `aligned_len`: the pool's chunk size or more, cut to what the
+    /// capacity has left (whole 2 MiB or not).
+    fn chunk_size_for(&self, state: &PoolState, aligned_len: u64) -> u64 {
+        self.chunk_bytes
+            .max(aligned_len.next_multiple_of(CHUNK_ALIGN_BYTES))
+            .min(
+                self.capacity_bytes.saturating_sub(state.reserved_bytes) / ALIGN_BYTES
+                    * ALIGN_BYTES,
+            )
     }
 
     /// Takes a new chunk big enough for `aligned_len`; returns its index.
     fn grow(&self, state: &mut PoolState, aligned_len: u64) -> Result<usize> {
-        let chunk_bytes = self
-            .chunk_bytes
-            .max(aligned_len.next_multiple_of(CHUNK_ALIGN_BYTES))
-            .min(
-                // The last chunk takes what the capacity has left, whole 2 MiB or not.
-                self.capacity_bytes.saturating_sub(state.reserved_bytes) / ALIGN_BYTES
-                    * ALIGN_BYTES,
-            );
+        let chunk_bytes = self.chunk_size_for(state, aligned_len);
         let available = self.source.available_bytes().unwrap_or(u64::MAX);
         if chunk_bytes < aligned_len || chunk_bytes > available {
             // Give back empty chunks before refusing: they may be too small but their space counts.
@@ -166,13 +245,17 @@ impl Pool {
             return Err(self.out_of_memory(aligned_len, state));
         }
         let base = self.source.alloc_chunk(chunk_bytes)?;
+        state.reserved_bytes += chunk_bytes;
+        Ok(Self::insert_chunk(state, base, chunk_bytes))
+    }
+
+    /// Files a chunk (its bytes already counted as reserved); returns its index.
+    fn insert_chunk(state: &mut PoolState, base: u64, chunk_bytes: u64) -> usize {
         let chunk = Chunk {
             base,
             allocator: RangeAllocator::new(chunk_bytes),
         };
-        state.reserved_bytes += chunk_bytes;
         tracing::debug!(
-            pool = self.what,
             chunk_bytes,
             reserved_bytes = state.reserved_bytes,
             "pool grew"
@@ -180,11 +263,11 @@ impl Pool {
         match state.chunks.iter().position(Option::is_none) {
             Some(chunk_idx) => {
                 state.chunks[chunk_idx] = Some(chunk);
-                Ok(chunk_idx)
+                chunk_idx
             }
             None => {
                 state.chunks.push(Some(chunk));
-                Ok(state.chunks.len() - 1)
+                state.chunks.len() - 1
             }
         }
     }

@@ -146,6 +146,8 @@ fn large_values_live_in_page_locked_memory_with_a_cuda_l1() {
     let dir = tempfile::tempdir().unwrap();
     let device = device();
     let cuda = device.kind() == vbus_gpu::BackendKind::Cuda;
+    // Values take page-locked memory only from chunks the pool already holds.
+    device.grow_host_pool(8 << 20).unwrap();
     let big: Vec<u8> = (0..(1u32 << 20) + 3).map(|i| (i % 251) as u8).collect();
     let open = |l2_capacity_bytes: u64| {
         CacheManager::builder()

@@ -1,5 +1,6 @@
 //! The VRAM pool never hands out overlapping memory under a random alloc/free workload: each
-//! live buffer holds its own pattern, and every pattern survives.
+//! live buffer holds its own pattern, and every pattern survives. The host pool grows in the
+//! background for allocations that must not wait.
 
 use crate::{device, random_bytes};
 
@@ -61,4 +62,47 @@ fn random_alloc_and_free_never_overlap() {
     drop(live);
     assert_eq!(device.stats().vram.allocated_bytes, 0);
     assert!(device.trim() > 0);
+}
+
+/// A ready-only host allocation never waits for the driver: on an empty pool it answers `None`
+/// and a background thread adds a chunk, after which it succeeds; `grow_host_pool` adds chunks up
+/// front and stops at the capacity.
+#[test]
+fn ready_host_memory_comes_from_chunks_grown_in_the_background() {
+    let device = device(64 << 20, 96 << 20);
+    assert!(
+        device.alloc_host_ready(1 << 20).is_none(),
+        "the pool starts empty"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut buffer = loop {
+        if let Some(buffer) = device.alloc_host_ready(1 << 20) {
+            break buffer;
+        }
+        assert!(std::time::Instant::now() < deadline, "the pool never grew");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    };
+    assert_eq!(buffer.len(), 1 << 20);
+    buffer.fill(0x5a);
+    let mut on_device = device.alloc(1 << 20).unwrap();
+    device.upload(&buffer, &mut on_device, 0).unwrap();
+    let mut back = vec![0u8; 1 << 20];
+    device.download(&on_device, 0, &mut back).unwrap();
+    assert!(back.iter().all(|&b| b == 0x5a));
+    device.grow_host_pool(1 << 30).unwrap();
+    let host = device.stats().host;
+    assert_eq!(
+        (host.reserved_bytes, host.allocated_bytes),
+        (96 << 20, 1 << 20),
+        "grown to the capacity and no further"
+    );
+    assert!(
+        device.alloc_host_ready(95 << 20).is_none(),
+        "no free range that large"
+    );
+    let rest = device
+        .alloc_host_ready(32 << 20)
+        .expect("the second chunk is free");
+    drop((rest, buffer));
+    assert_eq!(device.stats().host.allocated_bytes, 0);
 }
