@@ -129,6 +129,12 @@ impl Value {
     }
 }
 
+impl AsRef<[u8]> for Value {
+    fn as_ref(&self) -> &[u8] {
+        self.bytes()
+    }
+}
+
 impl PartialEq for Value {
     /// Same version and same bytes, wherever they live.
     fn eq(&self, other: &Self) -> bool {

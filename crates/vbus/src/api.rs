@@ -328,14 +328,16 @@ async fn get_object(
                 Some((start, end)) => (StatusCode::PARTIAL_CONTENT, start, end),
                 None => (StatusCode::OK, 0, len.saturating_sub(1)),
             };
+            let version = value.version();
+            // The body borrows the value's own bytes (page-locked or heap): no copy.
             let body = if len == 0 {
                 Bytes::new()
             } else {
-                Bytes::copy_from_slice(&value.bytes()[start as usize..=end as usize])
+                Bytes::from_owner(value).slice(start as usize..=end as usize)
             };
             let mut response = (status, body).into_response();
             let body_len = if len == 0 { 0 } else { end - start + 1 };
-            object_headers(&mut response, value.version(), body_len, None);
+            object_headers(&mut response, version, body_len, None);
             if status == StatusCode::PARTIAL_CONTENT {
                 set_content_range(&mut response, start, end, len);
             }
