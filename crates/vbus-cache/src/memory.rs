@@ -361,8 +361,8 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
         });
         // A ghost of the key (S3-FIFO) becomes its entry in place.
         let ghost = match existing {
-            Some(_) => None,
-            None => shard.find_ghost(hash),
+            None if shard.policy.keeps_ghosts() => shard.find_ghost(hash),
+            _ => None,
         };
         let ghost_entry = ghost.and_then(|id| {
             shard

@@ -199,6 +199,12 @@ impl Policy {
         }
     }
 
+    /// Whether the policy remembers evicted keys (S3-FIFO's ghosts) for the caller's key map; a
+    /// caller skips looking for ghosts when it does not.
+    pub fn keeps_ghosts(&self) -> bool {
+        matches!(self, Self::S3Fifo(_))
+    }
+
     /// The ghost the last [`Policy::evict`]'s victim left, once: S3-FIFO remembers keys evicted
     /// from its small queue. The caller keeps it in its key map under the victim's key hash, in
     /// place of the victim, until it is consumed by an insert or forgotten.
