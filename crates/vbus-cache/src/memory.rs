@@ -177,6 +177,25 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
         (&self.shards[shard_idx], hash)
     }
 
+    /// Makes room for about `n_entries` entries across the shards, so filling the tier to that
+    /// many reallocates nothing (as `quick_cache` sizes its tables from the item count it is
+    /// given). A hint: the tier still grows past it.
+    pub fn reserve(&self, n_entries: usize) {
+        let n_shards = self.shards.len();
+        // A little over the even share: keys do not spread exactly evenly.
+        let per_shard = n_entries.div_ceil(n_shards) + n_entries.div_ceil(n_shards) / 8;
+        for shard in self.shards.iter() {
+            let mut state = shard.write();
+            let state = &mut *state;
+            state.entries.reserve(per_shard);
+            state.policy.reserve(per_shard);
+            let (entries, hasher, policy) = (&state.entries, &state.hasher, &state.policy);
+            state
+                .slots_by_key
+                .reserve(per_shard, |&value| map_hash(entries, hasher, policy, value));
+        }
+    }
+
     /// The value of `key`, counted as a hit or a miss and told to the policy.
     #[inline]
     pub fn get(&self, key: &K) -> Option<V> {
@@ -659,6 +678,44 @@ mod tests {
             assert_eq!(ours.hits, theirs.hits, "{}", kind.as_str());
             assert_eq!(ours.misses, theirs.misses, "{}", kind.as_str());
             assert!(ours.hits > stream.len() as u64 / 2, "{}", kind.as_str());
+        }
+    }
+
+    /// `reserve` is only a size hint: a reserved tier makes the same choices as one that grew,
+    /// and grows past the hint.
+    #[test]
+    fn reserving_changes_no_choice() {
+        let mut zipf = crate::replay::Zipf::new(50_000, 1.0, 9);
+        let stream: Vec<u64> = (0..100_000).map(|_| zipf.next_key()).collect();
+        for kind in PolicyKind::ALL {
+            let grown: MemoryTier<u64, u64> = MemoryTier::new(kind, 5_000, 4);
+            let reserved: MemoryTier<u64, u64> = MemoryTier::new(kind, 5_000, 4);
+            reserved.reserve(1_000);
+            for &key in &stream {
+                for tier in [&grown, &reserved] {
+                    if tier.get(&key).is_none() {
+                        assert!(tier.insert_with(key, key, 1, |_, _, _| {}));
+                    }
+                }
+            }
+            let (grown, reserved) = (grown.stats(), reserved.stats());
+            assert_eq!(
+                (grown.hits, grown.misses, grown.n_evictions, grown.n_entries),
+                (
+                    reserved.hits,
+                    reserved.misses,
+                    reserved.n_evictions,
+                    reserved.n_entries
+                ),
+                "{}",
+                kind.as_str()
+            );
+            assert_eq!(
+                reserved.n_entries,
+                5_000,
+                "{}: full, past the hint",
+                kind.as_str()
+            );
         }
     }
 

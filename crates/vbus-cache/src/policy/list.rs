@@ -116,6 +116,11 @@ impl SlotList {
         (prev != NIL).then_some(prev)
     }
 
+    /// Room for `n_slots` more slots without growing.
+    pub fn reserve(&mut self, n_slots: usize) {
+        self.links.reserve(n_slots);
+    }
+
     /// Links `slot` at the head (it must not be linked); returns its stamp, the clock before
     /// this push.
     pub fn push_head(&mut self, slot: u32) -> u32 {

@@ -24,6 +24,10 @@ pub struct Lru {
 }
 
 impl Lru {
+    pub(crate) fn reserve(&mut self, n_slots: usize) {
+        self.list.reserve(n_slots);
+    }
+
     pub(crate) fn insert<E: Entries + ?Sized>(&mut self, slot: u32, key_hash: u64, entries: &E) {
         let stamp = self.list.push_head_with_hash(slot, key_hash);
         entries.mark(slot).store(stamp, Ordering::Relaxed);

@@ -199,6 +199,16 @@ impl Policy {
         }
     }
 
+    /// Room for `n_slots` more slots without growing (a tier that knows how many entries it will
+    /// hold pays no reallocation while it fills).
+    pub fn reserve(&mut self, n_slots: usize) {
+        match self {
+            Self::Lru(policy) => policy.reserve(n_slots),
+            Self::S3Fifo(policy) => policy.reserve(n_slots),
+            Self::Sieve(policy) => policy.reserve(n_slots),
+        }
+    }
+
     /// Whether the policy remembers evicted keys (S3-FIFO's ghosts) for the caller's key map; a
     /// caller skips looking for ghosts when it does not.
     pub fn keeps_ghosts(&self) -> bool {

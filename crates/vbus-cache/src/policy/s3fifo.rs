@@ -85,6 +85,14 @@ pub struct S3Fifo {
 const STALE_SLACK: usize = 64;
 
 impl S3Fifo {
+    pub(crate) fn reserve(&mut self, n_slots: usize) {
+        self.slots.reserve(n_slots);
+        // The small queue holds about a tenth; positions of removed entries linger in both.
+        self.small.reserve(n_slots / 4);
+        self.main.reserve(n_slots);
+        self.ghosts.reserve(n_slots);
+    }
+
     pub(crate) fn new(capacity_bytes: u64) -> Self {
         Self {
             small: VecDeque::new(),

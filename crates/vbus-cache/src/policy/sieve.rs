@@ -16,6 +16,10 @@ pub struct Sieve {
 }
 
 impl Sieve {
+    pub(crate) fn reserve(&mut self, n_slots: usize) {
+        self.list.reserve(n_slots);
+    }
+
     pub(crate) fn insert(&mut self, slot: u32, key_hash: u64) {
         self.list.push_head_with_hash(slot, key_hash);
         if let Some(visited) = self.list.mark(slot) {

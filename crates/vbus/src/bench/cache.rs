@@ -49,11 +49,13 @@ enum Built {
 impl Built {
     fn new(contender: Contender, capacity_entries: u64) -> Self {
         match contender {
-            Contender::Ours(kind) => Self::Ours(MemoryTier::new(
-                kind,
-                capacity_entries,
-                vbus_cache::memory::default_shards(),
-            )),
+            Contender::Ours(kind) => {
+                let tier =
+                    MemoryTier::new(kind, capacity_entries, vbus_cache::memory::default_shards());
+                // The same hint quick_cache's `new` takes: how many entries it will hold.
+                tier.reserve(capacity_entries as usize);
+                Self::Ours(tier)
+            }
             Contender::QuickCache => {
                 Self::QuickCache(quick_cache::sync::Cache::new(capacity_entries as usize))
             }
