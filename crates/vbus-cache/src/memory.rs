@@ -189,10 +189,16 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
             let state = &mut *state;
             state.entries.reserve(per_shard);
             state.policy.reserve(per_shard);
+            // S3-FIFO's ghosts (about as many as its entries) live in the key map too.
+            let map_entries = if state.policy.keeps_ghosts() {
+                2 * per_shard
+            } else {
+                per_shard
+            };
             let (entries, hasher, policy) = (&state.entries, &state.hasher, &state.policy);
-            state
-                .slots_by_key
-                .reserve(per_shard, |&value| map_hash(entries, hasher, policy, value));
+            state.slots_by_key.reserve(map_entries, |&value| {
+                map_hash(entries, hasher, policy, value)
+            });
         }
     }
 
