@@ -253,7 +253,9 @@ impl Device {
     pub fn alloc_host_ready(&self, len: u64) -> Option<HostBuffer> {
         let host = &self.inner.host;
         let allocation = host.alloc_from_chunks(len);
-        if allocation.is_none() || host.free_in_chunks() < host.chunk_bytes() / 2 {
+        if (allocation.is_none() || host.free_in_chunks() < host.chunk_bytes() / 2)
+            && host.can_grow()
+        {
             self.grow_host_in_background(if allocation.is_none() { len } else { 0 });
         }
         allocation.map(|allocation| HostBuffer {

@@ -147,6 +147,13 @@ impl Pool {
         state.reserved_bytes - state.allocated_bytes - state.reserved_in_flight
     }
 
+    /// True while the capacity leaves room for another chunk.
+    pub fn can_grow(&self) -> bool {
+        self.capacity_bytes
+            .saturating_sub(self.lock().reserved_bytes)
+            >= ALIGN_BYTES
+    }
+
     /// The size of the chunks this pool takes.
     pub fn chunk_bytes(&self) -> u64 {
         self.chunk_bytes
