@@ -966,28 +966,34 @@ impl Inner {
         }
     }
 
-    /// Room for a value of `len` bytes: the L1 device's page-locked pool when L1 is on CUDA, the
-    /// value is at least [`PAGE_LOCKED_MIN_BYTES`] and the pool has room now (it grows in the
-    /// background, never while a caller waits); else the heap.
-    fn value_bytes(&self, len: usize) -> ValueBytes {
-        if len >= PAGE_LOCKED_MIN_BYTES
-            && let Some(l1) = self.l1.as_ref().filter(|l1| l1.page_locked)
-            && let Some(buffer) = l1.device.alloc_host_ready(len as u64)
-        {
-            return ValueBytes::PageLocked(buffer);
+    /// Page-locked room for a value of `len` bytes: when L1 is on CUDA, the value is at least
+    /// [`PAGE_LOCKED_MIN_BYTES`] and the pool has room now (it grows in the background, never
+    /// while a caller waits). `None` means the heap.
+    fn page_locked_room(&self, len: usize) -> Option<vbus_gpu::HostBuffer> {
+        if len < PAGE_LOCKED_MIN_BYTES {
+            return None;
         }
-        ValueBytes::Heap(vec![0; len])
+        let l1 = self.l1.as_ref().filter(|l1| l1.page_locked)?;
+        l1.device.alloc_host_ready(len as u64)
     }
 
-    /// A value holding a copy of `bytes` (a put's), where [`Self::value_bytes`] places it.
+    /// Room for a value of `len` bytes, to be filled: page-locked where
+    /// [`Self::page_locked_room`] gives it, else zeroed heap.
+    fn value_bytes(&self, len: usize) -> ValueBytes {
+        self.page_locked_room(len)
+            .map_or_else(|| ValueBytes::Heap(vec![0; len]), ValueBytes::PageLocked)
+    }
+
+    /// A value holding a copy of `bytes` (a put's), placed as [`Self::value_bytes`] places it.
     fn value_from_slice(&self, bytes: &[u8], version: u64) -> Value {
-        if bytes.len() < PAGE_LOCKED_MIN_BYTES || self.l1.as_ref().is_none_or(|l1| !l1.page_locked)
-        {
-            return Value::new(bytes.to_vec(), version);
-        }
-        let mut room = self.value_bytes(bytes.len());
-        room.as_mut().copy_from_slice(bytes);
-        Value::from_bytes(room, version)
+        let bytes = match self.page_locked_room(bytes.len()) {
+            Some(mut room) => {
+                room.copy_from_slice(bytes);
+                ValueBytes::PageLocked(room)
+            }
+            None => ValueBytes::Heap(bytes.to_vec()),
+        };
+        Value::from_bytes(bytes, version)
     }
 
     /// An L1 value copied back to the host (by DMA when it lands in page-locked memory).

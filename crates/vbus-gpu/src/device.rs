@@ -36,6 +36,21 @@ impl std::str::FromStr for BackendChoice {
     }
 }
 
+impl BackendChoice {
+    /// The variable naming the backend VBUS's test suites run their device tests on.
+    pub const TEST_ENV: &'static str = "VBUS_GPU_TEST_BACKEND";
+
+    /// The backend [`Self::TEST_ENV`] names: `simulated` when unset, `cuda` for the fake driver
+    /// (through `LD_LIBRARY_PATH`, as `scripts/test.sh` runs it) or a real GPU; an error naming
+    /// the variable for anything else.
+    pub fn from_test_env() -> std::result::Result<Self, String> {
+        std::env::var(Self::TEST_ENV).map_or(Ok(Self::Simulated), |name| {
+            name.parse()
+                .map_err(|error| format!("{}: {error}", Self::TEST_ENV))
+        })
+    }
+}
+
 /// Which backend a [`Device`] runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendKind {
@@ -251,11 +266,8 @@ impl Device {
     /// 170 ms on the lent H100, 1 GiB about 720 ms). When the pool runs short (less than half a
     /// chunk free, or no room for `len`), a background thread adds a chunk for later callers.
     pub fn alloc_host_ready(&self, len: u64) -> Option<HostBuffer> {
-        let host = &self.inner.host;
-        let allocation = host.alloc_from_chunks(len);
-        if (allocation.is_none() || host.free_in_chunks() < host.chunk_bytes() / 2)
-            && host.can_grow()
-        {
+        let (allocation, grow) = self.inner.host.alloc_from_chunks(len);
+        if grow {
             self.grow_host_in_background(if allocation.is_none() { len } else { 0 });
         }
         allocation.map(|allocation| HostBuffer {

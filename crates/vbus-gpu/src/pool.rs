@@ -130,33 +130,31 @@ impl Pool {
     }
 
     /// `len` bytes from a chunk the pool holds now; `None` at once when none has room (the pool
-    /// does not grow, so the caller never waits for the driver).
-    pub fn alloc_from_chunks(&self, len: u64) -> Option<Allocation> {
+    /// does not grow, so the caller never waits for the driver). The flag says the pool runs
+    /// short (no room for `len`, or less than half a chunk free after it) while its capacity
+    /// allows another chunk: the caller should have one added, away from its own path.
+    pub fn alloc_from_chunks(&self, len: u64) -> (Option<Allocation>, bool) {
         if len == 0 {
-            return Some(Allocation::EMPTY);
+            return (Some(Allocation::EMPTY), false);
         }
-        let aligned_len = RangeAllocator::aligned(len)?;
+        let Some(aligned_len) = RangeAllocator::aligned(len) else {
+            return (None, false);
+        };
         let mut state = self.lock();
-        let chunk_idx = Self::best_fit(&state, aligned_len)?;
-        Some(Self::carve(&mut state, chunk_idx, aligned_len, len))
+        let allocation = Self::best_fit(&state, aligned_len)
+            .map(|chunk_idx| Self::carve(&mut state, chunk_idx, aligned_len, len));
+        let short = allocation.is_none() || Self::free_locked(&state) < self.chunk_bytes / 2;
+        let can_grow = self.capacity_bytes.saturating_sub(state.reserved_bytes) >= ALIGN_BYTES;
+        (allocation, short && can_grow)
     }
 
     /// Bytes free in the chunks held now (not what the capacity would still allow).
     pub fn free_in_chunks(&self) -> u64 {
-        let state = self.lock();
+        Self::free_locked(&self.lock())
+    }
+
+    fn free_locked(state: &PoolState) -> u64 {
         state.reserved_bytes - state.allocated_bytes - state.reserved_in_flight
-    }
-
-    /// True while the capacity leaves room for another chunk.
-    pub fn can_grow(&self) -> bool {
-        self.capacity_bytes
-            .saturating_sub(self.lock().reserved_bytes)
-            >= ALIGN_BYTES
-    }
-
-    /// The size of the chunks this pool takes.
-    pub fn chunk_bytes(&self) -> u64 {
-        self.chunk_bytes
     }
 
     /// Adds one chunk with room for at least `min_bytes` (the pool's chunk size or more; less

@@ -186,3 +186,21 @@ fn a_load_that_fails_part_way_returns_everything() {
     let mut buffer = device.alloc(3).unwrap();
     device.upload(b"abc", &mut buffer, 0).unwrap();
 }
+
+/// Backend names parse as the configuration spells them; anything else is refused by name.
+#[test]
+fn backend_names_parse_and_a_bad_one_is_named() {
+    use vbus_gpu::BackendChoice;
+    for (name, choice) in [
+        ("auto", BackendChoice::Auto),
+        ("cuda", BackendChoice::Cuda),
+        ("simulated", BackendChoice::Simulated),
+    ] {
+        assert_eq!(name.parse::<BackendChoice>(), Ok(choice));
+    }
+    let err = "gpu0".parse::<BackendChoice>().unwrap_err();
+    assert!(
+        err.contains("\"gpu0\"") && err.contains("simulated"),
+        "{err}"
+    );
+}

@@ -10,10 +10,7 @@ use vbus_gpu::{BackendChoice, BackendKind, Device, DeviceOptions};
 
 /// The backend under test.
 pub fn backend() -> BackendChoice {
-    std::env::var("VBUS_GPU_TEST_BACKEND").map_or(BackendChoice::Simulated, |name| {
-        name.parse()
-            .unwrap_or_else(|error| panic!("VBUS_GPU_TEST_BACKEND: {error}"))
-    })
+    BackendChoice::from_test_env().unwrap_or_else(|error| panic!("{error}"))
 }
 
 /// A device of the backend under test with the given VRAM and host capacities.
