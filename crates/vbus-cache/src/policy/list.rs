@@ -59,6 +59,7 @@ impl SlotList {
         }
     }
 
+    #[inline]
     pub fn len(&self) -> usize {
         self.len
     }
@@ -73,30 +74,35 @@ impl SlotList {
         self.len == 0
     }
 
+    #[inline]
     pub fn contains(&self, slot: u32) -> bool {
         self.links
             .get(slot as usize)
             .is_some_and(|link| link.linked)
     }
 
+    #[inline]
     pub fn tail(&self) -> Option<u32> {
         (self.tail != NIL).then_some(self.tail)
     }
 
     /// The slot's mark bit (set under a shared lock; the list never reads it). A slot never
     /// linked has none.
+    #[inline]
     pub fn mark(&self, slot: u32) -> Option<&AtomicBool> {
         self.links.get(slot as usize).map(|link| &link.mark)
     }
 
     /// Pushes at the head so far (wrapping): a slot pushed with stamp `s` has had
     /// `clock() - s` slots pushed ahead of it since, at most.
+    #[inline]
     pub fn clock(&self) -> u32 {
         self.clock
     }
 
     /// The key hash recorded for `slot` by [`SlotList::push_head_with_hash`] (kept after unlink);
     /// 0 for a slot never linked.
+    #[inline]
     pub fn key_hash(&self, slot: u32) -> u64 {
         self.links
             .get(slot as usize)
@@ -104,6 +110,7 @@ impl SlotList {
     }
 
     /// Links `slot` at the head and records its key's hash; returns its stamp.
+    #[inline]
     pub fn push_head_with_hash(&mut self, slot: u32, key_hash: u64) -> u32 {
         let stamp = self.push_head(slot);
         self.links[slot as usize].key_hash = key_hash;
@@ -111,6 +118,7 @@ impl SlotList {
     }
 
     /// The slot nearer the head than `slot` (newer), if any.
+    #[inline]
     pub fn prev(&self, slot: u32) -> Option<u32> {
         let prev = self.links[slot as usize].prev;
         (prev != NIL).then_some(prev)
@@ -123,6 +131,7 @@ impl SlotList {
 
     /// Links `slot` at the head (it must not be linked); returns its stamp, the clock before
     /// this push.
+    #[inline]
     pub fn push_head(&mut self, slot: u32) -> u32 {
         let idx = slot as usize;
         if self.links.len() <= idx {
@@ -146,6 +155,7 @@ impl SlotList {
     }
 
     /// Unlinks `slot`; returns whether it was linked.
+    #[inline]
     pub fn unlink(&mut self, slot: u32) -> bool {
         if !self.contains(slot) {
             return false;
@@ -174,6 +184,7 @@ impl SlotList {
 
     /// Moves `slot` to the head (the head itself is pushed there again: its age restarts);
     /// returns its new stamp, or `None` (and changes nothing) when it is not linked.
+    #[inline]
     pub fn move_to_head(&mut self, slot: u32) -> Option<u32> {
         if self.head == slot && slot != NIL {
             let stamp = self.clock;

@@ -28,6 +28,7 @@ impl Lru {
         self.list.reserve(n_slots);
     }
 
+    #[inline]
     pub(crate) fn insert<E: Entries + ?Sized>(&mut self, slot: u32, key_hash: u64, entries: &E) {
         let stamp = self.list.push_head_with_hash(slot, key_hash);
         entries.mark(slot).store(stamp, Ordering::Relaxed);
@@ -36,6 +37,7 @@ impl Lru {
     /// A hit under a shared lock on a slot it holds: true when `slot` is in the newest quarter
     /// and stays where it is; false when it must move ([`Lru::access`], under the exclusive
     /// lock).
+    #[inline]
     pub(crate) fn access_shared<E: Entries + ?Sized>(&self, slot: u32, entries: &E) -> bool {
         let age = self
             .list
@@ -45,18 +47,21 @@ impl Lru {
     }
 
     /// A hit that moves `slot` to the head.
+    #[inline]
     pub(crate) fn access<E: Entries + ?Sized>(&mut self, slot: u32, entries: &E) {
         if let Some(stamp) = self.list.move_to_head(slot) {
             entries.mark(slot).store(stamp, Ordering::Relaxed);
         }
     }
 
+    #[inline]
     pub(crate) fn remove(&mut self, slot: u32) {
         self.list.unlink(slot);
     }
 
     /// The least recently used slot not kept. Kept slots are moved to the head (treated as just
     /// used), so each is passed over once per call at most.
+    #[inline]
     pub(crate) fn evict<E: Entries + ?Sized>(
         &mut self,
         keep: &mut dyn FnMut(u32) -> bool,
@@ -76,6 +81,7 @@ impl Lru {
         None
     }
 
+    #[inline]
     pub(crate) fn key_hash(&self, slot: u32) -> u64 {
         self.list.key_hash(slot)
     }

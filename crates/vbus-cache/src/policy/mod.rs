@@ -127,6 +127,7 @@ impl Policy {
     /// A new entry of `size_bytes` in `slot`; `key_hash` identifies its key across slots.
     /// `ghost` is the ghost its key left ([`Policy::take_remembered`]), when the caller's key
     /// map still held it ([`Policy::ghost_hash`]); the caller lets that map entry go.
+    #[inline]
     pub fn insert<M: Entries + ?Sized>(
         &mut self,
         slot: u32,
@@ -151,6 +152,7 @@ impl Policy {
     }
 
     /// A hit on `slot` under the exclusive lock (LRU moves it to the head whatever its age).
+    #[inline]
     pub fn access<M: Entries + ?Sized>(&mut self, slot: u32, entries: &M) {
         match self {
             Self::Lru(policy) => policy.access(slot, entries),
@@ -162,6 +164,7 @@ impl Policy {
     /// A hit on `slot` under a shared lock: S3-FIFO and SIEVE only bump atomic state; LRU
     /// returns false when the slot must move (take the exclusive lock and call
     /// [`Policy::access`]).
+    #[inline]
     pub fn access_shared<M: Entries + ?Sized>(&self, slot: u32, entries: &M) -> bool {
         match self {
             Self::Lru(policy) => policy.access_shared(slot, entries),
@@ -177,6 +180,7 @@ impl Policy {
     }
 
     /// `slot` left the tier for another reason than eviction (removed, replaced, promoted).
+    #[inline]
     pub fn remove<M: Entries + ?Sized>(&mut self, slot: u32, entries: &M) {
         match self {
             Self::Lru(policy) => policy.remove(slot),
@@ -187,6 +191,7 @@ impl Policy {
 
     /// Chooses a victim, removes it from the policy and returns it; `None` when every entry is
     /// kept. `keep(slot)` true means the entry must stay.
+    #[inline]
     pub fn evict<M: Entries + ?Sized>(
         &mut self,
         keep: &mut dyn FnMut(u32) -> bool,
@@ -211,6 +216,7 @@ impl Policy {
 
     /// Whether the policy remembers evicted keys (S3-FIFO's ghosts) for the caller's key map; a
     /// caller skips looking for ghosts when it does not.
+    #[inline]
     pub fn keeps_ghosts(&self) -> bool {
         matches!(self, Self::S3Fifo(_))
     }
@@ -218,6 +224,7 @@ impl Policy {
     /// The ghost the last [`Policy::evict`]'s victim left, once: S3-FIFO remembers keys evicted
     /// from its small queue. The caller keeps it in its key map under the victim's key hash, in
     /// place of the victim, until it is consumed by an insert or forgotten.
+    #[inline]
     pub fn take_remembered(&mut self) -> Option<GhostId> {
         match self {
             Self::S3Fifo(policy) => policy.take_remembered(),
@@ -227,6 +234,7 @@ impl Policy {
 
     /// A ghost that left the window unconsumed, `(key_hash, id)`: the caller drops it from its
     /// key map. Call after each [`Policy::evict`] until `None`.
+    #[inline]
     pub fn pop_forgotten(&mut self) -> Option<(u64, GhostId)> {
         match self {
             Self::S3Fifo(policy) => policy.pop_forgotten(),
@@ -235,6 +243,7 @@ impl Policy {
     }
 
     /// The key hash ghost `id` remembers, while it can still be consumed.
+    #[inline]
     pub fn ghost_hash(&self, id: GhostId) -> Option<u64> {
         match self {
             Self::S3Fifo(policy) => policy.ghost_hash(id),
@@ -245,6 +254,7 @@ impl Policy {
     /// The key hash given when `slot` was last inserted; still there after the slot is evicted
     /// or removed (the tier removes a victim from its key map with it, without reading the entry
     /// first).
+    #[inline]
     pub fn key_hash(&self, slot: u32) -> u64 {
         match self {
             Self::Lru(policy) => policy.key_hash(slot),

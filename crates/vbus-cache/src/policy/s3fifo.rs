@@ -113,6 +113,7 @@ impl S3Fifo {
     /// A new entry of `size_bytes` in `slot`; `ghost` is the ghost its key left, when the
     /// caller found one (a returning key, which goes to main; the caller let the ghost's map
     /// entry go).
+    #[inline]
     pub(crate) fn insert<E: Entries + ?Sized>(
         &mut self,
         slot: u32,
@@ -149,6 +150,7 @@ impl S3Fifo {
     /// A hit: the slot's frequency (its mark: hits since the last pass, kept in the caller's
     /// entry so that a hit touches no line of the policy's) goes up, to [`FREQ_MAX`]. Bumped
     /// under a shared lock, so atomic; a lost race loses one count.
+    #[inline]
     pub(crate) fn access<E: Entries + ?Sized>(&self, slot: u32, entries: &E) {
         let freq = entries.mark(slot);
         let seen = freq.load(Ordering::Relaxed);
@@ -182,6 +184,7 @@ impl S3Fifo {
     }
 
     /// The oldest live position of a ring, taken out of it.
+    #[inline]
     fn pop_live(&mut self, queue: Queue) -> Option<u32> {
         let ring = match queue {
             Queue::Small => &mut self.small,
@@ -195,11 +198,13 @@ impl S3Fifo {
         None
     }
 
+    #[inline]
     fn requeue_main(&mut self, slot: u32) {
         let stamp = self.slots[slot as usize].stamp;
         self.main.push_back((slot, stamp));
     }
 
+    #[inline]
     pub(crate) fn evict<E: Entries + ?Sized>(
         &mut self,
         keep: &mut dyn FnMut(u32) -> bool,
@@ -265,6 +270,7 @@ impl S3Fifo {
     /// Puts a key hash in the ghost queue, which remembers about as many keys as the queues hold:
     /// the window grows by one up to that many, and the oldest ghosts beyond it are forgotten.
     /// Consumed ghosts still count in the window.
+    #[inline]
     fn remember(&mut self, key_hash: u64) {
         let seq = self.ghost_front + self.ghosts.len() as u64;
         self.ghosts.push_back(Ghost {
@@ -287,6 +293,7 @@ impl S3Fifo {
     }
 
     /// Where ghost `id` is in the ring, if it is in the window.
+    #[inline]
     fn ghost_index(&self, id: GhostId) -> Option<usize> {
         let offset = u64::from(id).wrapping_sub(self.ghost_front) & GHOST_ID_MASK;
         usize::try_from(offset)
@@ -296,6 +303,7 @@ impl S3Fifo {
 
     /// Marks ghost `id` as come back; true when it is in the window, unconsumed, and remembers
     /// `key_hash`.
+    #[inline]
     fn consume_ghost(&mut self, id: GhostId, key_hash: u64) -> bool {
         let Some(index) = self.ghost_index(id) else {
             return false;
@@ -307,21 +315,25 @@ impl S3Fifo {
     }
 
     /// The key hash ghost `id` remembers, while it is in the window and unconsumed.
+    #[inline]
     pub(crate) fn ghost_hash(&self, id: GhostId) -> Option<u64> {
         let ghost = self.ghosts[self.ghost_index(id)?];
         (!ghost.consumed).then_some(ghost.key_hash)
     }
 
     /// The ghost the last [`S3Fifo::evict`]'s victim left (a victim from small), once.
+    #[inline]
     pub(crate) fn take_remembered(&mut self) -> Option<GhostId> {
         self.remembered.take()
     }
 
     /// A ghost that left the window unconsumed, `(key_hash, id)`, for the caller to drop.
+    #[inline]
     pub(crate) fn pop_forgotten(&mut self) -> Option<(u64, GhostId)> {
         self.forgotten.pop()
     }
 
+    #[inline]
     pub(crate) fn key_hash(&self, slot: u32) -> u64 {
         self.slots
             .get(slot as usize)
@@ -335,17 +347,20 @@ impl S3Fifo {
             + self.forgotten.capacity() * std::mem::size_of::<(u64, GhostId)>()
     }
 
+    #[inline]
     pub(crate) fn len(&self) -> usize {
         self.small_len + self.main_len
     }
 }
 
 /// The ghost number of remember number `seq`.
+#[inline]
 fn ghost_id(seq: u64) -> GhostId {
     (seq & GHOST_ID_MASK) as GhostId
 }
 
 /// Whether a queued position still stands for its slot's entry in that queue.
+#[inline]
 fn is_live(slots: &[SlotState], (slot, stamp): Position, queue: Queue) -> bool {
     slots
         .get(slot as usize)

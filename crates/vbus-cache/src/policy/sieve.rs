@@ -20,6 +20,7 @@ impl Sieve {
         self.list.reserve(n_slots);
     }
 
+    #[inline]
     pub(crate) fn insert(&mut self, slot: u32, key_hash: u64) {
         self.list.push_head_with_hash(slot, key_hash);
         if let Some(visited) = self.list.mark(slot) {
@@ -27,6 +28,7 @@ impl Sieve {
         }
     }
 
+    #[inline]
     pub(crate) fn access(&self, slot: u32) {
         // Read before writing: a hot entry's line is not dirtied (nor bounced between cores) on
         // every hit.
@@ -37,6 +39,7 @@ impl Sieve {
         }
     }
 
+    #[inline]
     pub(crate) fn remove(&mut self, slot: u32) {
         if self.hand == Some(slot) {
             self.hand = self.list.prev(slot);
@@ -46,6 +49,7 @@ impl Sieve {
 
     /// The first unvisited, not kept entry from the hand toward the head. Kept entries are passed
     /// over like visited ones; two full sweeps find any evictable entry.
+    #[inline]
     pub(crate) fn evict(&mut self, keep: &mut dyn FnMut(u32) -> bool) -> Option<u32> {
         let mut current = self.hand.or_else(|| self.list.tail())?;
         for _ in 0..=2 * self.list.len() {
@@ -62,6 +66,7 @@ impl Sieve {
         None
     }
 
+    #[inline]
     pub(crate) fn key_hash(&self, slot: u32) -> u64 {
         self.list.key_hash(slot)
     }

@@ -38,7 +38,10 @@ impl Contender {
     }
 }
 
-/// A cache behind the get-then-insert-on-miss loop.
+/// A cache behind the get-then-insert-on-miss loop. Six are built per run, so the size of the
+/// largest (our tier holds its per-thread counters' bucket table inline) does not matter, while
+/// boxing it would add a load to every one of our operations that the references do not pay.
+#[allow(clippy::large_enum_variant)]
 enum Built {
     Ours(MemoryTier<u64, u64>),
     QuickCache(quick_cache::sync::Cache<u64, u64>),
@@ -127,7 +130,7 @@ pub(super) fn run<W: Write>(
     };
     reporter.note(&format!(
         "bench cache: Zipf over {n_keys} keys, capacity {capacity_entries} entries, get then insert on a miss, \
-         {n_ops_per_thread} operations per thread, medians of rounds; ours is the L2 memory tier \
+         {n_ops_per_thread} operations per thread in chunks taking turns across contenders, medians of passes; ours is the L2 memory tier \
          ({} shards, as the daemon's: 4 per core) with each policy",
         vbus_cache::memory::default_shards()
     ))?;
@@ -139,8 +142,11 @@ pub(super) fn run<W: Write>(
             (0..n_ops_per_thread).map(|_| zipf.next_key()).collect()
         })
         .collect();
-    // Each contender runs several rounds, in rotating order so drift favours none; medians.
-    let n_rounds = match mode {
+    // Every contender is built and warmed, then the stream runs in short chunks that take turns
+    // across contenders (in rotating order): the machine's drift over seconds, which moved whole
+    // rounds by up to 2x on shared VMs, falls on every contender alike. Each pass over the
+    // stream gives one rate per contender; medians of the passes.
+    let n_passes = match mode {
         Mode::Full => 5,
         Mode::Quick => 3,
     };
@@ -154,18 +160,12 @@ pub(super) fn run<W: Write>(
         Contender::Foyer(PolicyKind::S3Fifo),
     ];
     for n_threads in [1usize, 2] {
-        let mut samples: [Vec<f64>; 6] = Default::default();
-        for round in 0..n_rounds {
-            for offset in 0..contenders.len() {
-                let contender_idx = (round + offset) % contenders.len();
-                let rate = ops_per_s(
-                    contenders[contender_idx],
-                    capacity_entries,
-                    &streams[..n_threads],
-                );
-                samples[contender_idx].push(rate);
-            }
-        }
+        let samples = interleaved_ops_per_s(
+            &contenders,
+            capacity_entries,
+            &streams[..n_threads],
+            n_passes,
+        );
         let [lru, s3fifo, sieve, quick, moka, foyer] = samples.map(|mut rates| median(&mut rates));
         for (kind, ours) in [
             (PolicyKind::Lru, lru),
@@ -480,28 +480,70 @@ fn plain_writes_once(
     Ok(rate)
 }
 
-/// Total operations per second of `streams.len()` threads running get-then-insert-on-miss.
-fn ops_per_s(contender: Contender, capacity_entries: u64, streams: &[Vec<u64>]) -> f64 {
-    let cache = Built::new(contender, capacity_entries);
-    // Warm the cache with the first stream once, so every contender starts full.
-    for &key in &streams[0] {
-        cache.get_or_insert(key);
+/// Chunks a pass over the streams is cut into; each contender runs one chunk per turn.
+const CHUNKS_PER_PASS: usize = 20;
+
+/// Operations per second of `streams.len()` threads running get-then-insert-on-miss, for each
+/// contender and each of `n_passes` passes over the streams. All contenders are built and warmed
+/// with the first stream first; then each chunk of a pass runs on every contender in turn (the
+/// first contender of a turn rotates), each timed alone, and a pass's rate is its operations
+/// over its chunks' summed time.
+fn interleaved_ops_per_s<const N: usize>(
+    contenders: &[Contender; N],
+    capacity_entries: u64,
+    streams: &[Vec<u64>],
+    n_passes: usize,
+) -> [Vec<f64>; N] {
+    let caches: Vec<Built> = contenders
+        .iter()
+        .map(|&contender| {
+            let cache = Built::new(contender, capacity_entries);
+            for &key in &streams[0] {
+                cache.get_or_insert(key);
+            }
+            cache
+        })
+        .collect();
+    let stream_len = streams.iter().map(Vec::len).min().unwrap_or(0);
+    let chunk_len = stream_len.div_ceil(CHUNKS_PER_PASS).max(1);
+    let mut rates: [Vec<f64>; N] = std::array::from_fn(|_| Vec::with_capacity(n_passes));
+    for _ in 0..n_passes {
+        let mut elapsed = [std::time::Duration::ZERO; N];
+        for (chunk_idx, start) in (0..stream_len).step_by(chunk_len).enumerate() {
+            let end = (start + chunk_len).min(stream_len);
+            for offset in 0..N {
+                let idx = (chunk_idx + offset) % N;
+                elapsed[idx] += run_chunk(&caches[idx], streams, start..end);
+            }
+        }
+        let n_ops = (stream_len * streams.len()) as f64;
+        for (rate, took) in rates.iter_mut().zip(elapsed) {
+            rate.push(n_ops / took.as_secs_f64().max(1e-9));
+        }
     }
+    rates
+}
+
+/// Runs `range` of each stream on a thread of its own against `cache`; returns the time taken.
+fn run_chunk(
+    cache: &Built,
+    streams: &[Vec<u64>],
+    range: std::ops::Range<usize>,
+) -> std::time::Duration {
     let started = Instant::now();
     std::thread::scope(|scope| {
         for stream in streams {
-            let cache = &cache;
+            let keys = &stream[range.clone()];
             scope.spawn(move || {
                 let mut hits = 0u64;
-                for &key in stream {
+                for &key in keys {
                     hits += u64::from(cache.get_or_insert(key));
                 }
                 std::hint::black_box(hits);
             });
         }
     });
-    let n_ops: usize = streams.iter().map(Vec::len).sum();
-    n_ops as f64 / started.elapsed().as_secs_f64().max(1e-9)
+    started.elapsed()
 }
 
 /// Hits over accesses after a warm-up pass of the same stream.
