@@ -119,11 +119,24 @@ impl<K, V> Entries for [Option<Entry<K, V>>] {
     }
 }
 
-/// One shard: the lock-protected state, on cache lines of its own.
+/// LRU moves a shard records under its shared lock before a hit must take the exclusive one.
+const PENDING_MOVES: usize = 32;
+
+/// One shard: the lock-protected state, on cache lines of its own, and the LRU moves hits asked
+/// for under the shared lock. The next holder of the exclusive lock applies those first, in the
+/// order they were recorded, before it changes anything ([`Shard::write`]): every eviction sees
+/// exact recency, and an LRU hit that must move its entry takes no exclusive lock (unless the
+/// record is full).
 #[derive(Debug)]
-#[repr(align(64))]
+#[repr(C, align(64))]
 struct Shard<K, V> {
     state: RwLock<ShardState<K, V>>,
+    /// Moves recorded (may run past [`PENDING_MOVES`]: those hits found no room and move
+    /// themselves under the exclusive lock).
+    n_pending: AtomicU32,
+    /// The slots of the recorded moves; written and read only under the lock (shared to record,
+    /// exclusive to apply), so relaxed accesses suffice.
+    pending: [AtomicU32; PENDING_MOVES],
 }
 
 /// The fields a get reads come first (`repr(C)` keeps the order), so that with the lock word
@@ -164,6 +177,8 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
         let hasher = foldhash::fast::FixedState::with_seed(0x5eed_cafe);
         let shards = (0..n_shards)
             .map(|_| Shard {
+                n_pending: AtomicU32::new(0),
+                pending: std::array::from_fn(|_| AtomicU32::new(0)),
                 state: RwLock::new(ShardState {
                     slots_by_key: hashbrown::HashTable::new(),
                     entries: Vec::new(),
@@ -236,7 +251,7 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
                 GetCounts::bump(&self.get_counts().misses);
                 return None;
             };
-            if state.policy.access_shared(slot, &state.entries[..]) {
+            if state.policy.access_shared(slot, &state.entries[..]) || shard.record_move(slot) {
                 GetCounts::bump(&self.get_counts().hits);
                 return state.entries[slot as usize]
                     .as_ref()
@@ -244,8 +259,9 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
             }
             slot
         };
-        // LRU reorders on a hit: exclusive lock, and check again (the key may have left). The
-        // slot still holding the key is enough: a slot holds one entry, found by its key.
+        // An LRU move found the record full: exclusive lock, and check again (the key may have
+        // left). The slot still holding the key is enough: a slot holds one entry, found by its
+        // key.
         let mut state = shard.write();
         let still = state.entries[found as usize]
             .as_ref()
@@ -337,7 +353,7 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
         let (shard, hash) = self.shard(&key);
         let mut guard = shard.write();
         let shard = &mut *guard;
-        let existing = shard.find(hash, &key);
+        let (existing, ghost) = shard.find_with_ghost(hash, &key);
         if let Some(slot) = existing
             && shard.entries[slot as usize]
                 .as_ref()
@@ -410,11 +426,9 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
             pinned,
             mark: AtomicU32::new(0),
         });
-        // A ghost of the key (S3-FIFO) becomes its entry in place.
-        let ghost = match existing {
-            None if shard.policy.keeps_ghosts() => shard.find_ghost(hash),
-            _ => None,
-        };
+        // A ghost of the key (S3-FIFO) becomes its entry in place, unless the evictions above
+        // forgot it.
+        let ghost = ghost.filter(|&id| shard.policy.ghost_hash(id) == Some(hash));
         let ghost_entry = ghost.and_then(|id| {
             shard
                 .slots_by_key
@@ -526,8 +540,41 @@ impl<K, V> Shard<K, V> {
         self.state.read().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The exclusive lock, with the recorded LRU moves applied.
+    #[inline]
     fn write(&self) -> RwLockWriteGuard<'_, ShardState<K, V>> {
-        self.state.write().unwrap_or_else(|p| p.into_inner())
+        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        let n_pending = self.n_pending.load(Ordering::Relaxed) as usize;
+        if n_pending > 0 {
+            self.apply_moves(&mut state, n_pending);
+        }
+        state
+    }
+
+    /// Applies the first `n_pending` recorded moves (out of line: only LRU records any).
+    #[inline(never)]
+    fn apply_moves(&self, state: &mut ShardState<K, V>, n_pending: usize) {
+        for slot in &self.pending[..n_pending.min(PENDING_MOVES)] {
+            // No slot changed hands since it was recorded: that takes this lock.
+            state
+                .policy
+                .access(slot.load(Ordering::Relaxed), &state.entries[..]);
+        }
+        self.n_pending.store(0, Ordering::Relaxed);
+    }
+
+    /// Records the move of an LRU hit on `slot`, under the shared lock; false when the record is
+    /// full (move it under the exclusive lock).
+    #[inline]
+    fn record_move(&self, slot: u32) -> bool {
+        let idx = self.n_pending.fetch_add(1, Ordering::Relaxed) as usize;
+        match self.pending.get(idx) {
+            Some(cell) => {
+                cell.store(slot, Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -545,14 +592,30 @@ impl<K: Hash + Eq, V> ShardState<K, V> {
             .copied()
     }
 
-    /// The ghost a key of `hash` left in the map (S3-FIFO), if any.
+    /// The slot holding `key` or, when none does, the ghost a key of `hash` left in the map
+    /// (S3-FIFO), in one probe.
     #[inline]
-    fn find_ghost(&self, hash: u64) -> Option<GhostId> {
-        self.slots_by_key
+    fn find_with_ghost(&self, hash: u64, key: &K) -> (Option<u32>, Option<GhostId>) {
+        if !self.policy.keeps_ghosts() {
+            return (self.find(hash, key), None);
+        }
+        let mut ghost = None;
+        let slot = self
+            .slots_by_key
             .find(hash, |&other| {
-                other & GHOST != 0 && self.policy.ghost_hash(other & !GHOST) == Some(hash)
+                if other & GHOST == 0 {
+                    return self.entries[other as usize]
+                        .as_ref()
+                        .is_some_and(|entry| entry.key == *key);
+                }
+                let id = other & !GHOST;
+                if self.policy.ghost_hash(id) == Some(hash) {
+                    ghost = Some(id);
+                }
+                false
             })
-            .map(|&other| other & !GHOST)
+            .copied();
+        (slot, if slot.is_none() { ghost } else { None })
     }
 
     /// Whether evicting unpinned entries (other than `except`) can free room for `size_bytes`
@@ -701,6 +764,8 @@ mod tests {
         assert_eq!(std::mem::size_of::<Option<Entry<u64, u64>>>(), 32);
         let mut zipf = crate::replay::Zipf::new(20_000, 1.0, 3);
         let stream: Vec<u64> = (0..200_000).map(|_| zipf.next_key()).collect();
+        // (LRU is left out: the replay tier moves on every hit, the memory tier not within the
+        // newest quarter.)
         for kind in [PolicyKind::S3Fifo, PolicyKind::Sieve] {
             let tier: MemoryTier<u64, u64> = MemoryTier::new(kind, 2_000, 1);
             let mut replayed = crate::replay::Tier::new(kind, 2_000);
@@ -717,6 +782,31 @@ mod tests {
             assert_eq!(ours.misses, theirs.misses, "{}", kind.as_str());
             assert!(ours.hits > stream.len() as u64 / 2, "{}", kind.as_str());
         }
+    }
+
+    /// LRU moves recorded under the shared lock are applied, in order, before the next change:
+    /// evictions follow exact recency, also when more hits ask to move than the record holds.
+    #[test]
+    fn recorded_lru_moves_keep_exact_recency() {
+        let n_keys = 1_000u64;
+        let tier: MemoryTier<u64, u64> = MemoryTier::new(PolicyKind::Lru, n_keys, 1);
+        for key in 0..n_keys {
+            assert!(tier.insert_with(key, key, 1, |_, _, _| {}));
+        }
+        // The oldest 100 keys, hit newest-first: outside the newest quarter, so each must move;
+        // the first PENDING_MOVES are recorded, the rest move under the exclusive lock.
+        let hit_order: Vec<u64> = (0..100).rev().collect();
+        for key in &hit_order {
+            assert_eq!(tier.get(key), Some(*key));
+        }
+        let mut victims = Vec::new();
+        for key in n_keys..2 * n_keys {
+            assert!(tier.insert_with(key, key, 1, |victim, _, _| victims.push(victim)));
+        }
+        // Never-hit keys leave first, oldest first; then the hit keys in the order of their hits.
+        let expected: Vec<u64> = (100..n_keys).chain(hit_order).collect();
+        assert_eq!(victims, expected);
+        assert_eq!(tier.stats().hits, 100);
     }
 
     /// `reserve` is only a size hint: a reserved tier makes the same choices as one that grew,
@@ -761,7 +851,14 @@ mod tests {
     /// to later threads), and none is lost while threads run together.
     #[test]
     fn counters_are_exact_under_contention() {
-        let tier: MemoryTier<u64, u64> = MemoryTier::new(PolicyKind::S3Fifo, 1 << 20, 16);
+        for kind in PolicyKind::ALL {
+            counters_are_exact_under_contention_with(kind);
+        }
+    }
+
+    fn counters_are_exact_under_contention_with(kind: PolicyKind) {
+        // 5000 keys of 64 bytes against 160 KiB: full, so LRU moves hits and evicts.
+        let tier: MemoryTier<u64, u64> = MemoryTier::new(kind, 160 << 10, 4);
         for round in 1..=3u64 {
             std::thread::scope(|scope| {
                 for thread_idx in 0..4u64 {
@@ -785,6 +882,7 @@ mod tests {
         assert_eq!(tier.get(&1), tier.peek(&1));
         let stats = tier.stats();
         assert_eq!(stats.hits + stats.misses, 240_001);
+        assert!(stats.n_evictions > 0, "{}: the tier filled", kind.as_str());
         assert!(stats.used_bytes <= stats.capacity_bytes);
         assert_eq!(stats.used_bytes, stats.n_entries * 64);
     }

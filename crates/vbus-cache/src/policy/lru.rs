@@ -17,7 +17,9 @@ const MOVE_WINDOW_DIV: usize = 4;
 /// bumps an item at most once a minute for the same reason): such a hit is served under a shared
 /// lock with no write at all. Eviction order is therefore least recently *moved*: a slot hit
 /// again while in the newest quarter keeps the position of its earlier move. Slots outside that
-/// quarter are ordered exactly by recency.
+/// quarter are ordered exactly by recency. A hit outside it need not take the exclusive lock
+/// either: the memory tier records the move and applies recorded moves, in order, before its next
+/// change under that lock, so every eviction still sees them.
 #[derive(Debug, Default)]
 pub struct Lru {
     list: SlotList,
@@ -36,14 +38,19 @@ impl Lru {
 
     /// A hit under a shared lock on a slot it holds: true when `slot` is in the newest quarter
     /// and stays where it is; false when it must move ([`Lru::access`], under the exclusive
-    /// lock).
+    /// lock, now or later: the memory tier records such moves and applies them when it next
+    /// takes that lock). Until it moves, the slot's stamp is the present one, so later hits do
+    /// not ask again.
     #[inline]
     pub(crate) fn access_shared<E: Entries + ?Sized>(&self, slot: u32, entries: &E) -> bool {
-        let age = self
-            .list
-            .clock()
-            .wrapping_sub(entries.mark(slot).load(Ordering::Relaxed));
-        (age as usize) < self.list.len() / MOVE_WINDOW_DIV
+        let mark = entries.mark(slot);
+        let clock = self.list.clock();
+        let age = clock.wrapping_sub(mark.load(Ordering::Relaxed));
+        if (age as usize) < self.list.len() / MOVE_WINDOW_DIV {
+            return true;
+        }
+        mark.store(clock, Ordering::Relaxed);
+        false
     }
 
     /// A hit that moves `slot` to the head.

@@ -162,8 +162,9 @@ impl Policy {
     }
 
     /// A hit on `slot` under a shared lock: S3-FIFO and SIEVE only bump atomic state; LRU
-    /// returns false when the slot must move (take the exclusive lock and call
-    /// [`Policy::access`]).
+    /// returns false when the slot must move (call [`Policy::access`] under the exclusive lock,
+    /// before any other change to the policy: the memory tier records the move and applies it
+    /// when it next takes that lock).
     #[inline]
     pub fn access_shared<M: Entries + ?Sized>(&self, slot: u32, entries: &M) -> bool {
         match self {
