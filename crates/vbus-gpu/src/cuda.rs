@@ -141,7 +141,7 @@ impl CudaContext {
         // SAFETY: flags 0 asks for plain page-locked memory; the caller initialises it.
         let ptr = unsafe { result::malloc_host(size_bytes as usize, 0) }
             .map_err(|err| Error::driver("cuMemHostAlloc", err))?;
-        NonNull::new(ptr.cast::<u8>()).ok_or(Error::Driver {
+        NonNull::new(ptr.cast::<u8>()).ok_or_else(|| Error::Driver {
             call: "cuMemHostAlloc",
             code: "returned a null pointer".to_owned(),
         })

@@ -404,7 +404,7 @@ impl ChunkSource for HeapSource {
             })?;
         // SAFETY: the layout has a non-zero size (chunks are at least 2 MiB).
         let ptr = unsafe { std::alloc::alloc(layout) };
-        let ptr = NonNull::new(ptr).ok_or(Error::Driver {
+        let ptr = NonNull::new(ptr).ok_or_else(|| Error::Driver {
             call: "heap allocation",
             code: format!("the allocator refused {size_bytes} bytes"),
         })?;

@@ -87,7 +87,9 @@ impl Page {
         }
     }
 
-    /// Replaces the bytes (a propagation result); returns whether they changed.
+    /// Replaces the bytes (a propagation result); returns whether they changed. The host case
+    /// is inlined into the propagation loop; a device page goes out of line.
+    #[inline]
     pub fn replace(&mut self, new_bytes: &[u8], device: Option<&vbus_gpu::Device>) -> Result<bool> {
         match &mut self.bytes {
             Bytes::Host(bytes) => {
@@ -97,20 +99,28 @@ impl Page {
                 bytes.copy_from_slice(new_bytes);
                 Ok(true)
             }
-            Bytes::Device(buffer) => {
-                let device = device.ok_or(Error::NoDevice)?;
-                let mut old = vec![0u8; new_bytes.len()];
-                device
-                    .download(buffer, 0, &mut old)
-                    .map_err(Error::Device)?;
-                if old == new_bytes {
-                    return Ok(false);
-                }
-                device.upload(new_bytes, buffer, 0).map_err(Error::Device)?;
-                Ok(true)
-            }
+            Bytes::Device(buffer) => replace_on_device(buffer, new_bytes, device),
         }
     }
+}
+
+/// [`Page::replace`] of a device page: its bytes are read back to tell whether they change.
+#[inline(never)]
+fn replace_on_device(
+    buffer: &mut vbus_gpu::DeviceBuffer,
+    new_bytes: &[u8],
+    device: Option<&vbus_gpu::Device>,
+) -> Result<bool> {
+    let device = device.ok_or(Error::NoDevice)?;
+    let mut old = vec![0u8; new_bytes.len()];
+    device
+        .download(buffer, 0, &mut old)
+        .map_err(Error::Device)?;
+    if old == new_bytes {
+        return Ok(false);
+    }
+    device.upload(new_bytes, buffer, 0).map_err(Error::Device)?;
+    Ok(true)
 }
 
 /// A sparse delta on a device page: the runs' bytes go up in one upload into a staging buffer,

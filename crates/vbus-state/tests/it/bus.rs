@@ -216,6 +216,45 @@ fn gpu_pages_keep_their_bytes_on_the_device() {
     assert_eq!(bus.query_page(page).unwrap().location, Location::Gpu);
 }
 
+/// A propagation target on the device is recomputed there, and its epoch moves only when its
+/// bytes change (the device page is read back to tell).
+#[test]
+fn propagation_reaches_gpu_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = vbus_gpu::Device::open(&vbus_gpu::DeviceOptions {
+        backend: crate::test_backend(),
+        capacity_bytes: 16 << 20,
+        host_capacity_bytes: 16 << 20,
+        chunk_bytes: 4 << 20,
+        ..vbus_gpu::DeviceOptions::default()
+    })
+    .unwrap();
+    let bus = StateBus::builder(dir.path()).device(device).open().unwrap();
+    let source = bus.create_page(16, Location::Cpu).unwrap();
+    let target = bus.create_page(16, Location::Gpu).unwrap();
+    let max = Rule::Semiring {
+        op: MergeOp::Max,
+        elem: ElemType::I64,
+    };
+    bus.add_edge(source, target, max).unwrap();
+    let set = |values: [i64; 2]| {
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        bus.update_page(source, &Delta::dense(bytes)).unwrap();
+    };
+    set([5, 7]);
+    let view = bus.query_page(target).unwrap();
+    assert_eq!(view.location, Location::Gpu);
+    assert_eq!(as_i64s(&view.bytes), [5, 7]);
+    let epoch = view.epoch;
+    // The same bytes again: the source changes epoch, the target's recomputed bytes do not.
+    set([5, 7]);
+    assert_eq!(bus.query_page(target).unwrap().epoch, epoch);
+    set([9, 7]);
+    let view = bus.query_page(target).unwrap();
+    assert_eq!(as_i64s(&view.bytes), [9, 7]);
+    assert_eq!(view.epoch, epoch + 1);
+}
+
 #[test]
 fn checkpoints_are_kept_two_deep_and_release_the_log() {
     let dir = tempfile::tempdir().unwrap();
