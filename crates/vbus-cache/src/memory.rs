@@ -1,7 +1,8 @@
 //! A memory tier: values held in RAM (L2, or the host side of L1's accounting), sharded by key
 //! hash. Each shard is a hash table of slots, a slab of entries and an eviction policy under one
-//! read-write lock. A hit takes the shared lock (S3-FIFO and SIEVE only bump atomic state; LRU
-//! retakes the lock exclusively to reorder); inserts, removals and evictions take it exclusively.
+//! read-write lock. A hit takes the shared lock (S3-FIFO and SIEVE only bump atomic state; an
+//! LRU hit that must reorder records the move, applied by the next holder of the exclusive lock);
+//! inserts, removals and evictions take it exclusively.
 //! Hits and misses are counted per thread (each thread writes only its own counters, so a get
 //! makes no atomic read-modify-write and shares no counter line with other cores), the rest is
 //! changed under the shard's lock, so every counter is exact under contention. A key is hashed
@@ -426,9 +427,8 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
             pinned,
             mark: AtomicU32::new(0),
         });
-        // A ghost of the key (S3-FIFO) becomes its entry in place, unless the evictions above
-        // forgot it.
-        let ghost = ghost.filter(|&id| shard.policy.ghost_hash(id) == Some(hash));
+        // A ghost of the key (S3-FIFO) becomes its entry in place. One the evictions above forgot
+        // has left the map (this probe misses it) and the policy (its insert ignores it).
         let ghost_entry = ghost.and_then(|id| {
             shard
                 .slots_by_key
@@ -583,13 +583,16 @@ impl<K: Hash + Eq, V> ShardState<K, V> {
     #[inline]
     fn find(&self, hash: u64, key: &K) -> Option<u32> {
         self.slots_by_key
-            .find(hash, |&slot| {
-                slot & GHOST == 0
-                    && self.entries[slot as usize]
-                        .as_ref()
-                        .is_some_and(|entry| entry.key == *key)
-            })
+            .find(hash, |&other| other & GHOST == 0 && self.holds(other, key))
             .copied()
+    }
+
+    /// Whether `slot` (a key-map value that is not a ghost) holds `key`.
+    #[inline]
+    fn holds(&self, slot: u32, key: &K) -> bool {
+        self.entries[slot as usize]
+            .as_ref()
+            .is_some_and(|entry| entry.key == *key)
     }
 
     /// The slot holding `key` or, when none does, the ghost a key of `hash` left in the map
@@ -604,9 +607,7 @@ impl<K: Hash + Eq, V> ShardState<K, V> {
             .slots_by_key
             .find(hash, |&other| {
                 if other & GHOST == 0 {
-                    return self.entries[other as usize]
-                        .as_ref()
-                        .is_some_and(|entry| entry.key == *key);
+                    return self.holds(other, key);
                 }
                 let id = other & !GHOST;
                 if self.policy.ghost_hash(id) == Some(hash) {

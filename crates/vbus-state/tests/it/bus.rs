@@ -177,14 +177,7 @@ fn edges_propagate_in_order_and_cycles_are_refused() {
 #[test]
 fn gpu_pages_keep_their_bytes_on_the_device() {
     let dir = tempfile::tempdir().unwrap();
-    let device = vbus_gpu::Device::open(&vbus_gpu::DeviceOptions {
-        backend: crate::test_backend(),
-        capacity_bytes: 16 << 20,
-        host_capacity_bytes: 16 << 20,
-        chunk_bytes: 4 << 20,
-        ..vbus_gpu::DeviceOptions::default()
-    })
-    .unwrap();
+    let device = crate::test_device();
     let open = || {
         StateBus::builder(dir.path())
             .device(device.clone())
@@ -221,14 +214,7 @@ fn gpu_pages_keep_their_bytes_on_the_device() {
 #[test]
 fn propagation_reaches_gpu_pages() {
     let dir = tempfile::tempdir().unwrap();
-    let device = vbus_gpu::Device::open(&vbus_gpu::DeviceOptions {
-        backend: crate::test_backend(),
-        capacity_bytes: 16 << 20,
-        host_capacity_bytes: 16 << 20,
-        chunk_bytes: 4 << 20,
-        ..vbus_gpu::DeviceOptions::default()
-    })
-    .unwrap();
+    let device = crate::test_device();
     let bus = StateBus::builder(dir.path()).device(device).open().unwrap();
     let source = bus.create_page(16, Location::Cpu).unwrap();
     let target = bus.create_page(16, Location::Gpu).unwrap();

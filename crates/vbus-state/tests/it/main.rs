@@ -5,9 +5,19 @@ mod crash;
 mod delta;
 mod history;
 
-/// The device backend the GPU tests run on (`VBUS_GPU_TEST_BACKEND`, simulated by default).
-pub fn test_backend() -> vbus_gpu::BackendChoice {
-    vbus_gpu::BackendChoice::from_test_env().unwrap_or_else(|error| panic!("{error}"))
+/// A 16 MiB device for the GPU-page tests, on the backend `VBUS_GPU_TEST_BACKEND` names
+/// (simulated by default).
+pub fn test_device() -> vbus_gpu::Device {
+    let backend =
+        vbus_gpu::BackendChoice::from_test_env().unwrap_or_else(|error| panic!("{error}"));
+    vbus_gpu::Device::open(&vbus_gpu::DeviceOptions {
+        backend,
+        capacity_bytes: 16 << 20,
+        host_capacity_bytes: 16 << 20,
+        chunk_bytes: 4 << 20,
+        ..vbus_gpu::DeviceOptions::default()
+    })
+    .unwrap()
 }
 
 use vbus_state::{Delta, ElemType, Location, MergeOp, Rule, StateBus};
