@@ -396,9 +396,8 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
                     &entries[..],
                 )
                 .expect("can_make_room found enough unpinned bytes");
-            let victim_hash = shard.policy.key_hash(victim);
             let ghost = shard.policy.take_remembered();
-            let entry = shard.take_slot(victim, victim_hash, ghost);
+            let entry = shard.take_slot(victim.slot, victim.key_hash, ghost);
             while let Some((ghost_hash, id)) = shard.policy.pop_forgotten() {
                 if let Ok(found) = shard
                     .slots_by_key

@@ -37,7 +37,8 @@ pub struct Tier {
     slots_by_key: HashMap<u64, u32>,
     /// Each slot's size and the policy's hit mark.
     slots: SlotTable,
-    keys: Vec<u64>,
+    /// Slots handed out so far.
+    n_slots: u32,
     free_slots: Vec<u32>,
     /// S3-FIFO's ghosts, by key (keys are their own hashes here).
     ghosts: GhostMap,
@@ -53,7 +54,7 @@ impl Tier {
             used_bytes: 0,
             slots_by_key: HashMap::new(),
             slots: SlotTable::default(),
-            keys: Vec::new(),
+            n_slots: 0,
             free_slots: Vec::new(),
             ghosts: GhostMap::default(),
             stats: ReplayStats::default(),
@@ -76,18 +77,16 @@ impl Tier {
             let Some(victim) = self.policy.evict(&mut |_| false, &self.slots) else {
                 break;
             };
-            self.used_bytes -= self.slots.size_bytes(victim);
-            let victim_key = self.keys[victim as usize];
-            self.slots_by_key.remove(&victim_key);
-            self.ghosts.after_evict(&mut self.policy, victim_key);
-            self.free_slots.push(victim);
+            self.used_bytes -= self.slots.size_bytes(victim.slot);
+            self.slots_by_key.remove(&victim.key_hash);
+            self.ghosts.after_evict(&mut self.policy, victim.key_hash);
+            self.free_slots.push(victim.slot);
         }
         let slot = self.free_slots.pop().unwrap_or_else(|| {
-            self.keys.push(0);
-            (self.keys.len() - 1) as u32
+            self.n_slots += 1;
+            self.n_slots - 1
         });
         self.slots.set_size(slot, size_bytes);
-        self.keys[slot as usize] = key;
         self.slots_by_key.insert(key, slot);
         self.used_bytes += size_bytes;
         let ghost = self.ghosts.take(&self.policy, key);

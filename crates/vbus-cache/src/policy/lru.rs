@@ -2,7 +2,7 @@
 
 use std::sync::atomic::Ordering;
 
-use super::{Entries, SlotList};
+use super::{Entries, SlotList, Victim};
 
 /// The newest `len / MOVE_WINDOW_DIV` slots are not moved on a hit.
 const MOVE_WINDOW_DIV: usize = 4;
@@ -73,7 +73,7 @@ impl Lru {
         &mut self,
         keep: &mut dyn FnMut(u32) -> bool,
         entries: &E,
-    ) -> Option<u32> {
+    ) -> Option<Victim> {
         for _ in 0..self.list.len() {
             let slot = self.list.tail()?;
             if keep(slot) {
@@ -82,15 +82,11 @@ impl Lru {
                 }
                 continue;
             }
+            let key_hash = self.list.key_hash(slot);
             self.list.unlink(slot);
-            return Some(slot);
+            return Some(Victim { slot, key_hash });
         }
         None
-    }
-
-    #[inline]
-    pub(crate) fn key_hash(&self, slot: u32) -> u64 {
-        self.list.key_hash(slot)
     }
 
     pub(crate) fn index_bytes(&self) -> usize {

@@ -69,6 +69,15 @@ impl Entries for SlotTable {
     }
 }
 
+/// An entry [`Policy::evict`] chose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Victim {
+    /// Its slot.
+    pub slot: u32,
+    /// The key hash it was inserted under.
+    pub key_hash: u64,
+}
+
 /// The policies a tier can use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PolicyKind {
@@ -190,14 +199,15 @@ impl Policy {
         }
     }
 
-    /// Chooses a victim, removes it from the policy and returns it; `None` when every entry is
-    /// kept. `keep(slot)` true means the entry must stay.
+    /// Chooses a victim, removes it from the policy and returns it with the key hash it was
+    /// inserted under (the tier removes it from its key map with that, without hashing its key
+    /// again); `None` when every entry is kept. `keep(slot)` true means the entry must stay.
     #[inline]
     pub fn evict<M: Entries + ?Sized>(
         &mut self,
         keep: &mut dyn FnMut(u32) -> bool,
         entries: &M,
-    ) -> Option<u32> {
+    ) -> Option<Victim> {
         match self {
             Self::Lru(policy) => policy.evict(keep, entries),
             Self::S3Fifo(policy) => policy.evict(keep, entries),
@@ -249,18 +259,6 @@ impl Policy {
         match self {
             Self::S3Fifo(policy) => policy.ghost_hash(id),
             Self::Lru(_) | Self::Sieve(_) => None,
-        }
-    }
-
-    /// The key hash given when `slot` was last inserted; still there after the slot is evicted
-    /// or removed (the tier removes a victim from its key map with it, without reading the entry
-    /// first).
-    #[inline]
-    pub fn key_hash(&self, slot: u32) -> u64 {
-        match self {
-            Self::Lru(policy) => policy.key_hash(slot),
-            Self::S3Fifo(policy) => policy.key_hash(slot),
-            Self::Sieve(policy) => policy.key_hash(slot),
         }
     }
 

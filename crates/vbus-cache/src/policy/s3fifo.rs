@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 
-use super::Entries;
+use super::{Entries, Victim};
 
 /// Share of the capacity, in bytes, the small queue holds before it gives way (10%).
 const SMALL_SHARE: f64 = 0.10;
@@ -12,26 +12,25 @@ const FREQ_MAX: u32 = 3;
 /// Ghost entries remembered at least.
 const GHOST_MIN: usize = 16;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-enum Queue {
-    #[default]
-    None,
-    Small,
-    Main,
-}
+/// Which queue an entry is in, bits 2 and 3 of its mark.
+const QUEUE_SHIFT: u32 = 2;
+const QUEUE_MASK: u32 = 0b11 << QUEUE_SHIFT;
+const SMALL: u32 = 1 << QUEUE_SHIFT;
+const MAIN: u32 = 2 << QUEUE_SHIFT;
+/// The hit count, bits 0 and 1 of the mark (up to [`FREQ_MAX`]).
+const FREQ_MASK: u32 = 0b11;
+/// The insert's stamp, the mark's upper 28 bits.
+const STAMP_SHIFT: u32 = 4;
 
-/// What the policy keeps per slot: 16 bytes (the size and the hit count are the caller's, read
-/// through [`Entries`]).
-#[derive(Debug, Default)]
-struct SlotState {
-    queue: Queue,
-    /// Bumped at every insert into the slot: queue positions of an earlier occupant go stale.
+/// A queue position: the slot, the stamp of the insert that queued it (in place, as the mark
+/// holds it), and the key hash, so that a victim's hash is read from the ring in order rather
+/// than from a per-slot table.
+#[derive(Debug, Clone, Copy)]
+struct Position {
+    slot: u32,
     stamp: u32,
     key_hash: u64,
 }
-
-/// A queue position: the slot and its stamp when it was queued.
-type Position = (u32, u32);
 
 /// A ghost's number: its remember number, kept to 31 bits (the tier flags ghosts in its key map
 /// with the 32nd). Ghosts in the window are far fewer than 2^31, so the number names one.
@@ -53,9 +52,17 @@ struct Ghost {
 /// moves to main, the others leave and their hashes go to the ghost queue. In main, an entry hit
 /// since its last pass is reinserted with one hit fewer; the others leave.
 ///
-/// The queues are rings of positions, read and written in order (no pointer chasing); a removed
-/// entry is left in its ring and skipped when it comes up, and a ring holding more stale
-/// positions than live ones is compacted.
+/// The policy keeps no per-slot table: an entry's state is its mark ([`Entries::mark`]: the hit
+/// count, its queue and the stamp of its insert, one word on the entry's own line, which an
+/// eviction reads anyway), and its key hash travels with its queue position. The queues are
+/// rings of positions, read and written in order (no pointer chasing); a removed entry is left
+/// in its ring and skipped when it comes up (its mark no longer matches the position), and a
+/// ring holding more stale positions than live ones is compacted.
+///
+/// Stamps count inserts (28 bits, wrapping): a stale position could pass for its slot's new
+/// entry only if that entry was inserted a multiple of 2^28 inserts after it, in the same queue,
+/// while the stale position stayed unread; it would then only reorder that entry, never break
+/// the counts (a position is taken for the entry it names, which is held, in that queue).
 ///
 /// The ghost queue is not searched by hash here: the caller keeps each ghost's number in its key
 /// map under the victim's key hash ([`S3Fifo::take_remembered`]), in place of the victim's slot,
@@ -69,7 +76,8 @@ pub struct S3Fifo {
     main_len: usize,
     small_target_bytes: u64,
     small_bytes: u64,
-    slots: Vec<SlotState>,
+    /// The next insert's stamp, already shifted into place.
+    next_stamp: u32,
     /// The `ghost_len` newest remembered hashes, oldest first.
     ghosts: VecDeque<Ghost>,
     /// The remember number of `ghosts[0]`.
@@ -86,7 +94,6 @@ const STALE_SLACK: usize = 64;
 
 impl S3Fifo {
     pub(crate) fn reserve(&mut self, n_slots: usize) {
-        self.slots.reserve(n_slots);
         // The small queue holds about a tenth; positions of removed entries linger in both.
         self.small.reserve(n_slots / 4);
         self.main.reserve(n_slots);
@@ -101,7 +108,7 @@ impl S3Fifo {
             main_len: 0,
             small_target_bytes: ((capacity_bytes as f64) * SMALL_SHARE) as u64,
             small_bytes: 0,
-            slots: Vec::new(),
+            next_stamp: 0,
             ghosts: VecDeque::new(),
             ghost_front: 0,
             ghost_len: 0,
@@ -122,94 +129,89 @@ impl S3Fifo {
         ghost: Option<GhostId>,
         entries: &E,
     ) {
-        let idx = slot as usize;
-        if self.slots.len() <= idx {
-            self.slots.resize_with(idx + 1, SlotState::default);
-        }
         let returning = ghost.is_some_and(|id| self.consume_ghost(id, key_hash));
-        let queue = if returning { Queue::Main } else { Queue::Small };
-        entries.mark(slot).store(0, Ordering::Relaxed);
-        let state = &mut self.slots[idx];
-        state.queue = queue;
-        state.stamp = state.stamp.wrapping_add(1);
-        state.key_hash = key_hash;
-        let position = (slot, state.stamp);
-        match queue {
-            Queue::Main => {
-                self.main.push_back(position);
-                self.main_len += 1;
-            }
-            _ => {
-                self.small.push_back(position);
-                self.small_len += 1;
-                self.small_bytes += size_bytes;
-            }
+        let stamp = self.next_stamp;
+        self.next_stamp = stamp.wrapping_add(1 << STAMP_SHIFT);
+        let position = Position {
+            slot,
+            stamp,
+            key_hash,
+        };
+        if returning {
+            entries.mark(slot).store(stamp | MAIN, Ordering::Relaxed);
+            self.main.push_back(position);
+            self.main_len += 1;
+        } else {
+            entries.mark(slot).store(stamp | SMALL, Ordering::Relaxed);
+            self.small.push_back(position);
+            self.small_len += 1;
+            self.small_bytes += size_bytes;
         }
     }
 
-    /// A hit: the slot's frequency (its mark: hits since the last pass, kept in the caller's
-    /// entry so that a hit touches no line of the policy's) goes up, to [`FREQ_MAX`]. Bumped
-    /// under a shared lock, so atomic; a lost race loses one count.
+    /// A hit: the slot's frequency (the low bits of its mark: hits since the last pass, kept in
+    /// the caller's entry so that a hit touches no line of the policy's) goes up, to
+    /// [`FREQ_MAX`]. Bumped under a shared lock, so atomic; a lost race loses one count (the
+    /// other bits change only under the exclusive lock).
     #[inline]
     pub(crate) fn access<E: Entries + ?Sized>(&self, slot: u32, entries: &E) {
-        let freq = entries.mark(slot);
-        let seen = freq.load(Ordering::Relaxed);
-        if seen < FREQ_MAX {
-            freq.store(seen + 1, Ordering::Relaxed);
+        let mark = entries.mark(slot);
+        let seen = mark.load(Ordering::Relaxed);
+        if seen & FREQ_MASK < FREQ_MAX {
+            mark.store(seen + 1, Ordering::Relaxed);
         }
     }
 
     pub(crate) fn remove<E: Entries + ?Sized>(&mut self, slot: u32, entries: &E) {
-        let Some(state) = self.slots.get_mut(slot as usize) else {
-            return;
-        };
-        match state.queue {
-            Queue::Small => {
+        let mark = entries.mark(slot);
+        let seen = mark.load(Ordering::Relaxed);
+        match seen & QUEUE_MASK {
+            SMALL => {
                 self.small_len -= 1;
                 self.small_bytes -= entries.size_bytes(slot);
             }
-            Queue::Main => self.main_len -= 1,
-            Queue::None => return,
+            MAIN => self.main_len -= 1,
+            _ => return,
         }
-        state.queue = Queue::None;
-        let slots = &self.slots;
+        mark.store(seen & !QUEUE_MASK, Ordering::Relaxed);
         for (ring, live, queue) in [
-            (&mut self.small, self.small_len, Queue::Small),
-            (&mut self.main, self.main_len, Queue::Main),
+            (&mut self.small, self.small_len, SMALL),
+            (&mut self.main, self.main_len, MAIN),
         ] {
             if ring.len() > 2 * live + STALE_SLACK {
-                ring.retain(|&position| is_live(slots, position, queue));
+                ring.retain(|&position| is_live(entries, position, queue));
             }
         }
     }
 
-    /// The oldest live position of a ring, taken out of it.
+    /// The oldest live position of a ring, taken out of it, and its slot's mark.
     #[inline]
-    fn pop_live(&mut self, queue: Queue) -> Option<u32> {
-        let ring = match queue {
-            Queue::Small => &mut self.small,
-            _ => &mut self.main,
+    fn pop_live<E: Entries + ?Sized>(
+        &mut self,
+        queue: u32,
+        entries: &E,
+    ) -> Option<(Position, u32)> {
+        let ring = if queue == SMALL {
+            &mut self.small
+        } else {
+            &mut self.main
         };
         while let Some(position) = ring.pop_front() {
-            if is_live(&self.slots, position, queue) {
-                return Some(position.0);
+            let mark = entries.mark(position.slot).load(Ordering::Relaxed);
+            if mark & !FREQ_MASK == position.stamp | queue {
+                return Some((position, mark));
             }
         }
         None
     }
 
-    #[inline]
-    fn requeue_main(&mut self, slot: u32) {
-        let stamp = self.slots[slot as usize].stamp;
-        self.main.push_back((slot, stamp));
-    }
-
+    /// Chooses a victim and returns it with its key hash.
     #[inline]
     pub(crate) fn evict<E: Entries + ?Sized>(
         &mut self,
         keep: &mut dyn FnMut(u32) -> bool,
         entries: &E,
-    ) -> Option<u32> {
+    ) -> Option<Victim> {
         self.remembered = None;
         // Each entry moves at most a few times (small → main, and FREQ_MAX reinsertions), and
         // kept entries once per queue per call, so this bound covers every case.
@@ -224,33 +226,35 @@ impl S3Fifo {
                     || self.small_bytes > self.small_target_bytes
                     || self.main_len == 0);
             if from_small {
-                let slot = self.pop_live(Queue::Small)?;
+                let (position, mark) = self.pop_live(SMALL, entries)?;
+                let slot = position.slot;
                 self.small_len -= 1;
                 self.small_bytes -= entries.size_bytes(slot);
-                let freq = entries.mark(slot);
-                if freq.load(Ordering::Relaxed) > 1 || keep(slot) {
-                    let state = &mut self.slots[slot as usize];
-                    state.queue = Queue::Main;
-                    freq.store(0, Ordering::Relaxed);
-                    self.requeue_main(slot);
+                if mark & FREQ_MASK > 1 || keep(slot) {
+                    // To main, its hits spent.
+                    entries
+                        .mark(slot)
+                        .store(position.stamp | MAIN, Ordering::Relaxed);
+                    self.main.push_back(position);
                     self.main_len += 1;
                     continue;
                 }
-                let state = &mut self.slots[slot as usize];
-                state.queue = Queue::None;
-                let key_hash = state.key_hash;
-                self.remember(key_hash);
-                return Some(slot);
+                entries.mark(slot).store(position.stamp, Ordering::Relaxed);
+                self.remember(position.key_hash);
+                return Some(Victim {
+                    slot,
+                    key_hash: position.key_hash,
+                });
             }
-            let slot = self.pop_live(Queue::Main)?;
-            let freq = entries.mark(slot).load(Ordering::Relaxed);
-            if freq > 0 {
-                entries.mark(slot).store(freq - 1, Ordering::Relaxed);
-                self.requeue_main(slot);
+            let (position, mark) = self.pop_live(MAIN, entries)?;
+            let slot = position.slot;
+            if mark & FREQ_MASK > 0 {
+                entries.mark(slot).store(mark - 1, Ordering::Relaxed);
+                self.main.push_back(position);
                 continue;
             }
             if keep(slot) {
-                self.requeue_main(slot);
+                self.main.push_back(position);
                 main_kept_run += 1;
                 if main_kept_run > self.main_len {
                     if self.small_len == 0 {
@@ -261,8 +265,11 @@ impl S3Fifo {
                 continue;
             }
             self.main_len -= 1;
-            self.slots[slot as usize].queue = Queue::None;
-            return Some(slot);
+            entries.mark(slot).store(position.stamp, Ordering::Relaxed);
+            return Some(Victim {
+                slot,
+                key_hash: position.key_hash,
+            });
         }
         None
     }
@@ -333,16 +340,8 @@ impl S3Fifo {
         self.forgotten.pop()
     }
 
-    #[inline]
-    pub(crate) fn key_hash(&self, slot: u32) -> u64 {
-        self.slots
-            .get(slot as usize)
-            .map_or(0, |state| state.key_hash)
-    }
-
     pub(crate) fn index_bytes(&self) -> usize {
         (self.small.capacity() + self.main.capacity()) * std::mem::size_of::<Position>()
-            + self.slots.capacity() * std::mem::size_of::<SlotState>()
             + self.ghosts.capacity() * std::mem::size_of::<Ghost>()
             + self.forgotten.capacity() * std::mem::size_of::<(u64, GhostId)>()
     }
@@ -359,10 +358,8 @@ fn ghost_id(seq: u64) -> GhostId {
     (seq & GHOST_ID_MASK) as GhostId
 }
 
-/// Whether a queued position still stands for its slot's entry in that queue.
+/// Whether a queued position still stands for its slot's entry in `queue` (`SMALL` or `MAIN`).
 #[inline]
-fn is_live(slots: &[SlotState], (slot, stamp): Position, queue: Queue) -> bool {
-    slots
-        .get(slot as usize)
-        .is_some_and(|state| state.stamp == stamp && state.queue == queue)
+fn is_live<E: Entries + ?Sized>(entries: &E, position: Position, queue: u32) -> bool {
+    entries.mark(position.slot).load(Ordering::Relaxed) & !FREQ_MASK == position.stamp | queue
 }

@@ -2,7 +2,7 @@
 
 use std::sync::atomic::Ordering;
 
-use super::SlotList;
+use super::{SlotList, Victim};
 
 /// New entries enter at the head; a hit only sets the visited bit. Eviction moves the hand from
 /// where it stopped toward the head, clearing visited bits, and evicts the first unvisited entry;
@@ -50,7 +50,7 @@ impl Sieve {
     /// The first unvisited, not kept entry from the hand toward the head. Kept entries are passed
     /// over like visited ones; two full sweeps find any evictable entry.
     #[inline]
-    pub(crate) fn evict(&mut self, keep: &mut dyn FnMut(u32) -> bool) -> Option<u32> {
+    pub(crate) fn evict(&mut self, keep: &mut dyn FnMut(u32) -> bool) -> Option<Victim> {
         let mut current = self.hand.or_else(|| self.list.tail())?;
         for _ in 0..=2 * self.list.len() {
             let visited = self.list.mark(current)?;
@@ -60,15 +60,14 @@ impl Sieve {
                 continue;
             }
             self.hand = self.list.prev(current);
+            let key_hash = self.list.key_hash(current);
             self.list.unlink(current);
-            return Some(current);
+            return Some(Victim {
+                slot: current,
+                key_hash,
+            });
         }
         None
-    }
-
-    #[inline]
-    pub(crate) fn key_hash(&self, slot: u32) -> u64 {
-        self.list.key_hash(slot)
     }
 
     pub(crate) fn index_bytes(&self) -> usize {

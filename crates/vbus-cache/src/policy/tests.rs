@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 
-use super::{GhostMap, Policy, PolicyKind, SlotTable};
+use super::{GhostMap, Policy, PolicyKind, SlotTable, Victim};
 
 /// The algorithms again, written the slow obvious way. Queues hold slots oldest first.
 enum Model {
@@ -317,9 +317,16 @@ fn check(kind: PolicyKind, seed: u64) {
             }
             _ => {
                 let pinned_now = pinned.clone();
-                let got = policy.evict(&mut |slot| pinned_now[slot as usize], &slots);
+                let victim = policy.evict(&mut |slot| pinned_now[slot as usize], &slots);
+                let got = victim.map(|victim| victim.slot);
                 let expected = model.evict(&|slot| pinned_now[slot as usize]);
                 assert_eq!(got, expected, "{context}: victim");
+                if let Some(victim) = victim {
+                    assert_eq!(
+                        victim.key_hash, hashes[victim.slot as usize],
+                        "{context}: the victim's key hash"
+                    );
+                }
                 if let Some(slot) = got {
                     assert!(!pinned[slot as usize], "{context}: evicted a kept slot");
                     let at = live
@@ -382,7 +389,15 @@ fn everything_kept_means_no_victim() {
         assert_eq!(policy.evict(&mut |_| true, m), None, "{}", kind.as_str());
         assert_eq!(policy.len(), 10);
         let victim = policy.evict(&mut |slot| slot != 7, m);
-        assert_eq!(victim, Some(7), "{}", kind.as_str());
+        assert_eq!(
+            victim,
+            Some(Victim {
+                slot: 7,
+                key_hash: 7
+            }),
+            "{}",
+            kind.as_str()
+        );
     }
 }
 
@@ -395,7 +410,10 @@ fn classic_orders() {
         lru.insert(slot, u64::from(slot), 1, None, m);
     }
     lru.access(0, m);
-    assert_eq!(lru.evict(&mut |_| false, m), Some(1));
+    assert_eq!(
+        lru.evict(&mut |_| false, m).map(|victim| victim.slot),
+        Some(1)
+    );
     // A hit among the newest quarter does not move a slot; an older one does.
     let mut lru = Policy::new(PolicyKind::Lru, 0);
     for slot in 0..12 {
@@ -403,7 +421,8 @@ fn classic_orders() {
     }
     lru.hit(0, m);
     lru.hit(11, m);
-    let order: Vec<_> = std::iter::from_fn(|| lru.evict(&mut |_| false, m)).collect();
+    let order: Vec<_> =
+        std::iter::from_fn(|| lru.evict(&mut |_| false, m).map(|victim| victim.slot)).collect();
     assert_eq!(order, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 0]);
     // SIEVE: a visited entry survives one sweep, and the hand stays where it stopped.
     let mut sieve = Policy::new(PolicyKind::Sieve, 0);
@@ -411,15 +430,27 @@ fn classic_orders() {
         sieve.insert(slot, u64::from(slot), 1, None, m);
     }
     sieve.access(0, m);
-    assert_eq!(sieve.evict(&mut |_| false, m), Some(1));
+    assert_eq!(
+        sieve.evict(&mut |_| false, m).map(|victim| victim.slot),
+        Some(1)
+    );
     sieve.access(2, m);
-    assert_eq!(sieve.evict(&mut |_| false, m), Some(3));
-    assert_eq!(sieve.evict(&mut |_| false, m), Some(0));
+    assert_eq!(
+        sieve.evict(&mut |_| false, m).map(|victim| victim.slot),
+        Some(3)
+    );
+    assert_eq!(
+        sieve.evict(&mut |_| false, m).map(|victim| victim.slot),
+        Some(0)
+    );
     // S3-FIFO: a key evicted from small and inserted again goes to main, ahead of small's.
     let m = &slots(30);
     let mut s3 = Policy::new(PolicyKind::S3Fifo, 100);
     s3.insert(0, 42, 30, None, m);
-    assert_eq!(s3.evict(&mut |_| false, m), Some(0));
+    assert_eq!(
+        s3.evict(&mut |_| false, m).map(|victim| victim.slot),
+        Some(0)
+    );
     let ghost = s3.take_remembered();
     assert_eq!(
         ghost.and_then(|id| s3.ghost_hash(id)),
@@ -430,7 +461,7 @@ fn classic_orders() {
     assert_eq!(ghost.and_then(|id| s3.ghost_hash(id)), None, "consumed");
     s3.insert(2, 7, 30, None, m);
     assert_eq!(
-        s3.evict(&mut |_| false, m),
+        s3.evict(&mut |_| false, m).map(|victim| victim.slot),
         Some(2),
         "small is over 10% and goes first"
     );
