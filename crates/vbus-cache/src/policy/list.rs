@@ -1,32 +1,29 @@
 //! A doubly linked list threaded through a `Vec` by slot index: O(1) push, unlink and move,
 //! no allocation per operation once the slots exist.
 
-use std::sync::atomic::AtomicBool;
-
 /// No slot.
 pub(crate) const NIL: u32 = u32::MAX;
+/// The `prev` of a slot not in the list.
+const UNLINKED: u32 = u32::MAX - 1;
 
+/// 16 bytes: four to a cache line, none straddling two.
 #[derive(Debug)]
+#[repr(align(16))]
 struct Link {
+    /// [`UNLINKED`] when the slot is not in the list.
     prev: u32,
     next: u32,
-    linked: bool,
     /// The hash of the key the slot holds, kept for the tier: an evicted slot's hash comes from
     /// this line (already read to unlink it), not from the entry.
     key_hash: u64,
-    /// A policy's per-slot bit (SIEVE's visited), in the padding beside the links so that one
-    /// cache line serves both; atomic so hits can set it under a shared lock.
-    mark: AtomicBool,
 }
 
 impl Link {
     fn unlinked() -> Self {
         Self {
-            prev: NIL,
+            prev: UNLINKED,
             next: NIL,
-            linked: false,
             key_hash: 0,
-            mark: AtomicBool::new(false),
         }
     }
 }
@@ -78,19 +75,12 @@ impl SlotList {
     pub fn contains(&self, slot: u32) -> bool {
         self.links
             .get(slot as usize)
-            .is_some_and(|link| link.linked)
+            .is_some_and(|link| link.prev != UNLINKED)
     }
 
     #[inline]
     pub fn tail(&self) -> Option<u32> {
         (self.tail != NIL).then_some(self.tail)
-    }
-
-    /// The slot's mark bit (set under a shared lock; the list never reads it). A slot never
-    /// linked has none.
-    #[inline]
-    pub fn mark(&self, slot: u32) -> Option<&AtomicBool> {
-        self.links.get(slot as usize).map(|link| &link.mark)
     }
 
     /// Pushes at the head so far (wrapping): a slot pushed with stamp `s` has had
@@ -121,7 +111,7 @@ impl SlotList {
     #[inline]
     pub fn prev(&self, slot: u32) -> Option<u32> {
         let prev = self.links[slot as usize].prev;
-        (prev != NIL).then_some(prev)
+        (prev < UNLINKED).then_some(prev)
     }
 
     /// Room for `n_slots` more slots without growing.
@@ -137,11 +127,13 @@ impl SlotList {
         if self.links.len() <= idx {
             self.links.resize_with(idx + 1, Link::unlinked);
         }
-        assert!(!self.links[idx].linked, "slot {slot} is already linked");
+        assert!(
+            self.links[idx].prev == UNLINKED && slot < UNLINKED,
+            "slot {slot} is already linked, or out of range"
+        );
         let link = &mut self.links[idx];
         link.prev = NIL;
         link.next = self.head;
-        link.linked = true;
         let stamp = self.clock;
         self.clock = self.clock.wrapping_add(1);
         if self.head != NIL {
@@ -175,9 +167,8 @@ impl SlotList {
             self.tail = prev;
         }
         let link = &mut self.links[slot as usize];
-        link.prev = NIL;
+        link.prev = UNLINKED;
         link.next = NIL;
-        link.linked = false;
         self.len -= 1;
         true
     }

@@ -24,9 +24,10 @@ pub use s3fifo::{GhostId, S3Fifo};
 pub use sieve::Sieve;
 
 /// The caller's entries, as a policy reads them: per-slot state a policy keeps there rather
-/// than in its own structures. S3-FIFO's hit count and LRU's stamp are an entry's mark, so a hit
-/// reads (and writes) the entry's own cache line and no line of the policy's; S3-FIFO's sizes
-/// are the entries' own. Marks are atomic: S3-FIFO's hits bump them under a shared lock.
+/// than in its own structures. S3-FIFO's hit count, SIEVE's visited bit and LRU's stamp are an
+/// entry's mark, so a hit reads (and writes) the entry's own cache line and no line of the
+/// policy's; S3-FIFO's sizes are the entries' own. Marks are atomic: hits change them under a
+/// shared lock.
 pub trait Entries {
     /// The mark of `slot`, a slot the policy holds.
     fn mark(&self, slot: u32) -> &AtomicU32;
@@ -148,7 +149,7 @@ impl Policy {
         match self {
             Self::Lru(policy) => policy.insert(slot, key_hash, entries),
             Self::S3Fifo(policy) => policy.insert(slot, key_hash, size_bytes, ghost, entries),
-            Self::Sieve(policy) => policy.insert(slot, key_hash),
+            Self::Sieve(policy) => policy.insert(slot, key_hash, entries),
         }
     }
 
@@ -166,7 +167,7 @@ impl Policy {
         match self {
             Self::Lru(policy) => policy.access(slot, entries),
             Self::S3Fifo(policy) => policy.access(slot, entries),
-            Self::Sieve(policy) => policy.access(slot),
+            Self::Sieve(policy) => policy.access(slot, entries),
         }
     }
 
@@ -183,7 +184,7 @@ impl Policy {
                 true
             }
             Self::Sieve(policy) => {
-                policy.access(slot);
+                policy.access(slot, entries);
                 true
             }
         }
@@ -211,7 +212,7 @@ impl Policy {
         match self {
             Self::Lru(policy) => policy.evict(keep, entries),
             Self::S3Fifo(policy) => policy.evict(keep, entries),
-            Self::Sieve(policy) => policy.evict(keep),
+            Self::Sieve(policy) => policy.evict(keep, entries),
         }
     }
 

@@ -2,14 +2,17 @@
 
 use std::sync::atomic::Ordering;
 
-use super::{SlotList, Victim};
+use super::{Entries, SlotList, Victim};
 
 /// New entries enter at the head; a hit only sets the visited bit. Eviction moves the hand from
 /// where it stopped toward the head, clearing visited bits, and evicts the first unvisited entry;
 /// past the head the hand wraps to the tail.
+///
+/// The visited bit is the entry's mark ([`Entries::mark`]): a hit reads and writes only the
+/// entry's own line, which it read to compare the key, and no line of the list.
 #[derive(Debug, Default)]
 pub struct Sieve {
-    /// The FIFO; each slot's visited bit is its list mark (one cache line for both).
+    /// The FIFO.
     list: SlotList,
     /// Where the next sweep starts; `None` means the tail.
     hand: Option<u32>,
@@ -21,21 +24,18 @@ impl Sieve {
     }
 
     #[inline]
-    pub(crate) fn insert(&mut self, slot: u32, key_hash: u64) {
+    pub(crate) fn insert<E: Entries + ?Sized>(&mut self, slot: u32, key_hash: u64, entries: &E) {
         self.list.push_head_with_hash(slot, key_hash);
-        if let Some(visited) = self.list.mark(slot) {
-            visited.store(false, Ordering::Relaxed);
-        }
+        entries.mark(slot).store(0, Ordering::Relaxed);
     }
 
     #[inline]
-    pub(crate) fn access(&self, slot: u32) {
+    pub(crate) fn access<E: Entries + ?Sized>(&self, slot: u32, entries: &E) {
         // Read before writing: a hot entry's line is not dirtied (nor bounced between cores) on
         // every hit.
-        if let Some(visited) = self.list.mark(slot)
-            && !visited.load(Ordering::Relaxed)
-        {
-            visited.store(true, Ordering::Relaxed);
+        let visited = entries.mark(slot);
+        if visited.load(Ordering::Relaxed) == 0 {
+            visited.store(1, Ordering::Relaxed);
         }
     }
 
@@ -50,12 +50,16 @@ impl Sieve {
     /// The first unvisited, not kept entry from the hand toward the head. Kept entries are passed
     /// over like visited ones; two full sweeps find any evictable entry.
     #[inline]
-    pub(crate) fn evict(&mut self, keep: &mut dyn FnMut(u32) -> bool) -> Option<Victim> {
+    pub(crate) fn evict<E: Entries + ?Sized>(
+        &mut self,
+        keep: &mut dyn FnMut(u32) -> bool,
+        entries: &E,
+    ) -> Option<Victim> {
         let mut current = self.hand.or_else(|| self.list.tail())?;
         for _ in 0..=2 * self.list.len() {
-            let visited = self.list.mark(current)?;
-            if visited.load(Ordering::Relaxed) || keep(current) {
-                visited.store(false, Ordering::Relaxed);
+            let visited = entries.mark(current);
+            if visited.load(Ordering::Relaxed) != 0 || keep(current) {
+                visited.store(0, Ordering::Relaxed);
                 current = self.list.prev(current).or_else(|| self.list.tail())?;
                 continue;
             }
