@@ -33,6 +33,10 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 const PARALLEL_HASH_BYTES_MIN: usize = 1 << 20;
 /// Read and hash block.
 pub(crate) const IO_BLOCK_BYTES: usize = 1 << 20;
+/// Verified reads of at least this many bytes hash on another thread as they read.
+const PIPELINED_READ_BYTES_MIN: usize = 4 * IO_BLOCK_BYTES;
+/// Blocks read and not yet hashed, at most (the hand-off's bound).
+const PIPELINED_BLOCKS_AHEAD: usize = 4;
 
 /// When reads check the bytes against the index's hash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -507,15 +511,17 @@ impl FileStore {
                 ))
             })?;
             let mut buffer = alloc(len);
-            file.read_exact(buffer.as_mut())
-                .map_err(Error::io("read", final_path))?;
             let mut entry = lookup.entry.clone();
             if lookup.needs_check {
-                let hash = hash_bytes(buffer.as_mut());
+                let hash = read_hashed(&mut file, buffer.as_mut())
+                    .map_err(Error::io("read", final_path))?;
                 if !self.inner.record_check(lookup, hash, len as u64)? {
                     return Ok(None);
                 }
                 entry.hash = Some(hash);
+            } else {
+                file.read_exact(buffer.as_mut())
+                    .map_err(Error::io("read", final_path))?;
             }
             Ok(Some((buffer, FileMeta::new(&key, &entry))))
         })
@@ -1156,6 +1162,38 @@ fn hash_bytes(bytes: &[u8]) -> [u8; 32] {
     let mut hasher = blake3::Hasher::new();
     hash_update(&mut hasher, bytes);
     *hasher.finalize().as_bytes()
+}
+
+/// Fills `buffer` from `file` and returns the BLAKE3 of the bytes. A large buffer is hashed by
+/// another thread as it fills, one block behind the reads (a bounded hand-off of finished
+/// blocks), so a verified read takes about as long as the read alone, and each block is hashed
+/// while it is still in cache.
+fn read_hashed(file: &mut File, buffer: &mut [u8]) -> io::Result<[u8; 32]> {
+    if buffer.len() < PIPELINED_READ_BYTES_MIN {
+        file.read_exact(buffer)?;
+        return Ok(hash_bytes(buffer));
+    }
+    std::thread::scope(|scope| {
+        let (finished, to_hash) = std::sync::mpsc::sync_channel::<&[u8]>(PIPELINED_BLOCKS_AHEAD);
+        let hashing = scope.spawn(move || {
+            let mut hasher = blake3::Hasher::new();
+            for block in to_hash {
+                hash_update(&mut hasher, block);
+            }
+            *hasher.finalize().as_bytes()
+        });
+        for block in buffer.chunks_mut(IO_BLOCK_BYTES) {
+            file.read_exact(block)?;
+            let block: &[u8] = block;
+            if finished.send(block).is_err() {
+                break;
+            }
+        }
+        drop(finished);
+        Ok(hashing
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+    })
 }
 
 fn hash_file(file: &mut File) -> io::Result<([u8; 32], u64)> {

@@ -191,6 +191,35 @@ fn a_lost_or_damaged_index_is_rebuilt_from_the_directory() {
     let _ = version;
 }
 
+/// A large file is hashed on another thread as it is read, block by block: a good one reads back
+/// whole, and one byte changed in a late block is still caught.
+#[test]
+fn large_files_are_verified_while_they_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let good: Vec<u8> = (0..(9 << 20) + 12_345u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    {
+        let store = FileStore::open(dir.path()).unwrap();
+        store.store_file("d", "good.bin", &good).unwrap();
+        store.store_file("d", "bad.bin", &good).unwrap();
+    }
+    let mut evil = good.clone();
+    evil[(8 << 20) + 7] ^= 0x40;
+    corrupt_in_place(&dir.path().join("d/bad.bin"), &evil);
+    let store = FileStore::open(dir.path()).unwrap();
+    let (bytes, meta) = store
+        .get_file_into("d", "good.bin", |len| vec![0u8; len])
+        .unwrap()
+        .unwrap();
+    assert!(bytes == good, "the bytes read back differ");
+    assert_eq!(meta.size_bytes, good.len() as u64);
+    let err = store.get_file_by_path("d", "bad.bin").unwrap_err();
+    assert!(matches!(err, Error::ChecksumMismatch { .. }), "{err}");
+    assert_eq!(store.get_file_by_path("d", "bad.bin").unwrap(), None);
+    assert_eq!(store.stats().n_checksum_failures, 1);
+}
+
 /// Overwrites a file's bytes in place and puts its modification time back, as silent corruption
 /// would leave it.
 fn corrupt_in_place(path: &std::path::Path, bytes: &[u8]) {
