@@ -73,12 +73,29 @@ pub fn encoded_len(payload_len: usize) -> usize {
     (HEADER_BYTES + 1 + payload_len).next_multiple_of(8)
 }
 
-/// Appends the frame of one record to `out`.
+/// Payloads up to this many bytes are framed on the stack by [`encode`].
+const STACK_PAYLOAD_MAX: usize = 48;
+
+/// Appends the frame of one record to `out`. A small record (a page create, an edge) is built
+/// on the stack and appended in one copy: the same bytes as [`encode_with`] writes, without its
+/// growth checks per field.
 pub fn encode(out: &mut Vec<u8>, seq: u64, kind: u8, payload: &[u8]) {
-    encode_with(out, seq, |out| {
-        out.extend_from_slice(payload);
-        kind
-    });
+    if payload.len() > STACK_PAYLOAD_MAX {
+        encode_with(out, seq, |out| {
+            out.extend_from_slice(payload);
+            kind
+        });
+        return;
+    }
+    let mut frame = [0u8; HEADER_BYTES + 1 + STACK_PAYLOAD_MAX + 7];
+    let body_end = HEADER_BYTES + 1 + payload.len();
+    frame[..4].copy_from_slice(&(1 + payload.len() as u32).to_le_bytes());
+    frame[8..16].copy_from_slice(&seq.to_le_bytes());
+    frame[HEADER_BYTES] = kind;
+    frame[HEADER_BYTES + 1..body_end].copy_from_slice(payload);
+    let crc = checksum(&frame[..body_end]);
+    frame[4..8].copy_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(&frame[..encoded_len(payload.len())]);
 }
 
 /// Appends the frame of one record whose payload `write_payload` appends to `out` in place (no
@@ -156,6 +173,25 @@ pub fn decode(buf: &[u8]) -> Result<(RecordRef<'_>, usize), DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn small_and_large_payloads_frame_alike() {
+        let payload: Vec<u8> = (0..200u8).map(|b| b.wrapping_mul(37)).collect();
+        for len in 0..payload.len() {
+            let (mut stacked, mut in_place) = (vec![9u8; 3], vec![9u8; 3]);
+            encode(&mut stacked, 77 + len as u64, 5, &payload[..len]);
+            encode_with(&mut in_place, 77 + len as u64, |out| {
+                out.extend_from_slice(&payload[..len]);
+                5
+            });
+            assert_eq!(stacked, in_place, "payload of {len} bytes");
+            let (record, used) = decode(&stacked[3..]).expect("decodes");
+            assert_eq!(
+                (record.kind, record.payload, used),
+                (5, &payload[..len], stacked.len() - 3)
+            );
+        }
+    }
 
     #[test]
     fn round_trips_and_aligns() {
