@@ -1,6 +1,8 @@
 //! A doubly linked list threaded through a `Vec` by slot index: O(1) push, unlink and move,
 //! no allocation per operation once the slots exist.
 
+use super::Victim;
+
 /// No slot.
 pub(crate) const NIL: u32 = u32::MAX;
 /// The `prev` of a slot not in the list.
@@ -144,6 +146,14 @@ impl SlotList {
         self.head = slot;
         self.len += 1;
         stamp
+    }
+
+    /// Unlinks `slot`, a linked slot a policy evicts, and names it with its key hash.
+    #[inline]
+    pub fn unlink_victim(&mut self, slot: u32) -> Victim {
+        let key_hash = self.key_hash(slot);
+        self.unlink(slot);
+        Victim { slot, key_hash }
     }
 
     /// Unlinks `slot`; returns whether it was linked.

@@ -82,9 +82,7 @@ impl Lru {
                 }
                 continue;
             }
-            let key_hash = self.list.key_hash(slot);
-            self.list.unlink(slot);
-            return Some(Victim { slot, key_hash });
+            return Some(self.list.unlink_victim(slot));
         }
         None
     }

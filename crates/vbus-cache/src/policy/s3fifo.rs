@@ -198,7 +198,7 @@ impl S3Fifo {
         };
         while let Some(position) = ring.pop_front() {
             let mark = entries.mark(position.slot).load(Ordering::Relaxed);
-            if mark & !FREQ_MASK == position.stamp | queue {
+            if names(mark, position, queue) {
                 return Some((position, mark));
             }
         }
@@ -361,5 +361,15 @@ fn ghost_id(seq: u64) -> GhostId {
 /// Whether a queued position still stands for its slot's entry in `queue` (`SMALL` or `MAIN`).
 #[inline]
 fn is_live<E: Entries + ?Sized>(entries: &E, position: Position, queue: u32) -> bool {
-    entries.mark(position.slot).load(Ordering::Relaxed) & !FREQ_MASK == position.stamp | queue
+    names(
+        entries.mark(position.slot).load(Ordering::Relaxed),
+        position,
+        queue,
+    )
+}
+
+/// Whether a slot's `mark` is that of the entry `position` queued in `queue`.
+#[inline]
+fn names(mark: u32, position: Position, queue: u32) -> bool {
+    mark & !FREQ_MASK == position.stamp | queue
 }

@@ -64,12 +64,7 @@ impl Sieve {
                 continue;
             }
             self.hand = self.list.prev(current);
-            let key_hash = self.list.key_hash(current);
-            self.list.unlink(current);
-            return Some(Victim {
-                slot: current,
-                key_hash,
-            });
+            return Some(self.list.unlink_victim(current));
         }
         None
     }
