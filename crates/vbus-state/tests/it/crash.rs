@@ -30,6 +30,8 @@ fn open(dir: &Path, durability: Durability) -> StateBus {
 fn child(dir: &Path) {
     let bus = open(dir, Durability::Fdatasync);
     let mut out = std::io::stdout().lock();
+    // libtest's "test NAME ... " has no line end yet: the first acknowledgement gets a line of its own.
+    writeln!(out).unwrap();
     let mut n_steps = 0u64;
     loop {
         random_step(&bus);
