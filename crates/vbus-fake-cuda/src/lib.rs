@@ -635,8 +635,17 @@ pub unsafe extern "C" fn cuGetErrorName(error: u32, text: *mut *const c_char) ->
 mod tests {
     use super::*;
 
-    /// Initialises the fake and makes device 0's context current on this thread.
-    fn setup() -> (usize, *mut c_void) {
+    /// The driver's state is one per process, and a blocking call drains every stream's queue
+    /// (as the real driver synchronizes the device): tests that watch a queue would see another
+    /// test's `cuMemFree` run their copies. Each test holds this for its whole run.
+    static SERIAL: Mutex<()> = Mutex::new(());
+
+    /// Takes [`SERIAL`], initialises the fake and makes device 0's context current on this
+    /// thread; returns the guard and a new stream.
+    fn setup() -> (MutexGuard<'static, ()>, *mut c_void) {
+        let serial = SERIAL
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         assert_eq!(cuInit(0), code::SUCCESS);
         let mut context = std::ptr::null_mut();
         // SAFETY: valid out-pointer.
@@ -648,7 +657,7 @@ mod tests {
         let mut stream = std::ptr::null_mut();
         // SAFETY: valid out-pointer.
         assert_eq!(unsafe { cuStreamCreate(&mut stream, 1) }, code::SUCCESS);
-        (context as usize, stream)
+        (serial, stream)
     }
 
     fn alloc(size: usize) -> u64 {
@@ -665,7 +674,7 @@ mod tests {
     /// bytes, not the copied ones.
     #[test]
     fn a_missing_synchronization_reads_wrong_bytes() {
-        let (_, stream) = setup();
+        let (_serial, stream) = setup();
         let device_ptr = alloc(4096);
         let src = vec![7u8; 4096];
         let mut dst = vec![0u8; 4096];
@@ -677,9 +686,8 @@ mod tests {
             cuMemcpyDtoHAsync_v2(dst.as_mut_ptr().cast(), device_ptr, 4096, stream),
             code::SUCCESS
         );
-        assert_eq!(
-            dst,
-            vec![0u8; 4096],
+        assert!(
+            dst.iter().all(|&byte| byte == 0),
             "nothing arrives before a synchronization"
         );
         assert_eq!(cuStreamSynchronize(stream), code::SUCCESS);
@@ -688,7 +696,7 @@ mod tests {
 
     #[test]
     fn an_event_synchronizes_up_to_its_record_only() {
-        let (_, stream) = setup();
+        let (_serial, stream) = setup();
         let device_ptr = alloc(16);
         let (first, second) = (vec![1u8; 16], vec![2u8; 16]);
         let mut dst = vec![0u8; 16];
@@ -722,7 +730,7 @@ mod tests {
 
     #[test]
     fn use_after_free_double_free_and_bounds_are_reported() {
-        let (_, stream) = setup();
+        let (_serial, stream) = setup();
         let device_ptr = alloc(1024);
         let mut dst = vec![0u8; 2048];
         assert_eq!(
@@ -746,7 +754,7 @@ mod tests {
     /// memory.
     #[test]
     fn a_blocking_free_runs_pending_copies_first() {
-        let (_, stream) = setup();
+        let (_serial, stream) = setup();
         let device_ptr = alloc(64);
         let src = [3u8; 64];
         assert_eq!(
@@ -760,7 +768,7 @@ mod tests {
 
     #[test]
     fn no_current_context_is_an_error() {
-        let (_, stream) = setup();
+        let (_serial, stream) = setup();
         let stream_handle = stream as usize;
         // A new thread has no current context.
         let handle = std::thread::spawn(move || {
@@ -777,7 +785,7 @@ mod tests {
 
     #[test]
     fn fresh_device_memory_is_not_zero() {
-        let (_, stream) = setup();
+        let (_serial, stream) = setup();
         let device_ptr = alloc(8);
         let mut dst = [0u8; 8];
         assert_eq!(
