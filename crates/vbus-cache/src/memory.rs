@@ -207,6 +207,17 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
     /// This thread's get counters.
     #[inline]
     fn get_counts(&self) -> &GetCounts {
+        match self.get_counts.get() {
+            Some(counts) => counts,
+            None => self.new_get_counts(),
+        }
+    }
+
+    /// A thread's first get: its counters are created. Out of line, so that a get's frame holds
+    /// no 64-byte-aligned `GetCounts` (its alignment cost every get a stack realignment).
+    #[cold]
+    #[inline(never)]
+    fn new_get_counts(&self) -> &GetCounts {
         self.get_counts.get_or(GetCounts::default)
     }
 
@@ -246,24 +257,29 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
     #[inline]
     pub fn get(&self, key: &K) -> Option<V> {
         let (shard, hash) = self.shard(key);
-        let found = {
+        let slot = {
             let state = shard.read();
-            let Some(slot) = state.find(hash, key) else {
+            let Some((slot, entry)) = state.find_entry(hash, key) else {
                 GetCounts::bump(&self.get_counts().misses);
                 return None;
             };
-            if state.policy.access_shared(slot, &state.entries[..]) || shard.record_move(slot) {
+            if state.policy.access_shared_mark(&entry.mark) || shard.record_move(slot) {
                 GetCounts::bump(&self.get_counts().hits);
-                return state.entries[slot as usize]
-                    .as_ref()
-                    .map(|entry| entry.value.clone());
+                return Some(entry.value.clone());
             }
             slot
         };
-        // An LRU move found the record full: exclusive lock, and check again (the key may have
-        // left). The slot still holding the key is enough: a slot holds one entry, found by its
-        // key.
+        self.get_moving(shard, hash, key, slot)
+    }
+
+    /// The rest of a get whose LRU move found the shard's record full: the exclusive lock, and
+    /// the key looked up again (it may have left). Out of line, so the common get keeps a small
+    /// frame.
+    #[cold]
+    #[inline(never)]
+    fn get_moving(&self, shard: &Shard<K, V>, hash: u64, key: &K, found: u32) -> Option<V> {
         let mut state = shard.write();
+        // The slot still holding the key is enough: a slot holds one entry, found by its key.
         let still = state.entries[found as usize]
             .as_ref()
             .is_some_and(|entry| entry.key == *key);
@@ -578,6 +594,25 @@ impl<K, V> Shard<K, V> {
 }
 
 impl<K: Hash + Eq, V> ShardState<K, V> {
+    /// The slot holding `key`, and its entry.
+    #[inline]
+    fn find_entry(&self, hash: u64, key: &K) -> Option<(u32, &Entry<K, V>)> {
+        let mut found = None;
+        let &slot = self.slots_by_key.find(hash, |&other| {
+            if other & GHOST != 0 {
+                return false;
+            }
+            match self.entries.get(other as usize) {
+                Some(Some(entry)) if entry.key == *key => {
+                    found = Some(entry);
+                    true
+                }
+                _ => false,
+            }
+        })?;
+        Some((slot, found?))
+    }
+
     /// The slot holding `key`.
     #[inline]
     fn find(&self, hash: u64, key: &K) -> Option<u32> {
@@ -596,7 +631,7 @@ impl<K: Hash + Eq, V> ShardState<K, V> {
 
     /// The slot holding `key` or, when none does, the ghost a key of `hash` left in the map
     /// (S3-FIFO), in one probe.
-    #[inline]
+    #[inline(always)]
     fn find_with_ghost(&self, hash: u64, key: &K) -> (Option<u32>, Option<GhostId>) {
         if !self.policy.keeps_ghosts() {
             return (self.find(hash, key), None);

@@ -1,6 +1,6 @@
 //! Least recently used.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::{Entries, SlotList, Victim};
 
@@ -36,14 +36,13 @@ impl Lru {
         entries.mark(slot).store(stamp, Ordering::Relaxed);
     }
 
-    /// A hit under a shared lock on a slot it holds: true when `slot` is in the newest quarter
-    /// and stays where it is; false when it must move ([`Lru::access`], under the exclusive
-    /// lock, now or later: the memory tier records such moves and applies them when it next
-    /// takes that lock). Until it moves, the slot's stamp is the present one, so later hits do
-    /// not ask again.
+    /// A hit under a shared lock on a slot it holds, given the slot's mark: true when the slot is
+    /// in the newest quarter and stays where it is; false when it must move ([`Lru::access`],
+    /// under the exclusive lock, now or later: the memory tier records such moves and applies
+    /// them when it next takes that lock). Until it moves, the slot's stamp is the present one,
+    /// so later hits do not ask again.
     #[inline]
-    pub(crate) fn access_shared<E: Entries + ?Sized>(&self, slot: u32, entries: &E) -> bool {
-        let mark = entries.mark(slot);
+    pub(crate) fn access_shared(&self, mark: &AtomicU32) -> bool {
         let clock = self.list.clock();
         let age = clock.wrapping_sub(mark.load(Ordering::Relaxed));
         if (age as usize) < self.list.len() / MOVE_WINDOW_DIV {

@@ -1,7 +1,7 @@
 //! S3-FIFO: a small probationary FIFO, a main FIFO with reinsertion, and a ghost FIFO of hashes.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::{Entries, Victim};
 
@@ -155,7 +155,12 @@ impl S3Fifo {
     /// other bits change only under the exclusive lock).
     #[inline]
     pub(crate) fn access<E: Entries + ?Sized>(&self, slot: u32, entries: &E) {
-        let mark = entries.mark(slot);
+        Self::access_mark(entries.mark(slot));
+    }
+
+    /// [`S3Fifo::access`] given the slot's mark.
+    #[inline]
+    pub(crate) fn access_mark(mark: &AtomicU32) {
         let seen = mark.load(Ordering::Relaxed);
         if seen & FREQ_MASK < FREQ_MAX {
             mark.store(seen + 1, Ordering::Relaxed);

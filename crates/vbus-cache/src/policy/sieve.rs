@@ -1,6 +1,6 @@
 //! SIEVE: one FIFO, a visited bit per entry, and a hand sweeping from old to new.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::{Entries, SlotList, Victim};
 
@@ -31,9 +31,14 @@ impl Sieve {
 
     #[inline]
     pub(crate) fn access<E: Entries + ?Sized>(&self, slot: u32, entries: &E) {
+        Self::access_mark(entries.mark(slot));
+    }
+
+    /// [`Sieve::access`] given the slot's mark.
+    #[inline]
+    pub(crate) fn access_mark(visited: &AtomicU32) {
         // Read before writing: a hot entry's line is not dirtied (nor bounced between cores) on
         // every hit.
-        let visited = entries.mark(slot);
         if visited.load(Ordering::Relaxed) == 0 {
             visited.store(1, Ordering::Relaxed);
         }
