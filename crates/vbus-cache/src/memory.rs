@@ -280,10 +280,7 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
     fn get_moving(&self, shard: &Shard<K, V>, hash: u64, key: &K, found: u32) -> Option<V> {
         let mut state = shard.write();
         // The slot still holding the key is enough: a slot holds one entry, found by its key.
-        let still = state.entries[found as usize]
-            .as_ref()
-            .is_some_and(|entry| entry.key == *key);
-        let slot = if still {
+        let slot = if state.holds(found, key) {
             found
         } else {
             let Some(slot) = state.find(hash, key) else {
@@ -599,16 +596,12 @@ impl<K: Hash + Eq, V> ShardState<K, V> {
     fn find_entry(&self, hash: u64, key: &K) -> Option<(u32, &Entry<K, V>)> {
         let mut found = None;
         let &slot = self.slots_by_key.find(hash, |&other| {
-            if other & GHOST != 0 {
-                return false;
-            }
-            match self.entries.get(other as usize) {
-                Some(Some(entry)) if entry.key == *key => {
-                    found = Some(entry);
-                    true
-                }
-                _ => false,
-            }
+            found = if other & GHOST == 0 {
+                self.entry_holding(other, key)
+            } else {
+                None
+            };
+            found.is_some()
         })?;
         Some((slot, found?))
     }
@@ -616,17 +609,22 @@ impl<K: Hash + Eq, V> ShardState<K, V> {
     /// The slot holding `key`.
     #[inline]
     fn find(&self, hash: u64, key: &K) -> Option<u32> {
-        self.slots_by_key
-            .find(hash, |&other| other & GHOST == 0 && self.holds(other, key))
-            .copied()
+        self.find_entry(hash, key).map(|(slot, _)| slot)
+    }
+
+    /// The entry in `slot` (a key-map value that is not a ghost), when it holds `key`.
+    #[inline]
+    fn entry_holding(&self, slot: u32, key: &K) -> Option<&Entry<K, V>> {
+        self.entries
+            .get(slot as usize)
+            .and_then(Option::as_ref)
+            .filter(|entry| entry.key == *key)
     }
 
     /// Whether `slot` (a key-map value that is not a ghost) holds `key`.
     #[inline]
     fn holds(&self, slot: u32, key: &K) -> bool {
-        self.entries[slot as usize]
-            .as_ref()
-            .is_some_and(|entry| entry.key == *key)
+        self.entry_holding(slot, key).is_some()
     }
 
     /// The slot holding `key` or, when none does, the ghost a key of `hash` left in the map
