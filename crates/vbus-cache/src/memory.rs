@@ -263,7 +263,7 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
                 GetCounts::bump(&self.get_counts().misses);
                 return None;
             };
-            if state.policy.access_shared_mark(&entry.mark) || shard.record_move(slot) {
+            if state.policy.access_shared(&entry.mark) || shard.record_move(slot) {
                 GetCounts::bump(&self.get_counts().hits);
                 return Some(entry.value.clone());
             }

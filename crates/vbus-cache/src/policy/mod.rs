@@ -163,7 +163,7 @@ impl Policy {
     /// A hit on `slot` as a tier serves it: [`Policy::access_shared`], then [`Policy::access`]
     /// when that asks for it.
     pub fn hit<M: Entries + ?Sized>(&mut self, slot: u32, entries: &M) {
-        if !self.access_shared(slot, entries) {
+        if !self.access_shared(entries.mark(slot)) {
             self.access(slot, entries);
         }
     }
@@ -178,19 +178,13 @@ impl Policy {
         }
     }
 
-    /// A hit on `slot` under a shared lock: S3-FIFO and SIEVE only bump atomic state; LRU
-    /// returns false when the slot must move (call [`Policy::access`] under the exclusive lock,
-    /// before any other change to the policy: the memory tier records the move and applies it
-    /// when it next takes that lock).
+    /// A hit under a shared lock on a slot, given its mark ([`Entries::mark`]: the caller holds
+    /// the entry already): S3-FIFO and SIEVE only bump atomic state; LRU returns false when the
+    /// slot must move (call [`Policy::access`] under the exclusive lock, before any other change
+    /// to the policy: the memory tier records the move and applies it when it next takes that
+    /// lock).
     #[inline]
-    pub fn access_shared<M: Entries + ?Sized>(&self, slot: u32, entries: &M) -> bool {
-        self.access_shared_mark(entries.mark(slot))
-    }
-
-    /// [`Policy::access_shared`] given the slot's mark ([`Entries::mark`]), for a caller that
-    /// holds the entry already.
-    #[inline]
-    pub fn access_shared_mark(&self, mark: &AtomicU32) -> bool {
+    pub fn access_shared(&self, mark: &AtomicU32) -> bool {
         match self {
             Self::Lru(policy) => policy.access_shared(mark),
             Self::S3Fifo(_) => {
