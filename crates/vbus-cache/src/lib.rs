@@ -24,5 +24,5 @@ pub use manager::{
     WriteMode,
 };
 pub use memory::{Inserted, MemoryTier, TierStats};
-pub use policy::{Entries, GhostId, GhostMap, Policy, PolicyKind, SlotTable, Victim};
+pub use policy::{Entries, Policy, PolicyKind, SlotTable, Victim};
 pub use source::{DirSource, Source};

@@ -12,12 +12,10 @@ use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use crate::policy::{Entries, GhostId, NO_MARK, Policy, PolicyKind};
+use crate::policy::{Entries, NO_MARK, Policy, PolicyKind};
 
-/// Set in a key-map value that is a ghost number, not a slot: S3-FIFO's ghosts live in the key
-/// map, so a returning key finds its ghost in the probe that found no entry, and an eviction
-/// turns the victim's map entry into its ghost in place.
-const GHOST: u32 = 1 << 31;
+/// Slots a shard may hand out: slot numbers stay below `u32::MAX`, which names no slot.
+const MAX_SLOTS: usize = u32::MAX as usize;
 
 /// The shard count the cache manager gives its L2 tier: four per core (as `quick_cache` does),
 /// so that threads rarely meet on a lock while the shards' headers stay in L1 (a get reads its
@@ -145,8 +143,7 @@ struct Shard<K, V> {
 #[derive(Debug)]
 #[repr(C)]
 struct ShardState<K, V> {
-    /// Slots of the entry slab, found by the key's hash and compared by key; and S3-FIFO's
-    /// ghosts (`GHOST | id`), found by the key's hash alone.
+    /// Slots of the entry slab, found by the key's hash and compared by key.
     slots_by_key: hashbrown::HashTable<u32>,
     entries: Vec<Option<Entry<K, V>>>,
     policy: Policy,
@@ -240,16 +237,10 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
             let state = &mut *state;
             state.entries.reserve(per_shard);
             state.policy.reserve(per_shard);
-            // S3-FIFO's ghosts (about as many as its entries) live in the key map too.
-            let map_entries = if state.policy.keeps_ghosts() {
-                2 * per_shard
-            } else {
-                per_shard
-            };
-            let (entries, hasher, policy) = (&state.entries, &state.hasher, &state.policy);
-            state.slots_by_key.reserve(map_entries, |&value| {
-                map_hash(entries, hasher, policy, value)
-            });
+            let (entries, hasher) = (&state.entries, &state.hasher);
+            state
+                .slots_by_key
+                .reserve(per_shard, |&slot| slot_hash(entries, hasher, slot));
         }
     }
 
@@ -367,7 +358,7 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
         let (shard, hash) = self.shard(&key);
         let mut guard = shard.write();
         let shard = &mut *guard;
-        let (existing, ghost) = shard.find_with_ghost(hash, &key);
+        let existing = shard.find(hash, &key);
         if let Some(slot) = existing
             && shard.entries[slot as usize]
                 .as_ref()
@@ -409,24 +400,14 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
                     &entries[..],
                 )
                 .expect("can_make_room found enough unpinned bytes");
-            let ghost = shard.policy.take_remembered();
-            let entry = shard.take_slot(victim.slot, victim.key_hash, ghost);
-            while let Some((ghost_hash, id)) = shard.policy.pop_forgotten() {
-                if let Ok(found) = shard
-                    .slots_by_key
-                    .find_entry(ghost_hash, |&other| other == GHOST | id)
-                {
-                    found.remove();
-                }
-            }
+            let entry = shard.take_slot(victim.slot, victim.key_hash);
             shard.stats.n_evictions += 1;
             shard.stats.evicted_bytes += entry.size_bytes;
             on_evict(entry.key, entry.value, entry.size_bytes);
         }
         let slot = match shard.free_slots.pop() {
             Some(slot) => slot,
-            // Slot numbers stay below the ghost flag.
-            None if shard.entries.len() >= GHOST as usize => return Err(value),
+            None if shard.entries.len() >= MAX_SLOTS => return Err(value),
             None => {
                 shard.entries.push(None);
                 (shard.entries.len() - 1) as u32
@@ -439,23 +420,10 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
             pinned,
             mark: AtomicU32::new(0),
         });
-        // A ghost of the key (S3-FIFO) becomes its entry in place. One the evictions above forgot
-        // has left the map (this probe misses it) and the policy (its insert ignores it).
-        let ghost_entry = ghost.and_then(|id| {
-            shard
-                .slots_by_key
-                .find_entry(hash, |&other| other == GHOST | id)
-                .ok()
-        });
-        match ghost_entry {
-            Some(mut found) => *found.get_mut() = slot,
-            None => {
-                let (entries, hasher, policy) = (&shard.entries, &shard.hasher, &shard.policy);
-                shard.slots_by_key.insert_unique(hash, slot, |&other| {
-                    map_hash(entries, hasher, policy, other)
-                });
-            }
-        }
+        let (entries, hasher) = (&shard.entries, &shard.hasher);
+        shard
+            .slots_by_key
+            .insert_unique(hash, slot, |&other| slot_hash(entries, hasher, other));
         shard.used_bytes += size_bytes;
         shard.stats.n_entries += 1;
         shard.stats.used_bytes = shard.used_bytes;
@@ -465,7 +433,7 @@ impl<K: Hash + Eq + Clone, V: Clone> MemoryTier<K, V> {
         }
         shard
             .policy
-            .insert(slot, hash, size_bytes, ghost, &shard.entries[..]);
+            .insert(slot, hash, size_bytes, &shard.entries[..]);
         Ok(())
     }
 
@@ -596,11 +564,7 @@ impl<K: Hash + Eq, V> ShardState<K, V> {
     fn find_entry(&self, hash: u64, key: &K) -> Option<(u32, &Entry<K, V>)> {
         let mut found = None;
         let &slot = self.slots_by_key.find(hash, |&other| {
-            found = if other & GHOST == 0 {
-                self.entry_holding(other, key)
-            } else {
-                None
-            };
+            found = self.entry_holding(other, key);
             found.is_some()
         })?;
         Some((slot, found?))
@@ -612,7 +576,7 @@ impl<K: Hash + Eq, V> ShardState<K, V> {
         self.find_entry(hash, key).map(|(slot, _)| slot)
     }
 
-    /// The entry in `slot` (a key-map value that is not a ghost), when it holds `key`.
+    /// The entry in `slot`, when it holds `key`.
     #[inline]
     fn entry_holding(&self, slot: u32, key: &K) -> Option<&Entry<K, V>> {
         self.entries
@@ -621,34 +585,10 @@ impl<K: Hash + Eq, V> ShardState<K, V> {
             .filter(|entry| entry.key == *key)
     }
 
-    /// Whether `slot` (a key-map value that is not a ghost) holds `key`.
+    /// Whether `slot` holds `key`.
     #[inline]
     fn holds(&self, slot: u32, key: &K) -> bool {
         self.entry_holding(slot, key).is_some()
-    }
-
-    /// The slot holding `key` or, when none does, the ghost a key of `hash` left in the map
-    /// (S3-FIFO), in one probe.
-    #[inline(always)]
-    fn find_with_ghost(&self, hash: u64, key: &K) -> (Option<u32>, Option<GhostId>) {
-        if !self.policy.keeps_ghosts() {
-            return (self.find(hash, key), None);
-        }
-        let mut ghost = None;
-        let slot = self
-            .slots_by_key
-            .find(hash, |&other| {
-                if other & GHOST == 0 {
-                    return self.holds(other, key);
-                }
-                let id = other & !GHOST;
-                if self.policy.ghost_hash(id) == Some(hash) {
-                    ghost = Some(id);
-                }
-                false
-            })
-            .copied();
-        (slot, if slot.is_none() { ghost } else { None })
     }
 
     /// Whether evicting unpinned entries (other than `except`) can free room for `size_bytes`
@@ -670,15 +610,14 @@ impl<K: Hash + Eq, V> ShardState<K, V> {
     /// Removes a slot's entry, whose key hashes to `hash`, from map, policy and accounting.
     fn remove_slot(&mut self, slot: u32, hash: u64) -> Entry<K, V> {
         self.policy.remove(slot, &self.entries[..]);
-        self.take_slot(slot, hash, None)
+        self.take_slot(slot, hash)
     }
 
     /// Removes a slot's entry, whose key hashes to `hash`, from map and accounting (the policy
-    /// already let it go), and frees the slot; with `ghost`, its map entry becomes that ghost
-    /// instead. The entry is taken before the map is searched (by slot number, not key), so the
+    /// already let it go), and frees the slot. The entry is taken before the map is searched (by slot number, not key), so the
     /// loads of its line and of the map's overlap instead of waiting on each other.
     #[inline]
-    fn take_slot(&mut self, slot: u32, hash: u64, ghost: Option<GhostId>) -> Entry<K, V> {
+    fn take_slot(&mut self, slot: u32, hash: u64) -> Entry<K, V> {
         let entry = self.entries[slot as usize]
             .take()
             .expect("the slot holds an entry");
@@ -694,34 +633,23 @@ impl<K: Hash + Eq, V> ShardState<K, V> {
             found.is_ok(),
             "slot {slot} is in the key map under its hash"
         );
-        if let Ok(mut found) = found {
-            match ghost {
-                Some(id) => *found.get_mut() = GHOST | id,
-                None => {
-                    found.remove();
-                }
-            }
+        if let Ok(found) = found {
+            found.remove();
         }
         self.free_slots.push(slot);
         entry
     }
 }
 
-/// The hash a key-map value was stored under: its entry's key's, or its ghost's.
-fn map_hash<K: Hash, V>(
+/// The hash a key-map slot was stored under: its entry's key's.
+fn slot_hash<K: Hash, V>(
     entries: &[Option<Entry<K, V>>],
     hasher: &foldhash::fast::FixedState,
-    policy: &Policy,
-    value: u32,
+    slot: u32,
 ) -> u64 {
-    if value & GHOST != 0 {
-        // A ghost in the map is always one the policy still holds.
-        policy.ghost_hash(value & !GHOST).unwrap_or(0)
-    } else {
-        entries[value as usize]
-            .as_ref()
-            .map_or(0, |entry| hasher.hash_one(&entry.key))
-    }
+    entries[slot as usize]
+        .as_ref()
+        .map_or(0, |entry| hasher.hash_one(&entry.key))
 }
 
 #[cfg(test)]
@@ -789,8 +717,7 @@ mod tests {
         }
     }
 
-    /// With one shard, the tier's hits are the policy's over a plain map (the replay tier): its
-    /// S3-FIFO ghosts, kept in the key map and the slab, remember exactly what the policy says.
+    /// With one shard, the tier's hits are the policy's over a plain map (the replay tier).
     /// A small entry takes one half cache line.
     #[test]
     fn hits_match_the_replay_tier() {

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use crate::policy::{Entries as _, GhostMap, Policy, PolicyKind, SlotTable};
+use crate::policy::{Entries as _, Policy, PolicyKind, SlotTable};
 
 /// Hits and misses of a replay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -40,8 +40,6 @@ pub struct Tier {
     /// Slots handed out so far.
     n_slots: u32,
     free_slots: Vec<u32>,
-    /// S3-FIFO's ghosts, by key (keys are their own hashes here).
-    ghosts: GhostMap,
     stats: ReplayStats,
 }
 
@@ -56,7 +54,6 @@ impl Tier {
             slots: SlotTable::default(),
             n_slots: 0,
             free_slots: Vec::new(),
-            ghosts: GhostMap::default(),
             stats: ReplayStats::default(),
         }
     }
@@ -79,7 +76,6 @@ impl Tier {
             };
             self.used_bytes -= self.slots.size_bytes(victim.slot);
             self.slots_by_key.remove(&victim.key_hash);
-            self.ghosts.after_evict(&mut self.policy, victim.key_hash);
             self.free_slots.push(victim.slot);
         }
         let slot = self.free_slots.pop().unwrap_or_else(|| {
@@ -89,9 +85,7 @@ impl Tier {
         self.slots.set_size(slot, size_bytes);
         self.slots_by_key.insert(key, slot);
         self.used_bytes += size_bytes;
-        let ghost = self.ghosts.take(&self.policy, key);
-        self.policy
-            .insert(slot, key, size_bytes, ghost, &self.slots);
+        self.policy.insert(slot, key, size_bytes, &self.slots);
         false
     }
 

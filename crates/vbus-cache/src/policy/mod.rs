@@ -20,7 +20,7 @@ mod sieve;
 
 pub(crate) use list::SlotList;
 pub use lru::Lru;
-pub use s3fifo::{GhostId, S3Fifo};
+pub use s3fifo::S3Fifo;
 pub use sieve::Sieve;
 
 /// The caller's entries, as a policy reads them: per-slot state a policy keeps there rather
@@ -139,10 +139,8 @@ impl Policy {
         }
     }
 
-    /// A new entry of `size_bytes` in `slot`; `key_hash` identifies its key across slots.
-    /// `ghost` is the ghost its key left ([`Policy::take_remembered`]), when the caller's key
-    /// map still held it ([`Policy::ghost_hash`]); the caller lets that map entry go.
-    /// Always inlined (as is [`Policy::evict`]): the memory tier's insert calls each once, and
+    /// A new entry of `size_bytes` in `slot`; `key_hash` identifies its key across slots (S3-FIFO
+    /// sends a key whose ghost it remembers to main). Always inlined (as is [`Policy::evict`]): the memory tier's insert calls each once, and
     /// out of line each cost a call frame of about 20 instructions per insert.
     #[inline(always)]
     pub fn insert<M: Entries + ?Sized>(
@@ -150,12 +148,11 @@ impl Policy {
         slot: u32,
         key_hash: u64,
         size_bytes: u64,
-        ghost: Option<GhostId>,
         entries: &M,
     ) {
         match self {
             Self::Lru(policy) => policy.insert(slot, key_hash, entries),
-            Self::S3Fifo(policy) => policy.insert(slot, key_hash, size_bytes, ghost, entries),
+            Self::S3Fifo(policy) => policy.insert(slot, key_hash, size_bytes, entries),
             Self::Sieve(policy) => policy.insert(slot, key_hash, entries),
         }
     }
@@ -234,43 +231,6 @@ impl Policy {
         }
     }
 
-    /// Whether the policy remembers evicted keys (S3-FIFO's ghosts) for the caller's key map; a
-    /// caller skips looking for ghosts when it does not.
-    #[inline]
-    pub fn keeps_ghosts(&self) -> bool {
-        matches!(self, Self::S3Fifo(_))
-    }
-
-    /// The ghost the last [`Policy::evict`]'s victim left, once: S3-FIFO remembers keys evicted
-    /// from its small queue. The caller keeps it in its key map under the victim's key hash, in
-    /// place of the victim, until it is consumed by an insert or forgotten.
-    #[inline]
-    pub fn take_remembered(&mut self) -> Option<GhostId> {
-        match self {
-            Self::S3Fifo(policy) => policy.take_remembered(),
-            Self::Lru(_) | Self::Sieve(_) => None,
-        }
-    }
-
-    /// A ghost that left the window unconsumed, `(key_hash, id)`: the caller drops it from its
-    /// key map. Call after each [`Policy::evict`] until `None`.
-    #[inline]
-    pub fn pop_forgotten(&mut self) -> Option<(u64, GhostId)> {
-        match self {
-            Self::S3Fifo(policy) => policy.pop_forgotten(),
-            Self::Lru(_) | Self::Sieve(_) => None,
-        }
-    }
-
-    /// The key hash ghost `id` remembers, while it can still be consumed.
-    #[inline]
-    pub fn ghost_hash(&self, id: GhostId) -> Option<u64> {
-        match self {
-            Self::S3Fifo(policy) => policy.ghost_hash(id),
-            Self::Lru(_) | Self::Sieve(_) => None,
-        }
-    }
-
     /// Bytes the policy's own structures take.
     pub fn index_bytes(&self) -> usize {
         match self {
@@ -292,35 +252,6 @@ impl Policy {
     /// True when the policy orders no entry.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-}
-
-/// Ghosts by key hash, for a caller whose key map does not hold them (the memory tier keeps
-/// them in its own): the bookkeeping [`Policy::take_remembered`] and [`Policy::pop_forgotten`]
-/// ask for, in one place.
-#[derive(Debug, Default)]
-pub struct GhostMap {
-    by_hash: std::collections::HashMap<u64, GhostId>,
-}
-
-impl GhostMap {
-    /// After [`Policy::evict`] chose a victim whose key hashes to `victim_hash`: keeps the ghost
-    /// it left and drops the forgotten ones.
-    pub fn after_evict(&mut self, policy: &mut Policy, victim_hash: u64) {
-        if let Some(id) = policy.take_remembered() {
-            self.by_hash.insert(victim_hash, id);
-        }
-        while let Some((key_hash, id)) = policy.pop_forgotten() {
-            if self.by_hash.get(&key_hash) == Some(&id) {
-                self.by_hash.remove(&key_hash);
-            }
-        }
-    }
-
-    /// Before [`Policy::insert`] of a key hashing to `key_hash`: the ghost to pass, taken out.
-    pub fn take(&mut self, policy: &Policy, key_hash: u64) -> Option<GhostId> {
-        let id = self.by_hash.remove(&key_hash)?;
-        (policy.ghost_hash(id) == Some(key_hash)).then_some(id)
     }
 }
 

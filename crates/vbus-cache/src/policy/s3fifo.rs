@@ -9,8 +9,6 @@ use super::{Entries, Victim};
 const SMALL_SHARE: f64 = 0.10;
 /// The access counter saturates here.
 const FREQ_MAX: u32 = 3;
-/// Ghost entries remembered at least.
-const GHOST_MIN: usize = 16;
 
 /// Which queue an entry is in, bits 2 and 3 of its mark.
 const QUEUE_SHIFT: u32 = 2;
@@ -32,19 +30,118 @@ struct Position {
     key_hash: u64,
 }
 
-/// A ghost's number: its remember number, kept to 31 bits (the tier flags ghosts in its key map
-/// with the 32nd). Ghosts in the window are far fewer than 2^31, so the number names one.
-pub type GhostId = u32;
+/// Ghost tags a set holds: one cache line of `u32`s.
+const GHOST_WAYS: usize = 16;
 
-/// Ghost numbers wrap here.
-const GHOST_ID_MASK: u64 = (1 << 31) - 1;
+/// One set of the ghost table: up to [`GHOST_WAYS`] tags, newest first, empty ways (0) last.
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(align(64))]
+struct GhostSet([u32; GHOST_WAYS]);
 
-/// A remembered key hash; `consumed` once its key came back (the caller already let its map
-/// entry go).
-#[derive(Debug, Clone, Copy)]
-struct Ghost {
-    key_hash: u64,
-    consumed: bool,
+/// S3-FIFO's ghost queue: the key hashes its small queue evicted, remembered as 32-bit tags in
+/// a set-associative table of cache-line sets, each set a FIFO of its own. A key's set is
+/// chosen by its tag alone (so the table can grow by re-placing tags), a new ghost goes to the
+/// front of its set and the set's oldest falls off the end when it is full: the table
+/// remembers about as many of the newest ghosts as it has ways, as a FIFO of that length would,
+/// and a remember or a lookup touches one line. Nothing else has to be forgotten explicitly, and
+/// the caller's key map holds no ghosts.
+#[derive(Debug, Default)]
+struct Ghosts {
+    sets: Vec<GhostSet>,
+}
+
+impl Ghosts {
+    /// The tag of a key hash: its low 32 bits times an odd constant (a bijection that spreads
+    /// hashes that differ only in low bits, such as the replay tier's keys, over the sets, which
+    /// a tag's high bits choose), 0 (the empty way) taken as 1.
+    #[inline]
+    fn tag(key_hash: u64) -> u32 {
+        (key_hash as u32).wrapping_mul(0x9e37_79b1).max(1)
+    }
+
+    /// The set of `tag`: its fraction of the 32-bit range, scaled to the number of sets.
+    #[inline]
+    fn set_of(&mut self, tag: u32) -> &mut [u32; GHOST_WAYS] {
+        let index = (u64::from(tag) * self.sets.len() as u64) >> 32;
+        &mut self.sets[index as usize].0
+    }
+
+    /// Ghosts the table can hold.
+    #[inline]
+    fn capacity(&self) -> usize {
+        self.sets.len() * GHOST_WAYS
+    }
+
+    /// Remembers `key_hash` as the newest ghost of its set (the set's oldest falls off when it
+    /// is full; an older ghost of the same tag moves to the front).
+    #[inline]
+    fn remember(&mut self, key_hash: u64) {
+        let tag = Self::tag(key_hash);
+        let set = self.set_of(tag);
+        // The ways up to the first empty one, or the same tag, or else the oldest, move back.
+        let stop = ways_equal(set, tag) | ways_equal(set, 0);
+        let end = if stop == 0 {
+            GHOST_WAYS - 1
+        } else {
+            stop.trailing_zeros() as usize
+        };
+        let old = *set;
+        for (way, slot) in set.iter_mut().enumerate() {
+            *slot = match way {
+                0 => tag,
+                _ if way <= end => old[way - 1],
+                _ => old[way],
+            };
+        }
+    }
+
+    /// Forgets `key_hash`'s ghost; true when it had one (its key came back).
+    #[inline]
+    fn consume(&mut self, key_hash: u64) -> bool {
+        let tag = Self::tag(key_hash);
+        let set = self.set_of(tag);
+        let found = ways_equal(set, tag);
+        if found == 0 {
+            return false;
+        }
+        // The ways behind it move forward.
+        let at = found.trailing_zeros() as usize;
+        let old = *set;
+        for (way, slot) in set.iter_mut().enumerate() {
+            *slot = match way {
+                _ if way < at => old[way],
+                _ if way + 1 < GHOST_WAYS => old[way + 1],
+                _ => 0,
+            };
+        }
+        true
+    }
+
+    /// Whether `key_hash` has a ghost.
+    #[cfg(test)]
+    fn holds(&mut self, key_hash: u64) -> bool {
+        let tag = Self::tag(key_hash);
+        ways_equal(self.set_of(tag), tag) != 0
+    }
+
+    /// Grows the table to hold at least `n_ghosts`, a sixteenth more, re-placing the ghosts it
+    /// holds (oldest first, so each set keeps their order).
+    #[cold]
+    #[inline(never)]
+    fn grow(&mut self, n_ghosts: usize) {
+        let n_sets = (n_ghosts + n_ghosts / 16).div_ceil(GHOST_WAYS).max(1);
+        let old = std::mem::replace(&mut self.sets, vec![GhostSet::default(); n_sets]);
+        for way in (0..GHOST_WAYS).rev() {
+            for set in &old {
+                let tag = set.0[way];
+                if tag != 0 {
+                    let set = self.set_of(tag);
+                    set.copy_within(0..GHOST_WAYS - 1, 1);
+                    set[0] = tag;
+                }
+            }
+        }
+    }
 }
 
 /// New keys enter the small queue; keys seen recently in the ghost queue enter main. Eviction
@@ -64,10 +161,9 @@ struct Ghost {
 /// while the stale position stayed unread; it would then only reorder that entry, never break
 /// the counts (a position is taken for the entry it names, which is held, in that queue).
 ///
-/// The ghost queue is not searched by hash here: the caller keeps each ghost's number in its key
-/// map under the victim's key hash ([`S3Fifo::take_remembered`]), in place of the victim's slot,
-/// so a returning key finds its ghost in the probe that found no entry and hands it to
-/// [`S3Fifo::insert`].
+/// The ghost queue is a set-associative table of key-hash tags ([`Ghosts`]) that holds about as
+/// many ghosts as the queues hold entries: an insert looks for its key's ghost in one line of it,
+/// an eviction from small writes one.
 #[derive(Debug)]
 pub struct S3Fifo {
     small: VecDeque<Position>,
@@ -78,15 +174,8 @@ pub struct S3Fifo {
     small_bytes: u64,
     /// The next insert's stamp, already shifted into place.
     next_stamp: u32,
-    /// The `ghost_len` newest remembered hashes, oldest first.
-    ghosts: VecDeque<Ghost>,
-    /// The remember number of `ghosts[0]`.
-    ghost_front: u64,
-    ghost_len: u64,
-    /// The ghost the last victim left, until the caller takes it.
-    remembered: Option<GhostId>,
-    /// Ghosts that left the window unconsumed, until the caller drops them from its map.
-    forgotten: Vec<(u64, GhostId)>,
+    /// The key hashes small evicted, about as many as the queues hold.
+    ghosts: Ghosts,
 }
 
 /// Stale positions a ring may hold beyond its live ones before it is compacted.
@@ -97,7 +186,8 @@ impl S3Fifo {
         // The small queue holds about a tenth; positions of removed entries linger in both.
         self.small.reserve(n_slots / 4);
         self.main.reserve(n_slots);
-        self.ghosts.reserve(n_slots);
+        // The ghost table is not reserved: its size follows the entries held (see `insert`), so
+        // that a reserved policy makes the same choices as one that grew.
     }
 
     pub(crate) fn new(capacity_bytes: u64) -> Self {
@@ -109,27 +199,25 @@ impl S3Fifo {
             small_target_bytes: ((capacity_bytes as f64) * SMALL_SHARE) as u64,
             small_bytes: 0,
             next_stamp: 0,
-            ghosts: VecDeque::new(),
-            ghost_front: 0,
-            ghost_len: 0,
-            remembered: None,
-            forgotten: Vec::new(),
+            ghosts: Ghosts::default(),
         }
     }
 
-    /// A new entry of `size_bytes` in `slot`; `ghost` is the ghost its key left, when the
-    /// caller found one (a returning key, which goes to main; the caller let the ghost's map
-    /// entry go).
+    /// A new entry of `size_bytes` in `slot`, for a key hashing to `key_hash`: to main when its
+    /// key left a ghost (it came back), else to small.
     #[inline]
     pub(crate) fn insert<E: Entries + ?Sized>(
         &mut self,
         slot: u32,
         key_hash: u64,
         size_bytes: u64,
-        ghost: Option<GhostId>,
         entries: &E,
     ) {
-        let returning = ghost.is_some_and(|id| self.consume_ghost(id, key_hash));
+        // The ghost table holds at least as many ghosts as the queues hold entries.
+        if self.len() >= self.ghosts.capacity() {
+            self.ghosts.grow(self.len() + 1);
+        }
+        let returning = self.ghosts.consume(key_hash);
         let stamp = self.next_stamp;
         self.next_stamp = stamp.wrapping_add(1 << STAMP_SHIFT);
         let position = Position {
@@ -217,7 +305,6 @@ impl S3Fifo {
         keep: &mut dyn FnMut(u32) -> bool,
         entries: &E,
     ) -> Option<Victim> {
-        self.remembered = None;
         // Each entry moves at most a few times (small → main, and FREQ_MAX reinsertions), and
         // kept entries once per queue per call, so this bound covers every case.
         let bound = 2 * (FREQ_MAX as usize + 2) * (self.len() + 1);
@@ -245,7 +332,7 @@ impl S3Fifo {
                     continue;
                 }
                 entries.mark(slot).store(position.stamp, Ordering::Relaxed);
-                self.remember(position.key_hash);
+                self.ghosts.remember(position.key_hash);
                 return Some(Victim {
                     slot,
                     key_hash: position.key_hash,
@@ -279,76 +366,15 @@ impl S3Fifo {
         None
     }
 
-    /// Puts a key hash in the ghost queue, which remembers about as many keys as the queues hold:
-    /// the window grows by one up to that many, and the oldest ghosts beyond it are forgotten.
-    /// Consumed ghosts still count in the window.
-    #[inline]
-    fn remember(&mut self, key_hash: u64) {
-        let seq = self.ghost_front + self.ghosts.len() as u64;
-        self.ghosts.push_back(Ghost {
-            key_hash,
-            consumed: false,
-        });
-        let ghost_max = self.len().max(GHOST_MIN) as u64;
-        self.ghost_len = (self.ghost_len + 1).min(ghost_max);
-        while self.ghosts.len() as u64 > self.ghost_len {
-            let Some(ghost) = self.ghosts.pop_front() else {
-                break;
-            };
-            if !ghost.consumed {
-                self.forgotten
-                    .push((ghost.key_hash, ghost_id(self.ghost_front)));
-            }
-            self.ghost_front += 1;
-        }
-        self.remembered = Some(ghost_id(seq));
-    }
-
-    /// Where ghost `id` is in the ring, if it is in the window.
-    #[inline]
-    fn ghost_index(&self, id: GhostId) -> Option<usize> {
-        let offset = u64::from(id).wrapping_sub(self.ghost_front) & GHOST_ID_MASK;
-        usize::try_from(offset)
-            .ok()
-            .filter(|&index| index < self.ghosts.len())
-    }
-
-    /// Marks ghost `id` as come back; true when it is in the window, unconsumed, and remembers
-    /// `key_hash`.
-    #[inline]
-    fn consume_ghost(&mut self, id: GhostId, key_hash: u64) -> bool {
-        let Some(index) = self.ghost_index(id) else {
-            return false;
-        };
-        let ghost = &mut self.ghosts[index];
-        let fresh = !ghost.consumed && ghost.key_hash == key_hash;
-        ghost.consumed = true;
-        fresh
-    }
-
-    /// The key hash ghost `id` remembers, while it is in the window and unconsumed.
-    #[inline]
-    pub(crate) fn ghost_hash(&self, id: GhostId) -> Option<u64> {
-        let ghost = self.ghosts[self.ghost_index(id)?];
-        (!ghost.consumed).then_some(ghost.key_hash)
-    }
-
-    /// The ghost the last [`S3Fifo::evict`]'s victim left (a victim from small), once.
-    #[inline]
-    pub(crate) fn take_remembered(&mut self) -> Option<GhostId> {
-        self.remembered.take()
-    }
-
-    /// A ghost that left the window unconsumed, `(key_hash, id)`, for the caller to drop.
-    #[inline]
-    pub(crate) fn pop_forgotten(&mut self) -> Option<(u64, GhostId)> {
-        self.forgotten.pop()
+    /// Whether `key_hash` has a ghost (its key left small and has not come back).
+    #[cfg(test)]
+    pub(crate) fn has_ghost(&mut self, key_hash: u64) -> bool {
+        self.ghosts.holds(key_hash)
     }
 
     pub(crate) fn index_bytes(&self) -> usize {
         (self.small.capacity() + self.main.capacity()) * std::mem::size_of::<Position>()
-            + self.ghosts.capacity() * std::mem::size_of::<Ghost>()
-            + self.forgotten.capacity() * std::mem::size_of::<(u64, GhostId)>()
+            + self.ghosts.sets.capacity() * std::mem::size_of::<GhostSet>()
     }
 
     #[inline]
@@ -357,10 +383,15 @@ impl S3Fifo {
     }
 }
 
-/// The ghost number of remember number `seq`.
+/// A bit per way of `set` that holds `tag`, way 0 lowest (written without an early exit, so
+/// that the compiler compares several ways at once).
 #[inline]
-fn ghost_id(seq: u64) -> GhostId {
-    (seq & GHOST_ID_MASK) as GhostId
+fn ways_equal(set: &[u32; GHOST_WAYS], tag: u32) -> u32 {
+    let mut bits = 0;
+    for (way, &held) in set.iter().enumerate() {
+        bits |= u32::from(held == tag).wrapping_neg() & (1 << way);
+    }
+    bits
 }
 
 /// Whether a queued position still stands for its slot's entry in `queue` (`SMALL` or `MAIN`).
@@ -377,4 +408,53 @@ fn is_live<E: Entries + ?Sized>(entries: &E, position: Position, queue: u32) -> 
 #[inline]
 fn names(mark: u32, position: Position, queue: u32) -> bool {
     mark & !FREQ_MASK == position.stamp | queue
+}
+
+#[cfg(test)]
+mod tests {
+    use std::hash::BuildHasher as _;
+
+    use super::*;
+
+    /// The ghost table behaves as a FIFO of about its capacity: the newest ghosts are held, old
+    /// ones are gone, a consumed ghost is gone, and growing keeps what was held.
+    #[test]
+    fn ghosts_remember_about_their_capacity_newest_first() {
+        let mut ghosts = Ghosts::default();
+        ghosts.grow(4096);
+        let capacity = ghosts.capacity();
+        assert!((4096..4096 + 4096 / 16 + GHOST_WAYS).contains(&capacity));
+        let hashes: Vec<u64> = (0..4 * capacity as u64)
+            .map(|key| foldhash::fast::FixedState::with_seed(1).hash_one(key))
+            .collect();
+        for &hash in &hashes {
+            ghosts.remember(hash);
+        }
+        let held = |ghosts: &mut Ghosts, range: &[u64]| {
+            range.iter().filter(|&&hash| ghosts.holds(hash)).count()
+        };
+        let n = hashes.len();
+        // The newest half of a capacity: all but a few of the fullest sets' held.
+        let newest = &hashes[n - capacity / 2..];
+        assert!(held(&mut ghosts, newest) >= newest.len() * 97 / 100);
+        // Older than two capacities: gone (16-way sets, filled evenly enough).
+        let oldest = &hashes[..n - 2 * capacity];
+        assert_eq!(held(&mut ghosts, oldest), 0);
+        // About a capacity held in all.
+        let total = held(&mut ghosts, &hashes);
+        assert!(total > capacity * 9 / 10 && total <= capacity, "{total}");
+
+        let last = hashes[n - 1];
+        assert!(ghosts.consume(last));
+        assert!(!ghosts.holds(last) && !ghosts.consume(last));
+        // Remembering a held ghost again keeps one copy.
+        let again = hashes[n - 2];
+        ghosts.remember(again);
+        assert!(ghosts.consume(again) && !ghosts.consume(again));
+
+        let before: Vec<bool> = hashes.iter().map(|&hash| ghosts.holds(hash)).collect();
+        ghosts.grow(2 * capacity);
+        let after: Vec<bool> = hashes.iter().map(|&hash| ghosts.holds(hash)).collect();
+        assert_eq!(before, after, "growing keeps every ghost");
+    }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 
-use super::{GhostMap, Policy, PolicyKind, SlotTable, Victim};
+use super::{Policy, PolicyKind, S3Fifo, SlotTable, Victim};
 
 /// The algorithms again, written the slow obvious way. Queues hold slots oldest first.
 enum Model {
@@ -25,8 +25,44 @@ enum Model {
         hashes: Vec<u64>,
         small_bytes: u64,
         small_target_bytes: u64,
-        ghost: VecDeque<(u64, bool)>,
+        /// The ghost table: sets of tags, newest first, at most 16 each.
+        ghost_sets: Vec<VecDeque<u32>>,
+        /// Inserts whose key had a ghost (so the test knows it met some).
+        n_returned: usize,
     },
+}
+
+/// A key hash's ghost tag.
+fn ghost_tag(key_hash: u64) -> u32 {
+    (key_hash as u32).wrapping_mul(0x9e37_79b1).max(1)
+}
+
+/// The set of a ghost tag among `n_sets`.
+fn ghost_set(tag: u32, n_sets: usize) -> usize {
+    ((u64::from(tag) * n_sets as u64) >> 32) as usize
+}
+
+/// Puts `tag` at the front of its set (once), dropping the set's oldest past 16.
+fn ghost_push(sets: &mut [VecDeque<u32>], tag: u32) {
+    let n_sets = sets.len();
+    let set = &mut sets[ghost_set(tag, n_sets)];
+    set.retain(|&held| held != tag);
+    set.push_front(tag);
+    set.truncate(16);
+}
+
+/// Makes the ghost table hold `n` ghosts and a sixteenth more, placing the old ghosts anew,
+/// oldest first: the oldest of every set, then the next oldest of every set, and so on.
+fn ghost_grow(sets: &mut Vec<VecDeque<u32>>, n: usize) {
+    let n_sets = (n + n / 16).div_ceil(16).max(1);
+    let old = std::mem::replace(sets, vec![VecDeque::new(); n_sets]);
+    for age in (0..16).rev() {
+        for set in &old {
+            if let Some(&tag) = set.get(age) {
+                ghost_push(sets, tag);
+            }
+        }
+    }
 }
 
 fn position(queue: &VecDeque<u32>, slot: u32) -> Option<usize> {
@@ -53,7 +89,8 @@ impl Model {
                 hashes: vec![0; 4096],
                 small_bytes: 0,
                 small_target_bytes: (capacity_bytes as f64 * 0.10) as u64,
-                ghost: VecDeque::new(),
+                ghost_sets: Vec::new(),
+                n_returned: 0,
             },
         }
     }
@@ -85,15 +122,24 @@ impl Model {
                 sizes,
                 hashes,
                 small_bytes,
-                ghost,
+                ghost_sets,
+                n_returned,
                 ..
             } => {
                 freq[slot as usize] = 0;
                 sizes[slot as usize] = size_bytes;
                 hashes[slot as usize] = key_hash;
-                if let Some(entry) = ghost.iter_mut().find(|(h, live)| *h == key_hash && *live) {
-                    entry.1 = false;
+                let len = small.len() + main.len();
+                if len >= 16 * ghost_sets.len() {
+                    ghost_grow(ghost_sets, len + 1);
+                }
+                let tag = ghost_tag(key_hash);
+                let n_sets = ghost_sets.len();
+                let set = &mut ghost_sets[ghost_set(tag, n_sets)];
+                if let Some(at) = set.iter().position(|&held| held == tag) {
+                    set.remove(at);
                     main.push_back(slot);
+                    *n_returned += 1;
                 } else {
                     small.push_back(slot);
                     *small_bytes += size_bytes;
@@ -217,7 +263,8 @@ impl Model {
                 hashes,
                 small_bytes,
                 small_target_bytes,
-                ghost,
+                ghost_sets,
+                ..
             } => {
                 let (mut main_kept_run, mut force_small) = (0usize, false);
                 for _ in 0..2 * 5 * (n + 1) {
@@ -231,15 +278,7 @@ impl Model {
                             main.push_back(slot);
                             continue;
                         }
-                        let key_hash = hashes[slot as usize];
-                        for entry in ghost.iter_mut().filter(|(h, _)| *h == key_hash) {
-                            entry.1 = false;
-                        }
-                        ghost.push_back((key_hash, true));
-                        let ghost_max = (small.len() + main.len()).max(16);
-                        while ghost.len() > ghost_max {
-                            ghost.pop_front();
-                        }
+                        ghost_push(ghost_sets, ghost_tag(hashes[slot as usize]));
                         return Some(slot);
                     }
                     let slot = main.pop_front()?;
@@ -275,8 +314,7 @@ fn check(kind: PolicyKind, seed: u64) {
     let mut live: Vec<u32> = Vec::new();
     let mut free: Vec<u32> = (0..4096).rev().collect();
     let mut pinned = vec![false; 4096];
-    // The caller's side of S3-FIFO's ghosts, and each live slot's hash.
-    let mut ghosts = GhostMap::default();
+    // Each live slot's hash.
     let mut hashes = vec![0u64; 4096];
     let mut slots = SlotTable::default();
     for op_idx in 0..20_000 {
@@ -293,8 +331,7 @@ fn check(kind: PolicyKind, seed: u64) {
                 hashes[slot as usize] = key_hash;
                 let size = rng.u64(1..128);
                 slots.set_size(slot, size);
-                let ghost = ghosts.take(&policy, key_hash);
-                policy.insert(slot, key_hash, size, ghost, &slots);
+                policy.insert(slot, key_hash, size, &slots);
                 model.insert(slot, key_hash, size);
                 pinned[slot as usize] = rng.u32(..20) == 0;
                 live.push(slot);
@@ -334,7 +371,6 @@ fn check(kind: PolicyKind, seed: u64) {
                         .position(|&s| s == slot)
                         .expect("victims are live");
                     live.swap_remove(at);
-                    ghosts.after_evict(&mut policy, hashes[slot as usize]);
                     free.push(slot);
                 }
             }
@@ -344,6 +380,12 @@ fn check(kind: PolicyKind, seed: u64) {
             policy.len(),
             live.len(),
             "{context}: len against the live set"
+        );
+    }
+    if let Model::S3Fifo { n_returned, .. } = model {
+        assert!(
+            n_returned > 100,
+            "seed {seed}: {n_returned} keys came back as ghosts"
         );
     }
 }
@@ -384,7 +426,7 @@ fn everything_kept_means_no_victim() {
     for kind in PolicyKind::ALL {
         let mut policy = Policy::new(kind, 1000);
         for slot in 0..10 {
-            policy.insert(slot, u64::from(slot), 10, None, m);
+            policy.insert(slot, u64::from(slot), 10, m);
         }
         assert_eq!(policy.evict(&mut |_| true, m), None, "{}", kind.as_str());
         assert_eq!(policy.len(), 10);
@@ -407,7 +449,7 @@ fn classic_orders() {
     // LRU: a hit saves an entry.
     let mut lru = Policy::new(PolicyKind::Lru, 0);
     for slot in 0..3 {
-        lru.insert(slot, u64::from(slot), 1, None, m);
+        lru.insert(slot, u64::from(slot), 1, m);
     }
     lru.access(0, m);
     assert_eq!(
@@ -417,7 +459,7 @@ fn classic_orders() {
     // A hit among the newest quarter does not move a slot; an older one does.
     let mut lru = Policy::new(PolicyKind::Lru, 0);
     for slot in 0..12 {
-        lru.insert(slot, u64::from(slot), 1, None, m);
+        lru.insert(slot, u64::from(slot), 1, m);
     }
     lru.hit(0, m);
     lru.hit(11, m);
@@ -427,7 +469,7 @@ fn classic_orders() {
     // SIEVE: a visited entry survives one sweep, and the hand stays where it stopped.
     let mut sieve = Policy::new(PolicyKind::Sieve, 0);
     for slot in 0..4 {
-        sieve.insert(slot, u64::from(slot), 1, None, m);
+        sieve.insert(slot, u64::from(slot), 1, m);
     }
     sieve.access(0, m);
     assert_eq!(
@@ -445,21 +487,17 @@ fn classic_orders() {
     );
     // S3-FIFO: a key evicted from small and inserted again goes to main, ahead of small's.
     let m = &slots(30);
-    let mut s3 = Policy::new(PolicyKind::S3Fifo, 100);
-    s3.insert(0, 42, 30, None, m);
+    let mut s3 = S3Fifo::new(100);
+    s3.insert(0, 42, 30, m);
     assert_eq!(
         s3.evict(&mut |_| false, m).map(|victim| victim.slot),
         Some(0)
     );
-    let ghost = s3.take_remembered();
-    assert_eq!(
-        ghost.and_then(|id| s3.ghost_hash(id)),
-        Some(42),
-        "a victim from small leaves a ghost"
-    );
-    s3.insert(1, 42, 30, ghost, m);
-    assert_eq!(ghost.and_then(|id| s3.ghost_hash(id)), None, "consumed");
-    s3.insert(2, 7, 30, None, m);
+    assert!(s3.has_ghost(42), "a victim from small leaves a ghost");
+    assert!(!s3.has_ghost(43));
+    s3.insert(1, 42, 30, m);
+    assert!(!s3.has_ghost(42), "consumed");
+    s3.insert(2, 7, 30, m);
     assert_eq!(
         s3.evict(&mut |_| false, m).map(|victim| victim.slot),
         Some(2),
