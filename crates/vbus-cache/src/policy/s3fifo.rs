@@ -30,21 +30,48 @@ struct Position {
     key_hash: u64,
 }
 
-/// Ghost tags a set holds: one cache line of `u32`s.
+/// Ways of a ghost set: one cache line of `u32`s, the last of which is the set's ring position.
 const GHOST_WAYS: usize = 16;
+/// Tags a ghost set holds.
+const GHOST_TAGS: usize = GHOST_WAYS - 1;
+/// The ways that hold tags, as bits.
+const TAG_WAYS: u32 = (1 << GHOST_TAGS) - 1;
 
-/// One set of the ghost table: up to [`GHOST_WAYS`] tags, newest first, empty ways (0) last.
+/// One set of the ghost table: a ring of [`GHOST_TAGS`] tags (0 is an empty way) and, in the
+/// last way, where the next tag goes (the oldest, once the ring is full).
 #[derive(Debug, Clone, Copy, Default)]
 #[repr(align(64))]
 struct GhostSet([u32; GHOST_WAYS]);
 
+impl GhostSet {
+    /// Writes `tag` over the set's oldest way.
+    #[inline]
+    fn push(&mut self, tag: u32) {
+        let next = (self.0[GHOST_TAGS] as usize).min(GHOST_TAGS - 1);
+        self.0[next] = tag;
+        self.0[GHOST_TAGS] = if next + 1 < GHOST_TAGS {
+            next as u32 + 1
+        } else {
+            0
+        };
+    }
+
+    /// The way holding `tag`, if one does.
+    #[inline]
+    fn find(&self, tag: u32) -> Option<usize> {
+        let found = ways_equal(&self.0, tag) & TAG_WAYS;
+        (found != 0).then(|| found.trailing_zeros() as usize)
+    }
+}
+
 /// S3-FIFO's ghost queue: the key hashes its small queue evicted, remembered as 32-bit tags in
-/// a set-associative table of cache-line sets, each set a FIFO of its own. A key's set is
-/// chosen by its tag alone (so the table can grow by re-placing tags), a new ghost goes to the
-/// front of its set and the set's oldest falls off the end when it is full: the table
-/// remembers about as many of the newest ghosts as it has ways, as a FIFO of that length would,
-/// and a remember or a lookup touches one line. Nothing else has to be forgotten explicitly, and
-/// the caller's key map holds no ghosts.
+/// a set-associative table of cache-line sets, each set a FIFO ring of its own. A key's set is
+/// chosen by its tag alone (so the table can grow by re-placing tags); a new ghost overwrites
+/// the oldest of its set, and a ghost whose key comes back is cleared where it is, its way
+/// counting in the window until the ring comes round (as a consumed ghost does in a FIFO). The
+/// table remembers about as many of the newest ghosts as it has tag ways, as a FIFO of that
+/// length would; a remember is one store and a lookup reads one line. Nothing has to be
+/// forgotten explicitly, and the caller's key map holds no ghosts.
 #[derive(Debug, Default)]
 struct Ghosts {
     sets: Vec<GhostSet>,
@@ -61,38 +88,22 @@ impl Ghosts {
 
     /// The set of `tag`: its fraction of the 32-bit range, scaled to the number of sets.
     #[inline]
-    fn set_of(&mut self, tag: u32) -> &mut [u32; GHOST_WAYS] {
+    fn set_of(&mut self, tag: u32) -> &mut GhostSet {
         let index = (u64::from(tag) * self.sets.len() as u64) >> 32;
-        &mut self.sets[index as usize].0
+        &mut self.sets[index as usize]
     }
 
     /// Ghosts the table can hold.
     #[inline]
     fn capacity(&self) -> usize {
-        self.sets.len() * GHOST_WAYS
+        self.sets.len() * GHOST_TAGS
     }
 
-    /// Remembers `key_hash` as the newest ghost of its set (the set's oldest falls off when it
-    /// is full; an older ghost of the same tag moves to the front).
+    /// Remembers `key_hash` as the newest ghost of its set (over the set's oldest).
     #[inline]
     fn remember(&mut self, key_hash: u64) {
         let tag = Self::tag(key_hash);
-        let set = self.set_of(tag);
-        // The ways up to the first empty one, or the same tag, or else the oldest, move back.
-        let stop = ways_equal(set, tag) | ways_equal(set, 0);
-        let end = if stop == 0 {
-            GHOST_WAYS - 1
-        } else {
-            stop.trailing_zeros() as usize
-        };
-        let old = *set;
-        for (way, slot) in set.iter_mut().enumerate() {
-            *slot = match way {
-                0 => tag,
-                _ if way <= end => old[way - 1],
-                _ => old[way],
-            };
-        }
+        self.set_of(tag).push(tag);
     }
 
     /// Forgets `key_hash`'s ghost; true when it had one (its key came back).
@@ -100,20 +111,10 @@ impl Ghosts {
     fn consume(&mut self, key_hash: u64) -> bool {
         let tag = Self::tag(key_hash);
         let set = self.set_of(tag);
-        let found = ways_equal(set, tag);
-        if found == 0 {
+        let Some(way) = set.find(tag) else {
             return false;
-        }
-        // The ways behind it move forward.
-        let at = found.trailing_zeros() as usize;
-        let old = *set;
-        for (way, slot) in set.iter_mut().enumerate() {
-            *slot = match way {
-                _ if way < at => old[way],
-                _ if way + 1 < GHOST_WAYS => old[way + 1],
-                _ => 0,
-            };
-        }
+        };
+        set.0[way] = 0;
         true
     }
 
@@ -121,23 +122,23 @@ impl Ghosts {
     #[cfg(test)]
     fn holds(&mut self, key_hash: u64) -> bool {
         let tag = Self::tag(key_hash);
-        ways_equal(self.set_of(tag), tag) != 0
+        self.set_of(tag).find(tag).is_some()
     }
 
     /// Grows the table to hold at least `n_ghosts`, a sixteenth more, re-placing the ghosts it
-    /// holds (oldest first, so each set keeps their order).
+    /// holds oldest first (the oldest of every set, then the next oldest, ...), so each set
+    /// keeps their order.
     #[cold]
     #[inline(never)]
     fn grow(&mut self, n_ghosts: usize) {
-        let n_sets = (n_ghosts + n_ghosts / 16).div_ceil(GHOST_WAYS).max(1);
+        let n_sets = (n_ghosts + n_ghosts / 16).div_ceil(GHOST_TAGS).max(1);
         let old = std::mem::replace(&mut self.sets, vec![GhostSet::default(); n_sets]);
-        for way in (0..GHOST_WAYS).rev() {
+        for age in 0..GHOST_TAGS {
             for set in &old {
-                let tag = set.0[way];
+                let oldest = set.0[GHOST_TAGS] as usize;
+                let tag = set.0[(oldest + age) % GHOST_TAGS];
                 if tag != 0 {
-                    let set = self.set_of(tag);
-                    set.copy_within(0..GHOST_WAYS - 1, 1);
-                    set[0] = tag;
+                    self.set_of(tag).push(tag);
                 }
             }
         }
@@ -423,7 +424,7 @@ mod tests {
         let mut ghosts = Ghosts::default();
         ghosts.grow(4096);
         let capacity = ghosts.capacity();
-        assert!((4096..4096 + 4096 / 16 + GHOST_WAYS).contains(&capacity));
+        assert!((4096..4096 + 4096 / 16 + GHOST_TAGS).contains(&capacity));
         let hashes: Vec<u64> = (0..4 * capacity as u64)
             .map(|key| foldhash::fast::FixedState::with_seed(1).hash_one(key))
             .collect();
@@ -447,10 +448,6 @@ mod tests {
         let last = hashes[n - 1];
         assert!(ghosts.consume(last));
         assert!(!ghosts.holds(last) && !ghosts.consume(last));
-        // Remembering a held ghost again keeps one copy.
-        let again = hashes[n - 2];
-        ghosts.remember(again);
-        assert!(ghosts.consume(again) && !ghosts.consume(again));
 
         let before: Vec<bool> = hashes.iter().map(|&hash| ghosts.holds(hash)).collect();
         ghosts.grow(2 * capacity);

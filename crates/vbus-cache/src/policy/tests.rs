@@ -25,7 +25,7 @@ enum Model {
         hashes: Vec<u64>,
         small_bytes: u64,
         small_target_bytes: u64,
-        /// The ghost table: sets of tags, newest first, at most 16 each.
+        /// The ghost table: sets of 15 tags each, oldest first (0: none).
         ghost_sets: Vec<VecDeque<u32>>,
         /// Inserts whose key had a ghost (so the test knows it met some).
         n_returned: usize,
@@ -42,24 +42,23 @@ fn ghost_set(tag: u32, n_sets: usize) -> usize {
     ((u64::from(tag) * n_sets as u64) >> 32) as usize
 }
 
-/// Puts `tag` at the front of its set (once), dropping the set's oldest past 16.
+/// Puts `tag` at the back of its set, dropping the set's oldest.
 fn ghost_push(sets: &mut [VecDeque<u32>], tag: u32) {
     let n_sets = sets.len();
     let set = &mut sets[ghost_set(tag, n_sets)];
-    set.retain(|&held| held != tag);
-    set.push_front(tag);
-    set.truncate(16);
+    set.pop_front();
+    set.push_back(tag);
 }
 
 /// Makes the ghost table hold `n` ghosts and a sixteenth more, placing the old ghosts anew,
 /// oldest first: the oldest of every set, then the next oldest of every set, and so on.
 fn ghost_grow(sets: &mut Vec<VecDeque<u32>>, n: usize) {
-    let n_sets = (n + n / 16).div_ceil(16).max(1);
-    let old = std::mem::replace(sets, vec![VecDeque::new(); n_sets]);
-    for age in (0..16).rev() {
+    let n_sets = (n + n / 16).div_ceil(15).max(1);
+    let old = std::mem::replace(sets, vec![VecDeque::from([0; 15]); n_sets]);
+    for age in 0..15 {
         for set in &old {
-            if let Some(&tag) = set.get(age) {
-                ghost_push(sets, tag);
+            if set[age] != 0 {
+                ghost_push(sets, set[age]);
             }
         }
     }
@@ -130,14 +129,14 @@ impl Model {
                 sizes[slot as usize] = size_bytes;
                 hashes[slot as usize] = key_hash;
                 let len = small.len() + main.len();
-                if len >= 16 * ghost_sets.len() {
+                if len >= 15 * ghost_sets.len() {
                     ghost_grow(ghost_sets, len + 1);
                 }
                 let tag = ghost_tag(key_hash);
                 let n_sets = ghost_sets.len();
                 let set = &mut ghost_sets[ghost_set(tag, n_sets)];
                 if let Some(at) = set.iter().position(|&held| held == tag) {
-                    set.remove(at);
+                    set[at] = 0;
                     main.push_back(slot);
                     *n_returned += 1;
                 } else {
