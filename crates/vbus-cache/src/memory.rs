@@ -14,8 +14,9 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::policy::{Entries, NO_MARK, Policy, PolicyKind};
 
-/// Slots a shard may hand out: slot numbers stay below `u32::MAX`, which names no slot.
-const MAX_SLOTS: usize = u32::MAX as usize;
+/// Slots a shard may hand out (2^31, far beyond any shard's entries): slot numbers stay clear of
+/// the top values of a `u32`, which the policies' lists and `can_make_room` use as markers.
+const MAX_SLOTS: usize = 1 << 31;
 
 /// The shard count the cache manager gives its L2 tier: four per core (as `quick_cache` does),
 /// so that threads rarely meet on a lock while the shards' headers stay in L1 (a get reads its
