@@ -615,8 +615,9 @@ impl<K: Hash + Eq, V> ShardState<K, V> {
     }
 
     /// Removes a slot's entry, whose key hashes to `hash`, from map and accounting (the policy
-    /// already let it go), and frees the slot. The entry is taken before the map is searched (by slot number, not key), so the
-    /// loads of its line and of the map's overlap instead of waiting on each other.
+    /// already let it go), and frees the slot. The entry is taken before the map is searched (by
+    /// slot number, not key), so the loads of its line and of the map's overlap instead of
+    /// waiting on each other.
     #[inline]
     fn take_slot(&mut self, slot: u32, hash: u64) -> Entry<K, V> {
         let entry = self.entries[slot as usize]

@@ -140,8 +140,9 @@ impl Policy {
     }
 
     /// A new entry of `size_bytes` in `slot`; `key_hash` identifies its key across slots (S3-FIFO
-    /// sends a key whose ghost it remembers to main). Always inlined (as is [`Policy::evict`]): the memory tier's insert calls each once, and
-    /// out of line each cost a call frame of about 20 instructions per insert.
+    /// sends a key whose ghost it remembers to main). Always inlined (as is [`Policy::evict`]):
+    /// the memory tier's insert calls each once, and out of line each cost a call frame of about
+    /// 20 instructions per insert.
     #[inline(always)]
     pub fn insert<M: Entries + ?Sized>(
         &mut self,

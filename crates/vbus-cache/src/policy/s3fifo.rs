@@ -86,11 +86,17 @@ impl Ghosts {
         (key_hash as u32).wrapping_mul(0x9e37_79b1).max(1)
     }
 
-    /// The set of `tag`: its fraction of the 32-bit range, scaled to the number of sets.
+    /// The index of `tag`'s set: its fraction of the 32-bit range, scaled to the number of sets.
+    #[inline]
+    fn set_index(&self, tag: u32) -> usize {
+        ((u64::from(tag) * self.sets.len() as u64) >> 32) as usize
+    }
+
+    /// The set of `tag`.
     #[inline]
     fn set_of(&mut self, tag: u32) -> &mut GhostSet {
-        let index = (u64::from(tag) * self.sets.len() as u64) >> 32;
-        &mut self.sets[index as usize]
+        let index = self.set_index(tag);
+        &mut self.sets[index]
     }
 
     /// Ghosts the table can hold.
@@ -120,9 +126,9 @@ impl Ghosts {
 
     /// Whether `key_hash` has a ghost.
     #[cfg(test)]
-    fn holds(&mut self, key_hash: u64) -> bool {
+    fn holds(&self, key_hash: u64) -> bool {
         let tag = Self::tag(key_hash);
-        self.set_of(tag).find(tag).is_some()
+        self.sets[self.set_index(tag)].find(tag).is_some()
     }
 
     /// Grows the table to hold at least `n_ghosts`, a sixteenth more, re-placing the ghosts it
@@ -369,7 +375,7 @@ impl S3Fifo {
 
     /// Whether `key_hash` has a ghost (its key left small and has not come back).
     #[cfg(test)]
-    pub(crate) fn has_ghost(&mut self, key_hash: u64) -> bool {
+    pub(crate) fn has_ghost(&self, key_hash: u64) -> bool {
         self.ghosts.holds(key_hash)
     }
 
@@ -431,18 +437,18 @@ mod tests {
         for &hash in &hashes {
             ghosts.remember(hash);
         }
-        let held = |ghosts: &mut Ghosts, range: &[u64]| {
+        let held = |ghosts: &Ghosts, range: &[u64]| {
             range.iter().filter(|&&hash| ghosts.holds(hash)).count()
         };
         let n = hashes.len();
         // The newest half of a capacity: all but a few of the fullest sets' held.
         let newest = &hashes[n - capacity / 2..];
-        assert!(held(&mut ghosts, newest) >= newest.len() * 97 / 100);
-        // Older than two capacities: gone (16-way sets, filled evenly enough).
+        assert!(held(&ghosts, newest) >= newest.len() * 97 / 100);
+        // Older than two capacities: gone (sets of 15 tags, filled evenly enough).
         let oldest = &hashes[..n - 2 * capacity];
-        assert_eq!(held(&mut ghosts, oldest), 0);
+        assert_eq!(held(&ghosts, oldest), 0);
         // About a capacity held in all.
-        let total = held(&mut ghosts, &hashes);
+        let total = held(&ghosts, &hashes);
         assert!(total > capacity * 9 / 10 && total <= capacity, "{total}");
 
         let last = hashes[n - 1];
