@@ -462,12 +462,14 @@ pub fn write_file_whole(path: &Path, bytes: &[u8]) -> Result<(), (&'static str, 
 /// Replaces `path` whole with what `from` gives (exactly `expected_len` bytes when given), so
 /// that a crash leaves the old file or the new one: a hidden temporary file beside it (the
 /// parent made if missing), synced, renamed over it, the directory synced; the temporary file
-/// is removed on an error. Returns the bytes written; an error says which step failed.
+/// is removed on an error. Returns the new file's metadata as it was synced, before the rename
+/// (so a write by someone else after the rename shows as a change of size or modification
+/// time); an error says which step failed.
 pub fn write_file_whole_from(
     path: &Path,
     from: &mut dyn std::io::Read,
     expected_len: Option<u64>,
-) -> Result<u64, (&'static str, std::io::Error)> {
+) -> Result<std::fs::Metadata, (&'static str, std::io::Error)> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| ("create the directory of", e))?;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
@@ -487,11 +489,12 @@ pub fn write_file_whole_from(
             ));
         }
         file.sync_all().map_err(|e| ("sync", e))?;
+        let synced = file.metadata().map_err(|e| ("stat", e))?;
         std::fs::rename(&tmp, path).map_err(|e| ("rename into", e))?;
         std::fs::File::open(dir)
             .and_then(|dir| dir.sync_all())
             .map_err(|e| ("sync the directory of", e))?;
-        Ok(written)
+        Ok(synced)
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);

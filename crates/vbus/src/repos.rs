@@ -13,7 +13,11 @@
 //!    is copied into every repository whose copy is older and unchanged since the last round,
 //!    written to a hidden temporary file, synced and renamed, so no reader sees a torn file.
 //!
-//! A file changed while it is being hashed is left for the next round. What each repository and
+//! A file changed while it is being hashed is left for the next round. A copy's stamp is taken
+//! from the file as it was synced, before it took its name, so a write that lands just after
+//! the copy is a change; a stamp recorded within two seconds of its modification time is not
+//! trusted alone (a write of the same size in the same clock tick leaves it as it was), and such
+//! a file is hashed again before it counts as unchanged. What each repository and
 //! the master held at the last round is kept in `BUS/CONTROL_PLANE/repositories.json`. Deletes
 //! are not propagated: a file removed from a repository comes back from the master.
 
@@ -21,6 +25,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
@@ -32,6 +37,12 @@ use crate::sync::BusAgent;
 /// The state file, under `BUS/CONTROL_PLANE`.
 const STATE_FILE: &str = "repositories.json";
 
+/// A modification time younger than this when it was recorded is not trusted: a second write
+/// of the same size in the same tick of the file system's clock (a few milliseconds, or whole
+/// seconds on some file systems) leaves size and time as they were, so such a copy is hashed
+/// again before its stamp counts (as Git treats a "racily clean" index entry).
+const RACY: Duration = Duration::from_secs(2);
+
 /// What a copy held when last synced.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -40,6 +51,40 @@ struct Synced {
     stamp: String,
     /// BLAKE3 (hex) of the content.
     blake3: String,
+    /// Whether the modification time was within [`RACY`] of the time it was recorded: the
+    /// stamp alone does not say the copy is unchanged.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    racy: bool,
+}
+
+impl Synced {
+    /// A repository's copy with this metadata and content, recorded now.
+    fn of(meta: &std::fs::Metadata, blake3: String) -> Self {
+        let age = meta
+            .modified()
+            .ok()
+            .and_then(|modified| SystemTime::now().duration_since(modified).ok());
+        Self {
+            stamp: stamp(meta),
+            blake3,
+            racy: age.is_none_or(|age| age < RACY),
+        }
+    }
+
+    /// The master's copy with this stamp and content.
+    fn master(stamp: String, blake3: String) -> Self {
+        Self {
+            stamp,
+            blake3,
+            racy: false,
+        }
+    }
+
+    /// Whether the file at `path`, whose metadata is `meta`, still holds what was recorded.
+    fn holds(&self, path: &Path, meta: &std::fs::Metadata) -> bool {
+        self.stamp == stamp(meta)
+            && (!self.racy || hash_file(path).is_ok_and(|blake3| blake3 == self.blake3))
+    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -89,6 +134,10 @@ fn hash_reader(reader: &mut impl std::io::Read) -> std::io::Result<String> {
     Ok(hasher.finalize().to_hex().to_string())
 }
 
+fn hash_file(path: &Path) -> std::io::Result<String> {
+    hash_reader(&mut std::fs::File::open(path)?)
+}
+
 /// Every file under `root` as `dataset/path`, hidden entries and top-level files left out.
 fn walk(root: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
     let mut out = Vec::new();
@@ -130,9 +179,13 @@ fn walk(root: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
 }
 
 /// Replaces `path` whole with what `from` gives (hidden temporary file, sync, rename).
-fn write_whole_from(path: &Path, from: &mut dyn std::io::Read) -> std::io::Result<()> {
+/// Replaces `path` whole; returns the new file's metadata from before it took the name, so a
+/// write there after the rename is seen as a change.
+fn write_whole_from(
+    path: &Path,
+    from: &mut dyn std::io::Read,
+) -> std::io::Result<std::fs::Metadata> {
     vbus_sync::origin::write_file_whole_from(path, from, None)
-        .map(drop)
         .map_err(|(op, err)| std::io::Error::new(err.kind(), format!("cannot {op}: {err}")))
 }
 
@@ -193,7 +246,7 @@ impl Repositories {
                 let before = std::fs::metadata(&path)?;
                 let now = stamp(&before);
                 let recorded = state.repos.get(&repo).and_then(|r| r.get(&key)).cloned();
-                if recorded.as_ref().is_some_and(|r| r.stamp == now) {
+                if recorded.as_ref().is_some_and(|r| r.stamp == now && !r.racy) {
                     continue;
                 }
                 let mut file = std::fs::File::open(&path)
@@ -202,10 +255,7 @@ impl Repositories {
                 if stamp(&std::fs::metadata(&path)?) != now {
                     continue; // Being written: the next round takes it.
                 }
-                let synced = Synced {
-                    stamp: now,
-                    blake3: blake3.clone(),
-                };
+                let synced = Synced::of(&before, blake3.clone());
                 if recorded.is_some_and(|r| r.blake3 == blake3) {
                     state
                         .repos
@@ -220,13 +270,9 @@ impl Repositories {
                     self.write(bus, cache, dataset, inner, &path, before.len())
                         .with_context(|| format!("cannot take {} as a write", path.display()))?;
                     // The master's copy is re-read when its stamp moves; until then it is this.
-                    state.master.insert(
-                        key.clone(),
-                        Synced {
-                            stamp: String::new(),
-                            blake3: blake3.clone(),
-                        },
-                    );
+                    state
+                        .master
+                        .insert(key.clone(), Synced::master(String::new(), blake3.clone()));
                     round.writes += 1;
                     tracing::info!(repository = %repo, %key, "a repository's change taken as a write");
                 }
@@ -259,10 +305,7 @@ impl Repositories {
                     ))?;
                     state.master.insert(
                         key.clone(),
-                        Synced {
-                            stamp: object.stamp.clone(),
-                            blake3: blake3.clone(),
-                        },
+                        Synced::master(object.stamp.clone(), blake3.clone()),
                     );
                     blake3
                 }
@@ -281,9 +324,9 @@ impl Repositories {
                     continue;
                 }
                 let target = dir.join(key);
-                let on_disk = std::fs::metadata(&target).ok().map(|meta| stamp(&meta));
+                let on_disk = std::fs::metadata(&target).ok();
                 let changed_since = match (&recorded, &on_disk) {
-                    (Some(r), Some(now)) => r.stamp != *now,
+                    (Some(r), Some(meta)) => !r.holds(&target, meta),
                     (None, Some(_)) => true,
                     (_, None) => false,
                 };
@@ -291,7 +334,7 @@ impl Repositories {
                     continue; // A write in progress there: the next round decides.
                 }
                 let (dataset, path) = key.split_once('/').expect("keys are dataset/path");
-                match source {
+                let written = match source {
                     Source::Master(size) => write_whole_from(
                         &target,
                         &mut OriginReader::new(origin, dataset, path, *size),
@@ -308,14 +351,11 @@ impl Repositories {
                     }
                 }
                 .with_context(|| format!("cannot write {}", target.display()))?;
-                let now = stamp(&std::fs::metadata(&target)?);
-                state.repos.entry(repo.clone()).or_default().insert(
-                    key.clone(),
-                    Synced {
-                        stamp: now,
-                        blake3: blake3.clone(),
-                    },
-                );
+                state
+                    .repos
+                    .entry(repo.clone())
+                    .or_default()
+                    .insert(key.clone(), Synced::of(&written, blake3.clone()));
                 round.copies += 1;
             }
         }
@@ -401,5 +441,58 @@ impl std::io::Read for OriginReader<'_> {
         out[..n].copy_from_slice(&self.buffer[self.at..self.at + n]);
         self.at += n;
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A write of the same size in the same tick as the recorded one leaves the stamp as it
+    /// was: a copy recorded that young is hashed before its stamp counts, an older one is not.
+    #[test]
+    fn a_racily_stamped_copy_is_hashed_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.txt");
+        std::fs::write(&path, b"first").unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        let recorded = Synced::of(&meta, hash_file(&path).unwrap());
+        assert!(recorded.racy);
+        assert!(recorded.holds(&path, &meta));
+
+        // Same size, same modification time, other bytes.
+        std::fs::write(&path, b"other").unwrap();
+        let file = std::fs::File::options().write(true).open(&path).unwrap();
+        file.set_modified(meta.modified().unwrap()).unwrap();
+        let now = std::fs::metadata(&path).unwrap();
+        assert_eq!(stamp(&now), recorded.stamp);
+        assert!(!recorded.holds(&path, &now));
+
+        // Modified long before it was recorded: the stamp is trusted.
+        let old = SystemTime::now() - Duration::from_secs(60);
+        file.set_modified(old).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        let recorded = Synced::of(&meta, hash_file(&path).unwrap());
+        assert!(!recorded.racy);
+        assert!(recorded.holds(&path, &meta));
+        assert!(!recorded.holds(&path, &std::fs::metadata(dir.path()).unwrap()));
+    }
+
+    /// The stamp of a replaced file is the one it was synced with (the rename leaves it as it
+    /// was, so the copy is not taken for a change), and a write after the rename changes it.
+    #[test]
+    fn a_copy_is_stamped_before_it_takes_the_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ds/f.txt");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, b"an older copy").unwrap();
+        let written = write_whole_from(&path, &mut &b"from the master"[..]).unwrap();
+        let after = std::fs::metadata(&path).unwrap();
+        assert_eq!(stamp(&written), stamp(&after));
+        assert_eq!(written.ino(), after.ino());
+        assert_eq!(std::fs::read(&path).unwrap(), b"from the master");
+        std::fs::write(&path, b"a user's write").unwrap();
+        let recorded = Synced::of(&written, hash_reader(&mut &b"from the master"[..]).unwrap());
+        assert!(!recorded.holds(&path, &std::fs::metadata(&path).unwrap()));
     }
 }
