@@ -47,7 +47,8 @@ const RACY: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Synced {
-    /// The size and modification time (`SIZE:NANOS`), or the master's stamp.
+    /// The size and modification time (`SIZE:SECONDS.NANOS`), or the master's size and stamp
+    /// (`SIZE:STAMP`).
     stamp: String,
     /// BLAKE3 (hex) of the content.
     blake3: String,
@@ -123,7 +124,7 @@ fn is_address(entry: &str) -> bool {
             .is_some_and(|(_, port)| port.parse::<u16>().is_ok())
 }
 
-/// `SIZE:NANOS` of a file's metadata.
+/// `SIZE:SECONDS.NANOS` of a file's metadata (size and modification time).
 fn stamp(meta: &std::fs::Metadata) -> String {
     format!("{}:{}.{}", meta.len(), meta.mtime(), meta.mtime_nsec())
 }
@@ -288,10 +289,12 @@ impl Repositories {
         let mut newest: BTreeMap<String, (String, Source)> = BTreeMap::new();
         for object in origin.objects()? {
             let key = object.path.clone();
+            // The size too: a directory master's stamp is the modification time alone.
+            let master_stamp = format!("{}:{}", object.size_bytes, object.stamp);
             let known = state
                 .master
                 .get(&key)
-                .filter(|m| m.stamp == object.stamp)
+                .filter(|m| m.stamp == master_stamp)
                 .map(|m| m.blake3.clone());
             let blake3 = match known {
                 Some(blake3) => blake3,
@@ -303,10 +306,9 @@ impl Repositories {
                         path,
                         object.size_bytes,
                     ))?;
-                    state.master.insert(
-                        key.clone(),
-                        Synced::master(object.stamp.clone(), blake3.clone()),
-                    );
+                    state
+                        .master
+                        .insert(key.clone(), Synced::master(master_stamp, blake3.clone()));
                     blake3
                 }
             };
