@@ -179,9 +179,9 @@ fn walk(root: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
     Ok(out)
 }
 
-/// Replaces `path` whole with what `from` gives (hidden temporary file, sync, rename).
-/// Replaces `path` whole; returns the new file's metadata from before it took the name, so a
-/// write there after the rename is seen as a change.
+/// Replaces `path` whole with what `from` gives (hidden temporary file, sync, rename); returns
+/// the new file's metadata from before it took the name, so a write there after the rename is
+/// seen as a change.
 fn write_whole_from(
     path: &Path,
     from: &mut dyn std::io::Read,
