@@ -77,25 +77,25 @@ struct Ghosts {
     sets: Vec<GhostSet>,
 }
 
+/// The ghost tag of a key hash: its low 32 bits times an odd constant (a bijection that spreads
+/// hashes that differ only in low bits, such as the replay tier's keys, over the sets, which a
+/// tag's high bits choose), 0 (the empty way) taken as 1.
+#[inline]
+pub(super) fn ghost_tag(key_hash: u64) -> u32 {
+    (key_hash as u32).wrapping_mul(0x9e37_79b1).max(1)
+}
+
+/// The index of `tag`'s set among `n_sets`: its fraction of the 32-bit range, scaled.
+#[inline]
+pub(super) fn ghost_set_index(tag: u32, n_sets: usize) -> usize {
+    ((u64::from(tag) * n_sets as u64) >> 32) as usize
+}
+
 impl Ghosts {
-    /// The tag of a key hash: its low 32 bits times an odd constant (a bijection that spreads
-    /// hashes that differ only in low bits, such as the replay tier's keys, over the sets, which
-    /// a tag's high bits choose), 0 (the empty way) taken as 1.
-    #[inline]
-    fn tag(key_hash: u64) -> u32 {
-        (key_hash as u32).wrapping_mul(0x9e37_79b1).max(1)
-    }
-
-    /// The index of `tag`'s set: its fraction of the 32-bit range, scaled to the number of sets.
-    #[inline]
-    fn set_index(&self, tag: u32) -> usize {
-        ((u64::from(tag) * self.sets.len() as u64) >> 32) as usize
-    }
-
     /// The set of `tag`.
     #[inline]
     fn set_of(&mut self, tag: u32) -> &mut GhostSet {
-        let index = self.set_index(tag);
+        let index = ghost_set_index(tag, self.sets.len());
         &mut self.sets[index]
     }
 
@@ -108,14 +108,14 @@ impl Ghosts {
     /// Remembers `key_hash` as the newest ghost of its set (over the set's oldest).
     #[inline]
     fn remember(&mut self, key_hash: u64) {
-        let tag = Self::tag(key_hash);
+        let tag = ghost_tag(key_hash);
         self.set_of(tag).push(tag);
     }
 
     /// Forgets `key_hash`'s ghost; true when it had one (its key came back).
     #[inline]
     fn consume(&mut self, key_hash: u64) -> bool {
-        let tag = Self::tag(key_hash);
+        let tag = ghost_tag(key_hash);
         let set = self.set_of(tag);
         let Some(way) = set.find(tag) else {
             return false;
@@ -127,8 +127,10 @@ impl Ghosts {
     /// Whether `key_hash` has a ghost.
     #[cfg(test)]
     fn holds(&self, key_hash: u64) -> bool {
-        let tag = Self::tag(key_hash);
-        self.sets[self.set_index(tag)].find(tag).is_some()
+        let tag = ghost_tag(key_hash);
+        self.sets[ghost_set_index(tag, self.sets.len())]
+            .find(tag)
+            .is_some()
     }
 
     /// Grows the table to hold at least `n_ghosts`, a sixteenth more, re-placing the ghosts it

@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 
+use super::s3fifo::{ghost_set_index, ghost_tag};
 use super::{Policy, PolicyKind, S3Fifo, SlotTable, Victim};
 
 /// The algorithms again, written the slow obvious way. Queues hold slots oldest first.
@@ -32,20 +33,10 @@ enum Model {
     },
 }
 
-/// A key hash's ghost tag.
-fn ghost_tag(key_hash: u64) -> u32 {
-    (key_hash as u32).wrapping_mul(0x9e37_79b1).max(1)
-}
-
-/// The set of a ghost tag among `n_sets`.
-fn ghost_set(tag: u32, n_sets: usize) -> usize {
-    ((u64::from(tag) * n_sets as u64) >> 32) as usize
-}
-
 /// Puts `tag` at the back of its set, dropping the set's oldest.
 fn ghost_push(sets: &mut [VecDeque<u32>], tag: u32) {
     let n_sets = sets.len();
-    let set = &mut sets[ghost_set(tag, n_sets)];
+    let set = &mut sets[ghost_set_index(tag, n_sets)];
     set.pop_front();
     set.push_back(tag);
 }
@@ -134,7 +125,7 @@ impl Model {
                 }
                 let tag = ghost_tag(key_hash);
                 let n_sets = ghost_sets.len();
-                let set = &mut ghost_sets[ghost_set(tag, n_sets)];
+                let set = &mut ghost_sets[ghost_set_index(tag, n_sets)];
                 if let Some(at) = set.iter().position(|&held| held == tag) {
                     set[at] = 0;
                     main.push_back(slot);
