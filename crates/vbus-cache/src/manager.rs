@@ -75,6 +75,8 @@ pub struct CacheBuilder {
     l2_shards: usize,
     l3_dir: Option<PathBuf>,
     l3_capacity_bytes: u64,
+    l3_verify: vbus_store::Verify,
+    l3_on_change: vbus_store::OnChange,
     source: Option<Arc<dyn Source>>,
     write_mode: WriteMode,
 }
@@ -139,6 +141,19 @@ impl CacheBuilder {
         self
     }
 
+    /// Which reads of L3 check the bytes. Default [`vbus_store::Verify::EveryRead`].
+    pub fn l3_verify(mut self, verify: vbus_store::Verify) -> Self {
+        self.l3_verify = verify;
+        self
+    }
+
+    /// What opening L3 does with files changed behind its back. Default
+    /// [`vbus_store::OnChange::Adopt`]; a cluster member quarantines them.
+    pub fn l3_on_change(mut self, on_change: vbus_store::OnChange) -> Self {
+        self.l3_on_change = on_change;
+        self
+    }
+
     /// Where a miss in every tier goes. Default none (a miss is a miss).
     pub fn source(mut self, source: Arc<dyn Source>) -> Self {
         self.source = Some(source);
@@ -157,6 +172,8 @@ impl CacheBuilder {
         let refetchable = Arc::new(Mutex::new(HashSet::new()));
         let l3 = FileStore::builder(&l3_dir)
             .capacity_bytes(self.l3_capacity_bytes)
+            .verify(self.l3_verify)
+            .on_change(self.l3_on_change)
             .open()?;
         l3.set_eviction_hook(Arc::new(RefetchableOnly {
             refetchable: Arc::clone(&refetchable),
@@ -390,6 +407,8 @@ impl CacheManager {
             l2_shards: crate::memory::default_shards(),
             l3_dir: None,
             l3_capacity_bytes: u64::MAX,
+            l3_verify: vbus_store::Verify::EveryRead,
+            l3_on_change: vbus_store::OnChange::Adopt,
             source: None,
             write_mode: WriteMode::Through,
         }
@@ -1146,10 +1165,18 @@ impl Inner {
         if let Some(dirty) = self.stripe(key).get(key) {
             return Ok(Some(dirty.value.clone()));
         }
-        if let Some((bytes, meta)) = self
+        let from_l3 = match self
             .l3
-            .get_file_into(key.dataset(), key.path(), |len| self.value_bytes(len))?
+            .get_file_into(key.dataset(), key.path(), |len| self.value_bytes(len))
         {
+            // The file failed its checksum and was quarantined: a source has a good copy.
+            Err(err @ vbus_store::Error::ChecksumMismatch { .. }) if self.source.is_some() => {
+                tracing::warn!(key = %key, error = %err, "L3's copy is damaged; fetching it again");
+                None
+            }
+            found => found?,
+        };
+        if let Some((bytes, meta)) = from_l3 {
             self.counters.l3_hits.fetch_add(1, Ordering::Relaxed);
             let value = Value::from_bytes(bytes, meta.version);
             let victims = {

@@ -24,6 +24,8 @@ pub struct StateBusBuilder {
     durability: Durability,
     segment_bytes: u64,
     checkpoints_retained: usize,
+    page_bytes_max: u64,
+    checkpoint_bytes_max: u64,
     device: Option<vbus_gpu::Device>,
     functions: HashMap<String, Arc<RuleFn>>,
     reserved: Vec<(u64, usize)>,
@@ -40,6 +42,21 @@ impl std::fmt::Debug for StateBusBuilder {
 }
 
 impl StateBusBuilder {
+    /// The most bytes all pages may take together, host and GPU; a create past it is refused
+    /// with [`Error::OverLimit`] and changes nothing. Default: no limit.
+    pub fn page_bytes_max(mut self, page_bytes_max: u64) -> Self {
+        self.page_bytes_max = page_bytes_max;
+        self
+    }
+
+    /// The most bytes the kept checkpoints may take on disk together, counting the one being
+    /// written (so `checkpoints_retained + 1` images of the pages); a create that would need more
+    /// is refused with [`Error::OverLimit`]. Default: no limit.
+    pub fn checkpoint_bytes_max(mut self, checkpoint_bytes_max: u64) -> Self {
+        self.checkpoint_bytes_max = checkpoint_bytes_max;
+        self
+    }
+
     /// Where the transaction log lives. Default `DIR/TLOG`.
     pub fn log_dir(mut self, log_dir: impl Into<PathBuf>) -> Self {
         self.log_dir = log_dir.into();
@@ -142,6 +159,8 @@ impl StateBusBuilder {
             checkpoint_dir: self.checkpoint_dir,
             durability: self.durability,
             checkpoints_retained: self.checkpoints_retained,
+            page_bytes_max: self.page_bytes_max,
+            checkpoint_bytes_max: self.checkpoint_bytes_max,
             device: self.device,
             functions: self.functions,
             checkpoint_lock: Mutex::new(()),
@@ -191,6 +210,8 @@ struct Metrics {
 pub struct StateMetrics {
     /// Pages held.
     pub n_pages: usize,
+    /// Their bytes together, host and GPU.
+    pub page_bytes: u64,
     /// Edges of the graph.
     pub n_edges: usize,
     /// The last change's sequence number.
@@ -212,6 +233,8 @@ pub struct StateBus {
     checkpoint_dir: PathBuf,
     durability: Durability,
     checkpoints_retained: usize,
+    page_bytes_max: u64,
+    checkpoint_bytes_max: u64,
     device: Option<vbus_gpu::Device>,
     functions: HashMap<String, Arc<RuleFn>>,
     checkpoint_lock: Mutex<()>,
@@ -239,6 +262,8 @@ impl StateBus {
             durability: Durability::Fdatasync,
             segment_bytes: 64 << 20,
             checkpoints_retained: 2,
+            page_bytes_max: u64::MAX,
+            checkpoint_bytes_max: u64::MAX,
             device: None,
             functions: HashMap::new(),
             reserved: Vec::new(),
@@ -277,8 +302,10 @@ impl StateBus {
         let seq = {
             let mut state = self.write();
             let ctx = self.ctx();
-            // A create takes the next id, which is all its check asks of it.
-            if let Op::Create { id, .. } = op {
+            // A create takes the next id, which is all its check asks of it, once it fits the
+            // limits.
+            if let Op::Create { id, size, .. } = op {
+                self.check_room(&state, *size)?;
                 *id = state.next_page_id;
             } else {
                 state.check(op, &ctx)?;
@@ -302,6 +329,24 @@ impl StateBus {
                 _ => state.apply(seq, op, &ctx),
             };
             if let Err(err) = applied {
+                // A create's device allocation fails before anything changed: the page does not
+                // fit the GPU, and the bus goes on.
+                if let (
+                    Op::Create { size, .. },
+                    Error::Device(vbus_gpu::Error::OutOfMemory {
+                        allocated_bytes,
+                        capacity_bytes,
+                        ..
+                    }),
+                ) = (op, &err)
+                {
+                    return Err(Error::OverLimit {
+                        limit: crate::Limit::DeviceMemory,
+                        limit_bytes: *capacity_bytes,
+                        used_bytes: *allocated_bytes,
+                        requested_bytes: *size,
+                    });
+                }
                 return Err(self.fail(err));
             }
             // A small fixed-size record is framed on the stack and copied into the log's queue
@@ -354,6 +399,32 @@ impl StateBus {
         state.propagate(&changed, &[], ctx)?;
         self.metrics.propagation.record(propagating.elapsed());
         state.last_seq = seq;
+        Ok(())
+    }
+
+    /// Refuses a create of `size` bytes that would take the pages, or the checkpoints kept of
+    /// them, past their limits.
+    fn check_room(&self, state: &State, size: u64) -> Result<()> {
+        let used = state.page_bytes();
+        if used.saturating_add(size) > self.page_bytes_max {
+            return Err(Error::OverLimit {
+                limit: crate::Limit::PageBytes,
+                limit_bytes: self.page_bytes_max,
+                used_bytes: used,
+                requested_bytes: size,
+            });
+        }
+        let images = self.checkpoints_retained as u64 + 1;
+        if checkpoint::estimated_bytes(used.saturating_add(size)).saturating_mul(images)
+            > self.checkpoint_bytes_max
+        {
+            return Err(Error::OverLimit {
+                limit: crate::Limit::CheckpointBytes,
+                limit_bytes: self.checkpoint_bytes_max,
+                used_bytes: checkpoint::estimated_bytes(used).saturating_mul(images),
+                requested_bytes: size.saturating_mul(images),
+            });
+        }
         Ok(())
     }
 
@@ -483,6 +554,18 @@ impl StateBus {
                 self.log
                     .wait_durable(state.last_seq, Durability::Fdatasync)?;
             }
+            // A checkpoint that cannot fit is refused before a byte is written (a full disk
+            // would fail it half-way, and the log still holds every change).
+            let needed = checkpoint::estimated_bytes(state.page_bytes());
+            let free = checkpoint::free_bytes(&self.checkpoint_dir)?;
+            if needed > free {
+                return Err(Error::OverLimit {
+                    limit: crate::Limit::DiskSpace,
+                    limit_bytes: free,
+                    used_bytes: 0,
+                    requested_bytes: needed,
+                });
+            }
             checkpoint::write(&self.checkpoint_dir, &state, self.device.as_ref())?
         };
         let checkpoints = checkpoint::list(&self.checkpoint_dir)?;
@@ -537,6 +620,7 @@ impl StateBus {
         let state = self.read();
         StateMetrics {
             n_pages: state.n_pages(),
+            page_bytes: state.page_bytes(),
             n_edges: state.graph.n_edges(),
             last_seq: state.last_seq,
             delta_apply: self.metrics.delta_apply.summary(),

@@ -26,6 +26,15 @@ pub(crate) struct CheckpointInfo {
 }
 
 /// The checkpoints in `dir`, oldest first (temporary leftovers removed).
+/// The sequence numbers of the checkpoints in `dir`, oldest first (by their names; a damaged
+/// one is found out only when it is read).
+pub fn checkpoint_seqs(dir: &Path) -> Result<Vec<u64>> {
+    if !dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    Ok(list(dir)?.into_iter().map(|info| info.seq).collect())
+}
+
 pub(crate) fn list(dir: &Path) -> Result<Vec<CheckpointInfo>> {
     let mut found = Vec::new();
     for entry in fs::read_dir(dir).map_err(Error::io("list", dir))? {
@@ -122,6 +131,21 @@ pub(crate) fn write(
         .and_then(|dir| dir.sync_all())
         .map_err(Error::io("fsync", dir))?;
     Ok(CheckpointInfo { seq, path })
+}
+
+/// The bytes a checkpoint of pages of `page_bytes` takes at most (their bytes, plus a generous
+/// allowance for the headers, edges and rules).
+pub(crate) fn estimated_bytes(page_bytes: u64) -> u64 {
+    page_bytes
+        .saturating_add(page_bytes / 64)
+        .saturating_add(1 << 20)
+}
+
+/// The free bytes of the file system holding `dir` (for an unprivileged writer).
+pub(crate) fn free_bytes(dir: &Path) -> Result<u64> {
+    let stats = rustix::fs::statvfs(dir)
+        .map_err(|err| Error::io("statvfs", dir)(std::io::Error::from(err)))?;
+    Ok(stats.f_bavail.saturating_mul(stats.f_frsize))
 }
 
 /// Reads a checkpoint into a fresh state (pages placed as `ctx.device` allows).

@@ -95,6 +95,21 @@ pub enum Error {
         last: u64,
     },
     /// A GPU page's bytes were asked for without a device.
+    /// A create would take the pages, or their checkpoints, past a limit the bus was opened with
+    /// (or the device has no room, or the disk none for a checkpoint); nothing changed.
+    #[error(
+        "{limit} would take {requested_bytes} more bytes: {used_bytes} of {limit_bytes} are in use"
+    )]
+    OverLimit {
+        /// Which limit.
+        limit: Limit,
+        /// The limit in bytes.
+        limit_bytes: u64,
+        /// What is in use now.
+        used_bytes: u64,
+        /// What the change asked for.
+        requested_bytes: u64,
+    },
     #[error("this page lives on the GPU, and the bus has no device")]
     NoDevice,
     /// Device memory or a copy failed.
@@ -120,3 +135,28 @@ impl Error {
 
 /// `Result` with [`Error`] as the default error type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The limits of [`Error::OverLimit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// The pages' bytes together, host and GPU ([`crate::StateBusBuilder::page_bytes_max`]).
+    PageBytes,
+    /// The checkpoints kept on disk together, counting the one being written
+    /// ([`crate::StateBusBuilder::checkpoint_bytes_max`]).
+    CheckpointBytes,
+    /// The device's free memory, for a GPU page.
+    DeviceMemory,
+    /// The free space of the checkpoint folder's file system.
+    DiskSpace,
+}
+
+impl std::fmt::Display for Limit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::PageBytes => "the pages",
+            Self::CheckpointBytes => "the checkpoints kept",
+            Self::DeviceMemory => "the GPU page",
+            Self::DiskSpace => "the checkpoint",
+        })
+    }
+}

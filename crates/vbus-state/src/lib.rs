@@ -20,8 +20,9 @@ mod page;
 mod state;
 
 pub use bus::{Snapshot, StateBus, StateBusBuilder, StateMetrics};
+pub use checkpoint::checkpoint_seqs;
 pub use delta::{Delta, ElemType, MergeOp, Run, merge};
-pub use error::{Error, Result};
+pub use error::{Error, Limit, Result};
 pub use graph::{Rule, RuleFn};
 pub use page::{Location, PageId};
 pub use state::{PageInfo, PageView};

@@ -21,6 +21,8 @@ pub(crate) struct Context<'a> {
 pub(crate) struct State {
     pages: Vec<Option<Page>>,
     n_pages: usize,
+    /// The pages' sizes added up (host and GPU).
+    page_bytes: u64,
     pub graph: Graph,
     pub next_page_id: PageId,
     /// The last record applied.
@@ -86,6 +88,11 @@ impl State {
 
     pub fn n_pages(&self) -> usize {
         self.n_pages
+    }
+
+    /// The bytes of every page, host and GPU.
+    pub fn page_bytes(&self) -> u64 {
+        self.page_bytes
     }
 
     // Both build the error only when the page is missing: `ok_or(Error::NoSuchPage { .. })`
@@ -220,6 +227,7 @@ impl State {
                     self.pages[idx] = Some(page);
                 }
                 self.n_pages += 1;
+                self.page_bytes += *size;
                 self.next_page_id = id + 1;
             }
             Op::Update(deltas) => {
@@ -238,6 +246,7 @@ impl State {
                     return Err(Error::NoSuchPage { id: *id });
                 };
                 self.n_pages -= 1;
+                self.page_bytes -= page.size;
                 self.graph.remove_page(*id);
                 if let Bytes::Host(bytes) = page.bytes {
                     self.pool.give(bytes);
@@ -428,9 +437,11 @@ impl State {
         if self.pages.len() <= idx {
             self.pages.resize_with(idx + 1, || None);
         }
-        if self.pages[idx].is_none() {
-            self.n_pages += 1;
+        match &self.pages[idx] {
+            None => self.n_pages += 1,
+            Some(old) => self.page_bytes -= old.size,
         }
+        self.page_bytes += size;
         self.pages[idx] = Some(Page {
             size,
             location,

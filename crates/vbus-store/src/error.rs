@@ -16,17 +16,34 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
-    /// The bytes on disk no longer match the hash in the index; the file was quarantined.
+    /// The bytes on disk no longer match their checksums; the file was quarantined and none of
+    /// the bad bytes was handed out.
     #[error(
-        "checksum mismatch in {dataset}/{path}: the file changed on disk; it was moved to {quarantined_to}"
+        "checksum mismatch in {dataset}/{path} at byte {offset}: the file changed or was damaged \
+         on disk; it was moved to {quarantined_to}"
     )]
     ChecksumMismatch {
         /// The dataset.
         dataset: String,
         /// The path inside the dataset.
         path: String,
+        /// Where the first bad piece starts.
+        offset: u64,
         /// Where the file now lies, outside the store.
         quarantined_to: PathBuf,
+    },
+    /// A version being read failed its checksum after a newer version replaced it (so nothing was
+    /// quarantined); the read stopped before the bad bytes.
+    #[error(
+        "{dataset}/{path}: the bytes at {offset} of the version being read failed their checksum"
+    )]
+    Damaged {
+        /// The dataset.
+        dataset: String,
+        /// The path inside the dataset.
+        path: String,
+        /// Where the bad piece starts.
+        offset: u64,
     },
     /// The file alone is larger than the store.
     #[error(
@@ -94,6 +111,21 @@ pub enum Error {
         dataset: String,
         /// The path inside the dataset.
         path: String,
+    },
+    /// An index file was written in a format this build does not read (a newer release wrote
+    /// it); the store refuses to open rather than lose what it describes.
+    #[error(
+        "{path} is in format {found:?}, which this build cannot read (it reads {supported}); \
+         open this home with the release that wrote it, or move CACHE/L3_DISK/.vbus-index aside \
+         to rebuild the index from the files (their hashes are then computed again)"
+    )]
+    UnsupportedFormat {
+        /// The file.
+        path: PathBuf,
+        /// Its magic, as found.
+        found: String,
+        /// The formats this build reads.
+        supported: String,
     },
     /// An I/O error, with the path it concerns.
     #[error("{op} {path}: {source}")]

@@ -17,6 +17,8 @@ pub(crate) struct Entry {
     pub mtime_ns: i64,
     pub last_access_ms: u64,
     pub pinned: bool,
+    /// The digest of the piece checksums (see `sums`), when known.
+    pub sums: Option<u32>,
     /// The contents were checked against `hash` since the store opened (not persisted).
     pub verified: bool,
     /// Position in the LRU order (not persisted).
@@ -167,6 +169,7 @@ mod tests {
             mtime_ns: 0,
             last_access_ms: 0,
             pinned: false,
+            sums: None,
             verified: false,
             tick: 0,
         }

@@ -8,8 +8,12 @@
 //! - An index per file (size, BLAKE3, version, last access, pin) persisted as a snapshot plus a
 //!   journal in `{root}/.vbus-index`, and reconciled with the directory on open: files copied in
 //!   by hand are adopted (hashed on first read), files deleted by hand are dropped.
-//! - Reads check the bytes against the hash the first time after open (or every time); a
-//!   mismatch is an error naming the file, which moves to `{root}/.vbus-quarantine`.
+//! - Every read checks each 1 MiB piece against its CRC32C, computed when the file was published
+//!   or first verified against its BLAKE3 and kept beside the index, before any of the piece's
+//!   bytes leaves the store ([`Verify::FirstRead`] opts out); a mismatch is an error naming the
+//!   file, which moves to `{root}/.vbus-quarantine`. A file changed behind the store's back while
+//!   it was closed is logged with its old and new hashes and adopted or quarantined
+//!   ([`OnChange`]); one deleted by hand leaves the index at its next read.
 //! - A capacity enforced by evicting the least recently used unpinned files; an
 //!   [`EvictionHook`] lets the tiered cache keep the only copy of a value.
 //!
@@ -23,6 +27,7 @@ mod name;
 mod persist;
 mod reader;
 mod store;
+mod sums;
 mod walk;
 mod writer;
 
@@ -32,5 +37,7 @@ pub use name::{
     validate_path,
 };
 pub use reader::FileReader;
-pub use store::{EvictionHook, FileMeta, FileStore, StoreBuilder, StoreStats, Verify};
+pub use store::{
+    EvictionHook, FileMeta, FileStore, OnChange, QuarantinedFile, StoreBuilder, StoreStats, Verify,
+};
 pub use writer::FileWriter;

@@ -11,6 +11,10 @@
 //! next_version u64 | n_entries u64 | entries.. | crc32c u32` over everything before the CRC. All
 //! integers are little-endian. A snapshot of generation G makes a journal of an older generation
 //! stale; compaction writes the snapshot of G+1 first, then a fresh journal of G+1, each atomically.
+//!
+//! The magic's last byte is the format version. Format 2 adds each file's piece-checksum digest
+//! (see `sums`); format 1 (no digests) is read, and the store rewrites it as format 2 at once on
+//! open. A magic of a later format is refused with [`Error::UnsupportedFormat`], never guessed at.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -19,8 +23,12 @@ use std::path::{Path, PathBuf};
 use crate::index::Entry;
 use crate::{Error, Result};
 
-const JOURNAL_MAGIC: &[u8; 8] = b"VBUSJRN1";
-const SNAPSHOT_MAGIC: &[u8; 8] = b"VBUSSNP1";
+const JOURNAL_MAGIC: &[u8; 8] = b"VBUSJRN2";
+const SNAPSHOT_MAGIC: &[u8; 8] = b"VBUSSNP2";
+/// The format this build writes.
+pub(crate) const FORMAT: u8 = 2;
+/// The oldest format this build reads.
+const FORMAT_MIN: u8 = 1;
 const JOURNAL_HEADER_BYTES: u64 = 24;
 /// The largest record payload: a key at its longest plus the fixed fields.
 const RECORD_PAYLOAD_BYTES_MAX: usize = 8 * 1024;
@@ -40,6 +48,8 @@ pub(crate) enum Record {
         hash: Option<[u8; 32]>,
         inode: u64,
         mtime_ns: i64,
+        /// The digest of the file's piece checksums, when known.
+        sums: Option<u32>,
     },
     /// A file left the store (removed, evicted or quarantined).
     Remove { key: String, version: u64 },
@@ -57,14 +67,16 @@ impl Record {
                 hash,
                 inode,
                 mtime_ns,
+                sums,
             } => {
                 out.push(KIND_PUT);
                 out.extend_from_slice(&version.to_le_bytes());
                 out.extend_from_slice(&size_bytes.to_le_bytes());
                 out.extend_from_slice(&inode.to_le_bytes());
                 out.extend_from_slice(&mtime_ns.to_le_bytes());
-                out.push(u8::from(hash.is_some()));
+                out.push(u8::from(hash.is_some()) | (u8::from(sums.is_some()) << 1));
                 out.extend_from_slice(&hash.unwrap_or([0; 32]));
+                out.extend_from_slice(&sums.unwrap_or(0).to_le_bytes());
                 put_key(out, key);
             }
             Self::Remove { key, version } => {
@@ -80,7 +92,8 @@ impl Record {
         }
     }
 
-    fn decode(payload: &[u8]) -> Option<Self> {
+    /// Decodes a record of journal format `format`.
+    fn decode(payload: &[u8], format: u8) -> Option<Self> {
         let mut cursor = Cursor(payload);
         let record = match cursor.u8()? {
             KIND_PUT => {
@@ -88,15 +101,17 @@ impl Record {
                 let size_bytes = cursor.u64()?;
                 let inode = cursor.u64()?;
                 let mtime_ns = cursor.u64()? as i64;
-                let has_hash = cursor.u8()? != 0;
+                let flags = cursor.u8()?;
                 let hash = cursor.hash()?;
+                let sums = if format >= 2 { cursor.u32()? } else { 0 };
                 Self::Put {
                     key: cursor.key()?,
                     version,
                     size_bytes,
-                    hash: has_hash.then_some(hash),
+                    hash: (flags & 1 != 0).then_some(hash),
                     inode,
                     mtime_ns,
+                    sums: (format >= 2 && flags & 2 != 0).then_some(sums),
                 }
             }
             KIND_REMOVE => {
@@ -144,6 +159,11 @@ impl Cursor<'_> {
         self.take(2)
             .map(|bytes| u16::from_le_bytes([bytes[0], bytes[1]]))
     }
+    fn u32(&mut self) -> Option<u32> {
+        self.take(4)
+            .and_then(|bytes| bytes.try_into().ok())
+            .map(u32::from_le_bytes)
+    }
     fn u64(&mut self) -> Option<u64> {
         self.take(8)
             .and_then(|bytes| bytes.try_into().ok())
@@ -171,6 +191,8 @@ pub(crate) struct Journal {
 /// What the journal held when it was opened.
 #[derive(Debug)]
 pub(crate) struct JournalContents {
+    /// The format it was written in (an older one is rewritten on open).
+    pub format: u8,
     pub generation: u64,
     pub next_version: u64,
     pub records: Vec<Record>,
@@ -191,18 +213,23 @@ impl Journal {
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)
             .map_err(Error::io("read", &path))?;
-        let header = (bytes.len() as u64 >= JOURNAL_HEADER_BYTES && &bytes[..8] == JOURNAL_MAGIC)
-            .then(|| {
+        if bytes.len() >= 8 {
+            check_format(&path, &bytes[..8], JOURNAL_MAGIC)?;
+        }
+        let header = (bytes.len() as u64 >= JOURNAL_HEADER_BYTES)
+            .then(|| format_of(&bytes[..8], JOURNAL_MAGIC))
+            .flatten()
+            .map(|format| {
                 let mut cursor = Cursor(&bytes[8..24]);
-                (cursor.u64().unwrap_or(0), cursor.u64().unwrap_or(0))
+                (format, cursor.u64().unwrap_or(0), cursor.u64().unwrap_or(0))
             });
-        let Some((generation, next_version)) = header else {
+        let Some((format, generation, next_version)) = header else {
             tracing::warn!(path = %path.display(), "index journal has no valid header; starting a new one");
             return Ok((Self::create(dir, 0, 0)?, None));
         };
         let mut records = Vec::new();
         let mut offset = JOURNAL_HEADER_BYTES as usize;
-        while let Some((record, next)) = read_record(&bytes, offset) {
+        while let Some((record, next)) = read_record(&bytes, offset, format) {
             records.push(record);
             offset = next;
         }
@@ -227,6 +254,7 @@ impl Journal {
         Ok((
             journal,
             Some(JournalContents {
+                format,
                 generation,
                 next_version,
                 records,
@@ -287,7 +315,33 @@ impl Journal {
     }
 }
 
-fn read_record(bytes: &[u8], offset: usize) -> Option<(Record, usize)> {
+/// The format version of a file whose first 8 bytes are `head`, when it is one this build reads.
+fn format_of(head: &[u8], magic: &[u8; 8]) -> Option<u8> {
+    let format = head.get(7)?.checked_sub(b'0')?;
+    (head.get(..7)? == &magic[..7] && (FORMAT_MIN..=FORMAT).contains(&format)).then_some(format)
+}
+
+/// Refuses a file of this kind written in a format newer than this build's (a newer release
+/// wrote it): guessing would lose its contents.
+fn check_format(path: &Path, head: &[u8], magic: &[u8; 8]) -> Result<()> {
+    if head.get(..7) == Some(&magic[..7])
+        && format_of(head, magic).is_none()
+        && head.get(7).is_some_and(|digit| digit.is_ascii_digit())
+    {
+        return Err(Error::UnsupportedFormat {
+            path: path.to_owned(),
+            found: String::from_utf8_lossy(head).into_owned(),
+            supported: format!(
+                "{}{FORMAT_MIN} to {}{FORMAT}",
+                String::from_utf8_lossy(&magic[..7]),
+                String::from_utf8_lossy(&magic[..7])
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn read_record(bytes: &[u8], offset: usize, format: u8) -> Option<(Record, usize)> {
     let frame = bytes.get(offset..offset + 8)?;
     let payload_len = u32::from_le_bytes(frame[..4].try_into().ok()?) as usize;
     let crc = u32::from_le_bytes(frame[4..8].try_into().ok()?);
@@ -298,12 +352,14 @@ fn read_record(bytes: &[u8], offset: usize) -> Option<(Record, usize)> {
     if crc32c::crc32c(payload) != crc {
         return None;
     }
-    Some((Record::decode(payload)?, offset + 8 + payload_len))
+    Some((Record::decode(payload, format)?, offset + 8 + payload_len))
 }
 
 /// A snapshot as read back.
 #[derive(Debug)]
 pub(crate) struct Snapshot {
+    /// The format it was written in.
+    pub format: u8,
     pub generation: u64,
     pub next_version: u64,
     pub entries: Vec<(String, Entry)>,
@@ -329,8 +385,13 @@ pub(crate) fn write_snapshot<'a>(
         bytes.extend_from_slice(&entry.inode.to_le_bytes());
         bytes.extend_from_slice(&entry.mtime_ns.to_le_bytes());
         bytes.extend_from_slice(&entry.last_access_ms.to_le_bytes());
-        bytes.push(u8::from(entry.hash.is_some()) | (u8::from(entry.pinned) << 1));
+        bytes.push(
+            u8::from(entry.hash.is_some())
+                | (u8::from(entry.pinned) << 1)
+                | (u8::from(entry.sums.is_some()) << 2),
+        );
         bytes.extend_from_slice(&entry.hash.unwrap_or([0; 32]));
+        bytes.extend_from_slice(&entry.sums.unwrap_or(0).to_le_bytes());
         put_key(&mut bytes, key);
         written += 1;
     }
@@ -349,6 +410,9 @@ pub(crate) fn read_snapshot(dir: &Path) -> Result<Option<Snapshot>> {
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(err) => return Err(Error::io("read", &path)(err)),
     };
+    if bytes.len() >= 8 {
+        check_format(&path, &bytes[..8], SNAPSHOT_MAGIC)?;
+    }
     let parsed = parse_snapshot(&bytes);
     if parsed.is_none() {
         tracing::warn!(path = %path.display(), "index snapshot is damaged; rebuilding the index from the directory");
@@ -358,11 +422,10 @@ pub(crate) fn read_snapshot(dir: &Path) -> Result<Option<Snapshot>> {
 
 fn parse_snapshot(bytes: &[u8]) -> Option<Snapshot> {
     let (body, crc) = bytes.split_at_checked(bytes.len().checked_sub(4)?)?;
-    if crc32c::crc32c(body) != u32::from_le_bytes(crc.try_into().ok()?)
-        || body.get(..8)? != SNAPSHOT_MAGIC
-    {
+    if crc32c::crc32c(body) != u32::from_le_bytes(crc.try_into().ok()?) {
         return None;
     }
+    let format = format_of(body.get(..8)?, SNAPSHOT_MAGIC)?;
     let mut cursor = Cursor(&body[8..]);
     let generation = cursor.u64()?;
     let next_version = cursor.u64()?;
@@ -376,6 +439,7 @@ fn parse_snapshot(bytes: &[u8]) -> Option<Snapshot> {
         let last_access_ms = cursor.u64()?;
         let flags = cursor.u8()?;
         let hash = cursor.hash()?;
+        let sums = if format >= 2 { cursor.u32()? } else { 0 };
         let key = cursor.key()?;
         entries.push((
             key,
@@ -387,12 +451,14 @@ fn parse_snapshot(bytes: &[u8]) -> Option<Snapshot> {
                 mtime_ns,
                 last_access_ms,
                 pinned: flags & 2 != 0,
+                sums: (format >= 2 && flags & 4 != 0).then_some(sums),
                 verified: false,
                 tick: 0,
             },
         ));
     }
     cursor.0.is_empty().then_some(Snapshot {
+        format,
         generation,
         next_version,
         entries,
@@ -420,7 +486,7 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn records() -> Vec<Record> {
@@ -432,6 +498,7 @@ mod tests {
                 hash: Some([9; 32]),
                 inode: 123,
                 mtime_ns: -5,
+                sums: Some(0xDEAD_BEEF),
             },
             Record::Put {
                 key: "d/x".to_owned(),
@@ -440,6 +507,7 @@ mod tests {
                 hash: None,
                 inode: 1,
                 mtime_ns: 1_700_000_000_000_000_000,
+                sums: None,
             },
             Record::Pin {
                 key: "d/x".to_owned(),
@@ -512,6 +580,7 @@ mod tests {
             mtime_ns: 99,
             last_access_ms: 1234,
             pinned: true,
+            sums: Some(42),
             verified: true,
             tick: 3,
         };
@@ -521,6 +590,7 @@ mod tests {
                 "d/b".to_owned(),
                 Entry {
                     hash: None,
+                    sums: None,
                     ..entry
                 },
             ),
@@ -538,12 +608,104 @@ mod tests {
         assert_eq!(snapshot.entries.len(), 2);
         assert_eq!(snapshot.entries[0].1.hash, Some([1; 32]));
         assert!(snapshot.entries[0].1.pinned && !snapshot.entries[0].1.verified);
+        assert_eq!(snapshot.entries[0].1.sums, Some(42));
         assert_eq!(snapshot.entries[1].1.hash, None);
+        assert_eq!(snapshot.entries[1].1.sums, None);
 
         let path = dir.path().join("snapshot");
         let mut bytes = fs::read(&path).unwrap();
         bytes[40] ^= 1;
         fs::write(&path, &bytes).unwrap();
         assert!(read_snapshot(dir.path()).unwrap().is_none());
+    }
+
+    /// A format-1 journal (no piece-checksum digests), as releases before format 2 wrote it, of
+    /// `puts` (other records are left out; a put's `sums` is not written).
+    pub(crate) fn format_1_journal(puts: &[Record]) -> Vec<u8> {
+        let mut bytes = b"VBUSJRN1".to_vec();
+        bytes.extend_from_slice(&0u64.to_le_bytes());
+        bytes.extend_from_slice(&100u64.to_le_bytes());
+        for record in puts {
+            let Record::Put {
+                key,
+                version,
+                size_bytes,
+                hash,
+                inode,
+                mtime_ns,
+                ..
+            } = record
+            else {
+                continue;
+            };
+            let mut payload = vec![KIND_PUT];
+            payload.extend_from_slice(&version.to_le_bytes());
+            payload.extend_from_slice(&size_bytes.to_le_bytes());
+            payload.extend_from_slice(&inode.to_le_bytes());
+            payload.extend_from_slice(&mtime_ns.to_le_bytes());
+            payload.push(u8::from(hash.is_some()));
+            payload.extend_from_slice(&hash.unwrap_or([0; 32]));
+            put_key(&mut payload, key);
+            bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            bytes.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+            bytes.extend_from_slice(&payload);
+        }
+        bytes
+    }
+
+    #[test]
+    fn a_format_1_journal_is_read_and_a_later_format_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal");
+        fs::write(
+            &path,
+            format_1_journal(&[Record::Put {
+                key: "d/f".to_owned(),
+                version: 4,
+                size_bytes: 10,
+                hash: Some([3; 32]),
+                inode: 77,
+                mtime_ns: 99,
+                sums: Some(1),
+            }]),
+        )
+        .unwrap();
+        let (_, contents) = Journal::open(dir.path()).unwrap();
+        let contents = contents.unwrap();
+        assert_eq!(contents.format, 1);
+        assert_eq!(
+            contents.records,
+            [Record::Put {
+                key: "d/f".to_owned(),
+                version: 4,
+                size_bytes: 10,
+                hash: Some([3; 32]),
+                inode: 77,
+                mtime_ns: 99,
+                sums: None,
+            }]
+        );
+
+        let mut later = fs::read(&path).unwrap();
+        later[7] = b'9';
+        fs::write(&path, &later).unwrap();
+        let err = Journal::open(dir.path()).unwrap_err();
+        assert!(matches!(err, Error::UnsupportedFormat { .. }), "{err}");
+        assert!(err.to_string().contains("VBUSJRN9"), "{err}");
+        assert_eq!(
+            fs::read(&path).unwrap(),
+            later,
+            "a refused file is left as it was"
+        );
+
+        write_snapshot(dir.path(), 1, 1, 0, std::iter::empty()).unwrap();
+        let snapshot_path = dir.path().join("snapshot");
+        let mut snapshot = fs::read(&snapshot_path).unwrap();
+        snapshot[7] = b'3';
+        fs::write(&snapshot_path, &snapshot).unwrap();
+        assert!(matches!(
+            read_snapshot(dir.path()),
+            Err(Error::UnsupportedFormat { .. })
+        ));
     }
 }

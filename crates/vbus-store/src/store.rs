@@ -11,7 +11,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::index::{Entry, Index};
 use crate::persist::{self, Journal, Record};
-use crate::reader::FileReader;
+use crate::reader::{FileReader, PieceCheck};
+use crate::sums::{self, PIECE_BYTES, Sums, SumsBuilder};
 use crate::walk;
 use crate::writer::FileWriter;
 use crate::{Error, Result, name};
@@ -38,14 +39,47 @@ const PIPELINED_READ_BYTES_MIN: usize = 4 * IO_BLOCK_BYTES;
 /// Blocks read and not yet hashed, at most (the hand-off's bound).
 const PIPELINED_BLOCKS_AHEAD: usize = 4;
 
-/// When reads check the bytes against the index's hash.
+/// Files quarantined and not yet taken by [`FileStore::take_quarantined`], at most (older ones
+/// are dropped from that list, not from the quarantine).
+const QUARANTINED_LIST_MAX: usize = 1024;
+
+/// When reads check the bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Verify {
-    /// The first read of each file after the store opens (the default).
+    /// Every read, piece by piece against the CRC32C piece checksums kept beside the index (the
+    /// default): no byte that fails its checksum leaves the store. A file whose checksums are not
+    /// known yet (adopted, or from an older index) is checked in full against its BLAKE3 once,
+    /// which records them.
     #[default]
-    FirstRead,
-    /// Every read.
     EveryRead,
+    /// Only the first read of each file after the store opens, in full against its BLAKE3; later
+    /// reads are not checked. An explicit opt-out.
+    FirstRead,
+}
+
+/// What the open does with a file whose bytes changed on disk behind the store's back (its size,
+/// inode or modification time differ from the index and its BLAKE3 differs too). Either way the
+/// change is logged at WARN with the path and the old and new hashes, and counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnChange {
+    /// The changed file becomes the file's next version (a machine of its own).
+    #[default]
+    Adopt,
+    /// The changed file is moved to the quarantine and left out of the index (a cluster, where
+    /// only writes ordered by the coherence directory make versions).
+    Quarantine,
+}
+
+/// A file the store moved to its quarantine (its bytes failed their checksum, or it changed
+/// on disk in a cluster).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuarantinedFile {
+    /// The dataset.
+    pub dataset: String,
+    /// The path inside the dataset.
+    pub path: String,
+    /// The version the index described.
+    pub version: u64,
 }
 
 /// Asked before a file is evicted to make room. The tiered cache implements it to keep the only
@@ -114,6 +148,11 @@ pub struct StoreStats {
     pub evicted_bytes: u64,
     /// Reads that found bytes not matching the hash (each file quarantined).
     pub n_checksum_failures: u64,
+    /// Files found missing at a read (deleted by hand) and dropped from the index.
+    pub n_missing: u64,
+    /// Files found on open whose contents changed behind the store's back (adopted as a new
+    /// version or quarantined, as [`OnChange`] says).
+    pub n_changed_on_open: u64,
     /// Files found on open that the index did not describe (copied in by hand, or published just
     /// before a crash); their hashes are computed on first read.
     pub n_adopted_on_open: u64,
@@ -131,6 +170,7 @@ pub struct StoreBuilder {
     root: PathBuf,
     capacity_bytes: u64,
     verify: Verify,
+    on_change: OnChange,
     scan_threads: usize,
 }
 
@@ -142,9 +182,16 @@ impl StoreBuilder {
         self
     }
 
-    /// When reads check bytes against the hash. Default: [`Verify::FirstRead`].
+    /// When reads check bytes. Default: [`Verify::EveryRead`].
     pub fn verify(mut self, verify: Verify) -> Self {
         self.verify = verify;
+        self
+    }
+
+    /// What the open does with files that changed behind the store's back. Default:
+    /// [`OnChange::Adopt`].
+    pub fn on_change(mut self, on_change: OnChange) -> Self {
+        self.on_change = on_change;
         self
     }
 
@@ -178,6 +225,8 @@ struct Inner {
     n_evictions: AtomicU64,
     evicted_bytes: AtomicU64,
     n_checksum_failures: AtomicU64,
+    n_missing: AtomicU64,
+    quarantined: Mutex<std::collections::VecDeque<QuarantinedFile>>,
     open_stats: StoreStats,
     _lock: File,
 }
@@ -203,7 +252,25 @@ struct Lookup {
     /// The entry as it was: the file opened must be its inode, so its version and hash describe
     /// exactly the bytes read.
     entry: Entry,
-    needs_check: bool,
+    check: Check,
+}
+
+/// How a read checks the bytes it reads.
+enum Check {
+    /// Not at all ([`Verify::FirstRead`], after the first read).
+    Trusted,
+    /// Piece by piece against these checksums.
+    Pieces(Sums),
+    /// In full against the BLAKE3 (or hashed to learn it, for an adopted file), computing the
+    /// piece checksums on the way.
+    Full,
+}
+
+/// What opening the file of an index entry found.
+enum Opened {
+    File(File),
+    /// The path holds another file now, or none: look it up again.
+    Changed,
 }
 
 impl FileStore {
@@ -212,7 +279,8 @@ impl FileStore {
         StoreBuilder {
             root: root.into(),
             capacity_bytes: u64::MAX,
-            verify: Verify::FirstRead,
+            verify: Verify::EveryRead,
+            on_change: OnChange::Adopt,
             scan_threads: std::thread::available_parallelism()
                 .map_or(2, usize::from)
                 .min(8),
@@ -239,7 +307,9 @@ impl FileStore {
         let lock = lock_root(&root, &index_dir)?;
         clean_staging(&root.join(STAGING_DIR))?;
 
-        let (index_entries, mut next_version, journal) = load_index(&index_dir)?;
+        let (index_entries, mut next_version, journal, migrate) = load_index(&index_dir)?;
+        fs::create_dir_all(index_dir.join(sums::SUMS_DIR))
+            .map_err(Error::io("create", index_dir.join(sums::SUMS_DIR)))?;
         let scan = walk::scan(&root, builder.scan_threads);
         let now = now_ms();
         let mut index = Index::default();
@@ -256,6 +326,8 @@ impl FileStore {
             previous.as_ref().map_or(u64::MAX, |entry| entry.tick)
         });
         let mut n_adopted = 0u64;
+        let mut n_changed = 0u64;
+        let mut quarantined = std::collections::VecDeque::new();
         for (previous, file) in found {
             let matches = previous.as_ref().is_some_and(|entry| {
                 entry.inode == file.inode
@@ -264,19 +336,87 @@ impl FileStore {
             });
             let entry = match previous {
                 Some(entry) if matches => entry,
+                // Known with a hash, and its stat changed: only its bytes tell whether it did.
+                Some(previous) if previous.hash.is_some() => {
+                    let path = root.join(&file.key);
+                    let hashed = File::open(&path).and_then(|mut opened| hash_file(&mut opened));
+                    match hashed {
+                        Ok((hash, size_bytes, sums)) if Some(hash) == previous.hash => {
+                            let entry = Entry {
+                                size_bytes,
+                                inode: file.inode,
+                                mtime_ns: file.mtime_ns,
+                                sums: Some(sums.digest()),
+                                verified: true,
+                                ..previous
+                            };
+                            write_side_file(&index_dir, &file.key, &sums);
+                            changes.push(put_record(&file.key, &entry));
+                            entry
+                        }
+                        Ok((hash, size_bytes, sums)) => {
+                            n_changed += 1;
+                            tracing::warn!(
+                                path = %path.display(),
+                                old_blake3 = %hex(previous.hash),
+                                new_blake3 = %hex(Some(hash)),
+                                action = match builder.on_change {
+                                    OnChange::Adopt => "adopted as a new version",
+                                    OnChange::Quarantine => "quarantined",
+                                },
+                                "a file of the store changed outside VBUS"
+                            );
+                            if builder.on_change == OnChange::Quarantine {
+                                move_to_quarantine(&root, &file.key, previous.version);
+                                changes.push(Record::Remove {
+                                    key: file.key.clone(),
+                                    version: previous.version,
+                                });
+                                let (dataset, path) = name::split_key(&file.key);
+                                quarantined.push_back(QuarantinedFile {
+                                    dataset: dataset.to_owned(),
+                                    path: path.to_owned(),
+                                    version: previous.version,
+                                });
+                                continue;
+                            }
+                            let entry = Entry {
+                                version: next_version,
+                                size_bytes,
+                                hash: Some(hash),
+                                inode: file.inode,
+                                mtime_ns: file.mtime_ns,
+                                last_access_ms: now,
+                                pinned: previous.pinned,
+                                sums: Some(sums.digest()),
+                                verified: true,
+                                tick: 0,
+                            };
+                            next_version += 1;
+                            write_side_file(&index_dir, &file.key, &sums);
+                            changes.push(put_record(&file.key, &entry));
+                            if entry.pinned {
+                                changes.push(Record::Pin {
+                                    key: file.key.clone(),
+                                    pinned: true,
+                                });
+                            }
+                            entry
+                        }
+                        Err(err) => {
+                            tracing::warn!(path = %path.display(), error = %err, "a file of the store changed outside VBUS and cannot be read; adopted unhashed");
+                            n_adopted += 1;
+                            let entry = adopted_entry(&file, next_version, now, previous.pinned);
+                            next_version += 1;
+                            changes.push(put_record(&file.key, &entry));
+                            entry
+                        }
+                    }
+                }
                 previous => {
                     n_adopted += 1;
-                    let entry = Entry {
-                        version: next_version,
-                        size_bytes: file.size_bytes,
-                        hash: None,
-                        inode: file.inode,
-                        mtime_ns: file.mtime_ns,
-                        last_access_ms: now,
-                        pinned: previous.is_some_and(|entry| entry.pinned),
-                        verified: false,
-                        tick: 0,
-                    };
+                    let pinned = previous.is_some_and(|entry| entry.pinned);
+                    let entry = adopted_entry(&file, next_version, now, pinned);
                     next_version += 1;
                     changes.push(put_record(&file.key, &entry));
                     if entry.pinned {
@@ -302,13 +442,26 @@ impl FileStore {
             journal,
             next_version,
         };
+        if let Some(format) = migrate {
+            // The index was read in an older format: write it at once in this build's, so the
+            // journal never mixes formats.
+            tracing::info!(
+                root = %root.display(),
+                from_format = format,
+                to_format = persist::FORMAT,
+                "migrating the store's index"
+            );
+            state.compact(&index_dir)?;
+        }
         for record in &changes {
             state.journal.append(record)?;
         }
         if !changes.is_empty() {
             state.journal.sync()?;
         }
+        let n_quarantined = quarantined.len() as u64;
         let open_stats = StoreStats {
+            n_changed_on_open: n_changed,
             n_adopted_on_open: n_adopted,
             n_dropped_on_open: n_dropped,
             n_skipped_on_open: scan.n_skipped,
@@ -319,6 +472,7 @@ impl FileStore {
             root = %root.display(),
             n_files = state.index.len(),
             n_adopted,
+            n_changed,
             n_dropped,
             open_ms = open_stats.open_ms,
             "file store opened"
@@ -333,7 +487,9 @@ impl FileStore {
             staging_seq: AtomicU64::new(0),
             n_evictions: AtomicU64::new(0),
             evicted_bytes: AtomicU64::new(0),
-            n_checksum_failures: AtomicU64::new(0),
+            n_checksum_failures: AtomicU64::new(n_quarantined),
+            n_missing: AtomicU64::new(0),
+            quarantined: Mutex::new(quarantined),
             open_stats,
             _lock: lock,
         };
@@ -430,9 +586,43 @@ impl FileStore {
             let _ = fs::remove_file(src);
             return Ok(copied);
         }
+        // The piece checksums come from the bytes as they are now (in the page cache, at memory
+        // speed); they must describe the bytes the caller hashed, so a file shorter or longer
+        // than it was hashed is refused.
+        let mut builder = SumsBuilder::default();
+        let mut buffer = vec![0u8; IO_BLOCK_BYTES];
+        let mut size_bytes = 0u64;
+        let mut file = file;
+        loop {
+            match file.read(&mut buffer) {
+                Ok(0) => break,
+                Ok(n) => {
+                    builder.update(&buffer[..n]);
+                    size_bytes += n as u64;
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(Error::io("read", src)(err)),
+            }
+        }
         drop(file);
+        if size_bytes != meta.len() {
+            return Err(Error::io("read", src)(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "{size_bytes} bytes read of {} (the file changed)",
+                    meta.len()
+                ),
+            )));
+        }
         let final_path = self.inner.root.join(dataset).join(path);
-        self.publish(&key, src, &final_path, meta.len(), hash, None)
+        self.publish(
+            &key,
+            src,
+            &final_path,
+            meta.len(),
+            (hash, builder.finish()),
+            None,
+        )
     }
 
     /// Publishes everything `reader` yields as `dataset/path`, in constant memory.
@@ -504,6 +694,9 @@ impl FileStore {
                 .metadata()
                 .map_err(Error::io("stat", final_path))?
                 .len();
+            if len != lookup.entry.size_bytes && !matches!(lookup.check, Check::Trusted) {
+                return self.inner.reject(lookup, len.min(lookup.entry.size_bytes));
+            }
             let len = usize::try_from(len).map_err(|_| {
                 Error::io("read", final_path)(io::Error::new(
                     io::ErrorKind::OutOfMemory,
@@ -512,43 +705,73 @@ impl FileStore {
             })?;
             let mut buffer = alloc(len);
             let mut entry = lookup.entry.clone();
-            if lookup.needs_check {
-                let hash = read_hashed(&mut file, buffer.as_mut())
-                    .map_err(Error::io("read", final_path))?;
-                if !self.inner.record_check(lookup, hash, len as u64)? {
-                    return Ok(None);
+            match &lookup.check {
+                Check::Full => {
+                    let (hash, sums) = read_hashed(&mut file, buffer.as_mut())
+                        .map_err(Error::io("read", final_path))?;
+                    if !self.inner.record_check(lookup, hash, len as u64, &sums)? {
+                        return Ok(None);
+                    }
+                    entry.hash = Some(hash);
                 }
-                entry.hash = Some(hash);
-            } else {
-                file.read_exact(buffer.as_mut())
-                    .map_err(Error::io("read", final_path))?;
+                Check::Pieces(sums) => {
+                    let bad = read_checked(&mut file, buffer.as_mut(), sums)
+                        .map_err(Error::io("read", final_path))?;
+                    if let Some(piece) = bad {
+                        return self.inner.reject(lookup, (piece * PIECE_BYTES) as u64);
+                    }
+                }
+                Check::Trusted => file
+                    .read_exact(buffer.as_mut())
+                    .map_err(Error::io("read", final_path))?,
             }
             Ok(Some((buffer, FileMeta::new(&key, &entry))))
         })
     }
 
     /// A reader (Read + Seek) of the file as it is now; a later publish does not change what it
-    /// reads. When the file needs checking, it is hashed in full before the reader is returned.
+    /// reads. Each piece is checked against its checksum before any of its bytes is handed out
+    /// (the first piece before the reader is returned), and a damaged piece ends the read with an
+    /// [`io::ErrorKind::InvalidData`] error wrapping [`Error::ChecksumMismatch`]. A file whose
+    /// checksums are not known yet is hashed in full before the reader is returned.
     pub fn file_reader(&self, dataset: &str, path: &str) -> Result<Option<FileReader>> {
         let key = name::key(dataset, path)?;
         self.read_current(&key, |mut file, lookup, final_path| {
             let mut entry = lookup.entry.clone();
-            if lookup.needs_check {
-                let (hash, size_bytes) =
-                    hash_file(&mut file).map_err(Error::io("read", final_path))?;
-                if !self.inner.record_check(lookup, hash, size_bytes)? {
-                    return Ok(None);
+            let sums = match &lookup.check {
+                Check::Trusted => {
+                    return Ok(Some(FileReader::new(
+                        file,
+                        FileMeta::new(&key, &entry),
+                        None,
+                    )));
                 }
-                entry.hash = Some(hash);
-                io::Seek::rewind(&mut file).map_err(Error::io("seek", final_path))?;
+                Check::Full => {
+                    let (hash, size_bytes, sums) =
+                        hash_file(&mut file).map_err(Error::io("read", final_path))?;
+                    if !self.inner.record_check(lookup, hash, size_bytes, &sums)? {
+                        return Ok(None);
+                    }
+                    entry.hash = Some(hash);
+                    sums
+                }
+                Check::Pieces(sums) => sums.clone(),
+            };
+            let check = PieceCheck::new(self.clone(), lookup.entry.inode, sums);
+            let mut reader = FileReader::new(file, FileMeta::new(&key, &entry), Some(check));
+            match reader.check_first_piece() {
+                Ok(()) => Ok(Some(reader)),
+                // The version read was replaced meanwhile: read the new one.
+                Err(Error::Damaged { .. }) => Ok(None),
+                Err(err) => Err(err),
             }
-            Ok(Some(FileReader::new(file, FileMeta::new(&key, &entry))))
         })
     }
 
     /// Opens the version of `key` the index describes and hands it to `read`, which returns
     /// `None` when the entry changed under it (a publish or a removal raced the read); then the
-    /// key is looked up and opened again, a bounded number of times. `None` when the key is absent.
+    /// key is looked up and opened again, a bounded number of times. `None` when the key is absent
+    /// (or its file was deleted behind the store's back: then its entry is dropped).
     fn read_current<T>(
         &self,
         key: &str,
@@ -559,14 +782,47 @@ impl FileStore {
             let Some(lookup) = self.inner.lookup(key) else {
                 return Ok(None);
             };
-            let Some(file) = self.inner.open_checked(&lookup)? else {
-                continue;
+            let file = match self.inner.open_checked(&lookup)? {
+                Opened::File(file) => file,
+                Opened::Changed => continue,
             };
             if let Some(value) = read(file, &lookup, &final_path)? {
                 return Ok(Some(value));
             }
         }
         Err(contended(key))
+    }
+
+    /// Files quarantined since the last call (at most the latest 1,024), oldest first, so that
+    /// a cluster agent can stop offering them.
+    pub fn take_quarantined(&self) -> Vec<QuarantinedFile> {
+        lock_list(&self.inner.quarantined).drain(..).collect()
+    }
+
+    /// Called by a [`FileReader`] whose piece at `offset` failed its checksum (or could not be
+    /// read whole): quarantines the file when the index still describes `inode`. Returns the
+    /// error to report.
+    pub(crate) fn reject_read(&self, key: &str, inode: u64, offset: u64) -> Error {
+        let mut state = self.inner.lock();
+        match state.index.get(key).cloned() {
+            Some(entry) if entry.inode == inode => {
+                self.inner.quarantine(&mut state, key, &entry, offset)
+            }
+            _ => {
+                let (dataset, path) = name::split_key(key);
+                tracing::error!(
+                    dataset,
+                    path,
+                    offset,
+                    "a replaced version's bytes failed their checksum while read"
+                );
+                Error::Damaged {
+                    dataset: dataset.to_owned(),
+                    path: path.to_owned(),
+                    offset,
+                }
+            }
+        }
     }
 
     /// True when `dataset/path` is in the store.
@@ -595,6 +851,7 @@ impl FileStore {
                 return Ok(false);
             };
             remove_file_if_present(&final_path)?;
+            sums::remove_side_file(&sums::side_file(&self.inner.index_dir, &key));
             state.index.remove(&key);
             state.journal.append(&Record::Remove {
                 key: key.clone(),
@@ -669,6 +926,7 @@ impl FileStore {
             n_evictions: self.inner.n_evictions.load(Ordering::Relaxed),
             evicted_bytes: self.inner.evicted_bytes.load(Ordering::Relaxed),
             n_checksum_failures: self.inner.n_checksum_failures.load(Ordering::Relaxed),
+            n_missing: self.inner.n_missing.load(Ordering::Relaxed),
             ..self.inner.open_stats.clone()
         }
     }
@@ -691,7 +949,7 @@ impl FileStore {
         staging_path: &Path,
         final_path: &Path,
         size_bytes: u64,
-        hash: [u8; 32],
+        (hash, sums): ([u8; 32], Sums),
         version: Option<u64>,
     ) -> Result<FileMeta> {
         let (dataset, path) = name::split_key(key);
@@ -708,6 +966,7 @@ impl FileStore {
             .expect("a final path has a dataset directory");
         create_dirs_durably(&self.inner.root, parent)?;
         let staged = fs::metadata(staging_path).map_err(Error::io("stat", staging_path))?;
+        let staged_sums = self.inner.stage_side_file(&sums)?;
         let meta = {
             let mut state = self.inner.lock();
             let replaced_bytes = state.index.get(key).map_or(0, |entry| entry.size_bytes);
@@ -732,6 +991,7 @@ impl FileStore {
                 create_dirs_durably(&self.inner.root, parent)?;
                 fs::rename(staging_path, final_path).map_err(Error::io("rename", final_path))?;
             }
+            self.inner.place_side_file(key, staged_sums);
             let pinned = state.index.get(key).is_some_and(|entry| entry.pinned);
             let version = version.unwrap_or(state.next_version);
             let entry = Entry {
@@ -742,6 +1002,7 @@ impl FileStore {
                 mtime_ns: walk::mtime_ns(&staged),
                 last_access_ms: now_ms(),
                 pinned,
+                sums: Some(sums.digest()),
                 verified: true,
                 tick: 0,
             };
@@ -767,35 +1028,103 @@ impl Inner {
     }
 
     fn lookup(&self, key: &str) -> Option<Lookup> {
-        let mut state = self.lock();
-        let entry = state.index.get(key)?.clone();
-        state.index.touch(key, now_ms());
+        let entry = {
+            let mut state = self.lock();
+            let entry = state.index.get(key)?.clone();
+            state.index.touch(key, now_ms());
+            entry
+        };
+        let check = self.plan_check(key, &entry);
         Some(Lookup {
             key: key.to_owned(),
-            needs_check: entry.hash.is_none()
-                || !entry.verified
-                || self.verify == Verify::EveryRead,
             entry,
+            check,
         })
     }
 
-    /// Opens the file and checks it is the inode the index describes; `None` means it was
-    /// replaced or removed in between (look it up again).
-    fn open_checked(&self, lookup: &Lookup) -> Result<Option<File>> {
+    /// How a read of `entry` is checked (reads the side file of its piece checksums).
+    fn plan_check(&self, key: &str, entry: &Entry) -> Check {
+        if entry.hash.is_none() {
+            return Check::Full;
+        }
+        if self.verify == Verify::FirstRead {
+            return if entry.verified {
+                Check::Trusted
+            } else {
+                Check::Full
+            };
+        }
+        let Some(digest) = entry.sums else {
+            return Check::Full;
+        };
+        match Sums::n_pieces(entry.size_bytes) {
+            0 => Check::Pieces(Sums::default()),
+            1 => Check::Pieces(Sums::single(digest)),
+            _ => sums::read_side_file(
+                &sums::side_file(&self.index_dir, key),
+                entry.size_bytes,
+                digest,
+            )
+            .map_or(Check::Full, Check::Pieces),
+        }
+    }
+
+    /// Opens the file and checks it is the inode the index describes. A path that holds no file,
+    /// or another one, while the index still describes the entry looked up was changed behind the
+    /// store's back: a missing file's entry is dropped, a foreign file is quarantined (it is not
+    /// the version the index names); either way the caller looks the key up again.
+    fn open_checked(&self, lookup: &Lookup) -> Result<Opened> {
         let final_path = self.root.join(&lookup.key);
         let file = match File::open(&final_path) {
             Ok(file) => file,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                let mut state = self.lock();
+                if state
+                    .index
+                    .get(&lookup.key)
+                    .is_some_and(|entry| entry.inode == lookup.entry.inode)
+                    && !final_path.exists()
+                {
+                    tracing::warn!(path = %final_path.display(), version = lookup.entry.version, "a file of the store was deleted outside VBUS; dropped from the index");
+                    self.n_missing.fetch_add(1, Ordering::Relaxed);
+                    state.index.remove(&lookup.key);
+                    state.journal.append(&Record::Remove {
+                        key: lookup.key.clone(),
+                        version: lookup.entry.version,
+                    })?;
+                    sums::remove_side_file(&sums::side_file(&self.index_dir, &lookup.key));
+                }
+                return Ok(Opened::Changed);
+            }
             Err(err) => return Err(Error::io("open", &final_path)(err)),
         };
         let metadata = file.metadata().map_err(Error::io("stat", &final_path))?;
-        Ok((metadata.ino() == lookup.entry.inode).then_some(file))
+        if metadata.ino() == lookup.entry.inode {
+            return Ok(Opened::File(file));
+        }
+        drop(file);
+        let mut state = self.lock();
+        if let Some(entry) = state.index.get(&lookup.key).cloned()
+            && entry.inode == lookup.entry.inode
+            && fs::metadata(&final_path).is_ok_and(|now| now.ino() != entry.inode)
+        {
+            tracing::warn!(path = %final_path.display(), "a file of the store was replaced outside VBUS");
+            let _ = self.quarantine(&mut state, &lookup.key, &entry, 0);
+        }
+        Ok(Opened::Changed)
     }
 
-    /// Records the hash of what was read: adopts it when the index had none, marks the entry
-    /// verified when it matches, quarantines the file when it does not. Returns false when the
-    /// entry changed meanwhile (read again).
-    fn record_check(&self, lookup: &Lookup, hash: [u8; 32], size_bytes: u64) -> Result<bool> {
+    /// Records the hash and piece checksums of what was read: adopts them when the index had no
+    /// hash, marks the entry verified when it matches, quarantines the file when it does not.
+    /// Returns false when the entry changed meanwhile (read again).
+    fn record_check(
+        &self,
+        lookup: &Lookup,
+        hash: [u8; 32],
+        size_bytes: u64,
+        sums: &Sums,
+    ) -> Result<bool> {
+        let staged_sums = self.stage_side_file(sums)?;
         let mut state = self.lock();
         let Some(entry) = state.index.get(&lookup.key).cloned() else {
             return Ok(false);
@@ -803,47 +1132,78 @@ impl Inner {
         if entry.inode != lookup.entry.inode {
             return Ok(false);
         }
-        match entry.hash {
-            None if size_bytes == entry.size_bytes => {
-                let entry = Entry {
-                    hash: Some(hash),
-                    verified: true,
-                    ..entry
-                };
-                state.journal.append(&put_record(&lookup.key, &entry))?;
-                state.index.update(&lookup.key, |current| {
-                    current.hash = Some(hash);
-                    current.verified = true;
-                });
-                Ok(true)
+        let digest = Some(sums.digest());
+        let matches = size_bytes == entry.size_bytes && entry.hash.is_none_or(|h| h == hash);
+        if !matches {
+            return Err(self.quarantine(&mut state, &lookup.key, &entry, 0));
+        }
+        self.place_side_file(&lookup.key, staged_sums);
+        if entry.hash.is_none() || entry.sums != digest {
+            let entry = Entry {
+                hash: Some(hash),
+                sums: digest,
+                verified: true,
+                ..entry
+            };
+            state.journal.append(&put_record(&lookup.key, &entry))?;
+        }
+        state.index.update(&lookup.key, |current| {
+            current.hash = Some(hash);
+            current.sums = digest;
+            current.verified = true;
+        });
+        Ok(true)
+    }
+
+    /// Writes the side file of `sums` into staging (only files of more than one piece have one).
+    fn stage_side_file(&self, sums: &Sums) -> Result<StagedSums> {
+        if !sums.needs_side_file() {
+            return Ok(StagedSums(None));
+        }
+        let seq = self.staging_seq.fetch_add(1, Ordering::Relaxed);
+        let path = self
+            .root
+            .join(STAGING_DIR)
+            .join(format!("{}-{seq}.sums", std::process::id()));
+        fs::write(&path, sums.encode()).map_err(Error::io("write", &path))?;
+        Ok(StagedSums(Some(path)))
+    }
+
+    /// Moves a staged side file to `key`'s place (called with the index locked, as the file or
+    /// entry it describes takes its place). A failure only costs a full check at the next read.
+    fn place_side_file(&self, key: &str, mut staged: StagedSums) {
+        let target = sums::side_file(&self.index_dir, key);
+        match staged.0.take() {
+            Some(path) => {
+                if let Err(err) = fs::rename(&path, &target) {
+                    tracing::warn!(path = %target.display(), error = %err, "cannot place a piece-checksum file");
+                    let _ = fs::remove_file(&path);
+                }
             }
-            Some(expected) if expected == hash && size_bytes == entry.size_bytes => {
-                state
-                    .index
-                    .update(&lookup.key, |current| current.verified = true);
-                Ok(true)
-            }
-            _ => Err(self.quarantine(&mut state, &lookup.key, &entry)),
+            None => sums::remove_side_file(&target),
         }
     }
 
-    /// Moves a file whose bytes do not match its hash out of the store, so it is never served.
-    fn quarantine(&self, state: &mut State, key: &str, entry: &Entry) -> Error {
+    /// Quarantines the file `lookup` read when the index still describes it (its bytes failed
+    /// their check at `offset`): the error to return. `Ok(None)` when the entry changed
+    /// meanwhile (read again).
+    fn reject<T>(&self, lookup: &Lookup, offset: u64) -> Result<Option<T>> {
+        let mut state = self.lock();
+        match state.index.get(&lookup.key).cloned() {
+            Some(entry) if entry.inode == lookup.entry.inode => {
+                Err(self.quarantine(&mut state, &lookup.key, &entry, offset))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Moves a file whose bytes do not match their checksums out of the store, so it is never
+    /// served; counts it and lists it for [`FileStore::take_quarantined`].
+    fn quarantine(&self, state: &mut State, key: &str, entry: &Entry, offset: u64) -> Error {
         let (dataset, path) = name::split_key(key);
         self.n_checksum_failures.fetch_add(1, Ordering::Relaxed);
-        let final_path = self.root.join(key);
-        let quarantined_to = self
-            .root
-            .join(QUARANTINE_DIR)
-            .join(format!("{key}.v{}", entry.version));
-        let moved = quarantined_to
-            .parent()
-            .map_or(Ok(()), fs::create_dir_all)
-            .and_then(|()| fs::rename(&final_path, &quarantined_to));
-        if let Err(err) = moved {
-            tracing::error!(path = %final_path.display(), error = %err, "cannot move a corrupt file to quarantine; removing it");
-            let _ = fs::remove_file(&final_path);
-        }
+        let quarantined_to = move_to_quarantine(&self.root, key, entry.version);
+        sums::remove_side_file(&sums::side_file(&self.index_dir, key));
         state.index.remove(key);
         if let Err(err) = state.journal.append(&Record::Remove {
             key: key.to_owned(),
@@ -851,10 +1211,22 @@ impl Inner {
         }) {
             tracing::error!(error = %err, "cannot journal a quarantine");
         }
-        tracing::error!(dataset, path, quarantined_to = %quarantined_to.display(), "checksum mismatch: file quarantined");
+        {
+            let mut list = lock_list(&self.quarantined);
+            if list.len() >= QUARANTINED_LIST_MAX {
+                list.pop_front();
+            }
+            list.push_back(QuarantinedFile {
+                dataset: dataset.to_owned(),
+                path: path.to_owned(),
+                version: entry.version,
+            });
+        }
+        tracing::error!(dataset, path, version = entry.version, offset, quarantined_to = %quarantined_to.display(), "checksum mismatch: file quarantined");
         Error::ChecksumMismatch {
             dataset: dataset.to_owned(),
             path: path.to_owned(),
+            offset,
             quarantined_to,
         }
     }
@@ -914,6 +1286,7 @@ impl Inner {
             return Ok(());
         };
         remove_file_if_present(&self.root.join(key))?;
+        sums::remove_side_file(&sums::side_file(&self.index_dir, key));
         state.index.remove(key);
         state.journal.append(&Record::Remove {
             key: key.to_owned(),
@@ -980,15 +1353,98 @@ fn put_record(key: &str, entry: &Entry) -> Record {
         hash: entry.hash,
         inode: entry.inode,
         mtime_ns: entry.mtime_ns,
+        sums: entry.sums,
     }
 }
 
+/// The entry of a file found on open that the index did not describe (or could not vouch for):
+/// its hash and piece checksums are computed on its first read.
+fn adopted_entry(file: &walk::FoundFile, version: u64, now: u64, pinned: bool) -> Entry {
+    Entry {
+        version,
+        size_bytes: file.size_bytes,
+        hash: None,
+        inode: file.inode,
+        mtime_ns: file.mtime_ns,
+        last_access_ms: now,
+        pinned,
+        sums: None,
+        verified: false,
+        tick: 0,
+    }
+}
+
+/// Writes `key`'s side file directly (on open, before any reader runs).
+fn write_side_file(index_dir: &Path, key: &str, sums: &Sums) {
+    let path = sums::side_file(index_dir, key);
+    if !sums.needs_side_file() {
+        sums::remove_side_file(&path);
+    } else if let Err(err) = fs::write(&path, sums.encode()) {
+        tracing::warn!(path = %path.display(), error = %err, "cannot write a piece-checksum file");
+    }
+}
+
+/// A side file written to staging and not yet placed; removed if dropped.
+struct StagedSums(Option<PathBuf>);
+
+impl Drop for StagedSums {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = fs::remove_file(path);
+        }
+    }
+}
+
+/// Moves `key`'s file to `{root}/.vbus-quarantine/{key}.v{version}` (removing it when it
+/// cannot be moved); returns where it went.
+fn move_to_quarantine(root: &Path, key: &str, version: u64) -> PathBuf {
+    let final_path = root.join(key);
+    let quarantined_to = root.join(QUARANTINE_DIR).join(format!("{key}.v{version}"));
+    let moved = quarantined_to
+        .parent()
+        .map_or(Ok(()), fs::create_dir_all)
+        .and_then(|()| fs::rename(&final_path, &quarantined_to));
+    if let Err(err) = moved {
+        tracing::error!(path = %final_path.display(), error = %err, "cannot move a corrupt file to quarantine; removing it");
+        let _ = fs::remove_file(&final_path);
+    }
+    quarantined_to
+}
+
+fn lock_list<T>(list: &Mutex<T>) -> MutexGuard<'_, T> {
+    list.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A BLAKE3 as hex, or `none`.
+fn hex(hash: Option<[u8; 32]>) -> String {
+    hash.map_or_else(
+        || "none".to_owned(),
+        |hash| blake3::Hash::from_bytes(hash).to_hex().to_string(),
+    )
+}
+
 /// Loads snapshot and journal into entries by key, the next version, and the open journal.
-fn load_index(
-    index_dir: &Path,
-) -> Result<(std::collections::HashMap<String, Entry>, u64, Journal)> {
+/// The index as loaded: entries by key, the next version, the open journal, and the older
+/// format the index was read in, when it must be migrated.
+type LoadedIndex = (
+    std::collections::HashMap<String, Entry>,
+    u64,
+    Journal,
+    Option<u8>,
+);
+
+fn load_index(index_dir: &Path) -> Result<LoadedIndex> {
     let snapshot = persist::read_snapshot(index_dir)?;
     let (journal, contents) = Journal::open(index_dir)?;
+    let formats = [
+        snapshot.as_ref().map(|snapshot| snapshot.format),
+        contents.as_ref().map(|contents| contents.format),
+    ];
+    let migrate = formats
+        .into_iter()
+        .flatten()
+        .filter(|f| *f < persist::FORMAT)
+        .min();
     // Snapshots list entries least recently used first; `tick` keeps that order, and journal
     // records (writes, so most recent) continue it.
     let (mut generation, mut next_version, mut entries) = match snapshot {
@@ -1027,6 +1483,7 @@ fn load_index(
                     hash,
                     inode,
                     mtime_ns,
+                    sums,
                 } => {
                     next_version = next_version.max(version + 1);
                     let (pinned, last_access_ms) = entries
@@ -1042,6 +1499,7 @@ fn load_index(
                             mtime_ns,
                             last_access_ms,
                             pinned,
+                            sums,
                             verified: false,
                             tick,
                         },
@@ -1066,7 +1524,7 @@ fn load_index(
     } else {
         Journal::create(index_dir, generation, next_version)?
     };
-    Ok((entries, next_version, journal))
+    Ok((entries, next_version, journal, migrate))
 }
 
 /// Takes an exclusive `flock` on the store, so no second process opens it. A lock that is busy is
@@ -1164,23 +1622,25 @@ fn hash_bytes(bytes: &[u8]) -> [u8; 32] {
     *hasher.finalize().as_bytes()
 }
 
-/// Fills `buffer` from `file` and returns the BLAKE3 of the bytes. A large buffer is hashed by
-/// another thread as it fills, one block behind the reads (a bounded hand-off of finished
-/// blocks), so a verified read takes about as long as the read alone, and each block is hashed
-/// while it is still in cache.
-fn read_hashed(file: &mut File, buffer: &mut [u8]) -> io::Result<[u8; 32]> {
+/// Fills `buffer` from `file` and returns the BLAKE3 of the bytes and their piece checksums. A
+/// large buffer is hashed by another thread as it fills, one block behind the reads (a bounded
+/// hand-off of finished blocks), so a verified read takes about as long as the read alone, and
+/// each block is hashed while it is still in cache.
+fn read_hashed(file: &mut File, buffer: &mut [u8]) -> io::Result<([u8; 32], Sums)> {
     if buffer.len() < PIPELINED_READ_BYTES_MIN {
         file.read_exact(buffer)?;
-        return Ok(hash_bytes(buffer));
+        return Ok((hash_bytes(buffer), Sums::of(buffer)));
     }
     std::thread::scope(|scope| {
         let (finished, to_hash) = std::sync::mpsc::sync_channel::<&[u8]>(PIPELINED_BLOCKS_AHEAD);
         let hashing = scope.spawn(move || {
             let mut hasher = blake3::Hasher::new();
+            let mut sums = SumsBuilder::default();
             for block in to_hash {
                 hash_update(&mut hasher, block);
+                sums.update(block);
             }
-            *hasher.finalize().as_bytes()
+            (*hasher.finalize().as_bytes(), sums.finish())
         });
         for block in buffer.chunks_mut(IO_BLOCK_BYTES) {
             file.read_exact(block)?;
@@ -1196,8 +1656,42 @@ fn read_hashed(file: &mut File, buffer: &mut [u8]) -> io::Result<[u8; 32]> {
     })
 }
 
-fn hash_file(file: &mut File) -> io::Result<([u8; 32], u64)> {
+/// Fills `buffer` from `file`, checking each piece against `sums`; returns the index of the
+/// first piece that fails. A large buffer is checked on another thread (the second core) one
+/// piece behind the reads, so the check costs about nothing beside the read; the reads stop at
+/// the first bad piece.
+fn read_checked(file: &mut File, buffer: &mut [u8], sums: &Sums) -> io::Result<Option<usize>> {
+    if buffer.len() < PIPELINED_READ_BYTES_MIN {
+        file.read_exact(buffer)?;
+        return Ok(sums.first_mismatch(buffer));
+    }
+    std::thread::scope(|scope| {
+        let (finished, to_check) =
+            std::sync::mpsc::sync_channel::<(usize, &[u8])>(PIPELINED_BLOCKS_AHEAD);
+        let checking = scope.spawn(move || {
+            to_check
+                .into_iter()
+                .find(|(index, piece)| Some(crc32c::crc32c(piece)) != sums.piece(*index))
+                .map(|(index, _)| index)
+        });
+        for (index, piece) in buffer.chunks_mut(PIECE_BYTES).enumerate() {
+            file.read_exact(piece)?;
+            let piece: &[u8] = piece;
+            if finished.send((index, piece)).is_err() {
+                break;
+            }
+        }
+        drop(finished);
+        Ok(checking
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+    })
+}
+
+/// The BLAKE3, size and piece checksums of everything `file` yields from where it stands.
+fn hash_file(file: &mut File) -> io::Result<([u8; 32], u64, Sums)> {
     let mut hasher = blake3::Hasher::new();
+    let mut sums = SumsBuilder::default();
     let mut buffer = vec![0u8; 8 * IO_BLOCK_BYTES];
     let mut size_bytes = 0u64;
     loop {
@@ -1205,13 +1699,14 @@ fn hash_file(file: &mut File) -> io::Result<([u8; 32], u64)> {
             Ok(0) => break,
             Ok(n) => {
                 hash_update(&mut hasher, &buffer[..n]);
+                sums.update(&buffer[..n]);
                 size_bytes += n as u64;
             }
             Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
             Err(err) => return Err(err),
         }
     }
-    Ok((*hasher.finalize().as_bytes(), size_bytes))
+    Ok((*hasher.finalize().as_bytes(), size_bytes, sums.finish()))
 }
 
 fn contended(key: &str) -> Error {
@@ -1226,4 +1721,59 @@ fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A home written before piece checksums (index format 1) opens: its files are known (not
+    /// re-adopted), the index is rewritten in format 2 at once, and the first read of each file
+    /// checks its BLAKE3 and records its checksums.
+    #[test]
+    fn an_index_of_format_1_is_migrated_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = vec![5u8; 3 * PIECE_BYTES];
+        let path = dir.path().join("d/f");
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, &bytes).unwrap();
+        let stat = fs::metadata(&path).unwrap();
+        let index_dir = dir.path().join(INDEX_DIR);
+        fs::create_dir_all(&index_dir).unwrap();
+        fs::write(
+            index_dir.join("journal"),
+            persist::tests::format_1_journal(&[Record::Put {
+                key: "d/f".to_owned(),
+                version: 4,
+                size_bytes: bytes.len() as u64,
+                hash: Some(*blake3::hash(&bytes).as_bytes()),
+                inode: stat.ino(),
+                mtime_ns: walk::mtime_ns(&stat),
+                sums: None,
+            }]),
+        )
+        .unwrap();
+        let store = FileStore::open(dir.path()).unwrap();
+        let stats = store.stats();
+        assert_eq!(
+            (
+                stats.n_files,
+                stats.n_adopted_on_open,
+                stats.n_changed_on_open
+            ),
+            (1, 0, 0)
+        );
+        assert_eq!(
+            &fs::read(index_dir.join("journal")).unwrap()[..8],
+            b"VBUSJRN2"
+        );
+        assert_eq!(
+            &fs::read(index_dir.join("snapshot")).unwrap()[..8],
+            b"VBUSSNP2"
+        );
+        assert_eq!(store.meta("d", "f").unwrap().unwrap().version, 4);
+        assert_eq!(store.get_file_by_path("d", "f").unwrap().unwrap(), bytes);
+        let digest = store.inner.lock().index.get("d/f").unwrap().sums;
+        assert_eq!(digest, Some(Sums::of(&bytes).digest()));
+    }
 }

@@ -5,6 +5,7 @@ use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use crate::store::{FileMeta, FileStore, IO_BLOCK_BYTES};
+use crate::sums::SumsBuilder;
 use crate::{Error, Result};
 
 /// Writes a file into the store's staging directory while hashing it. [`FileWriter::commit`]
@@ -18,6 +19,7 @@ pub struct FileWriter {
     final_path: PathBuf,
     file: Option<BufWriter<File>>,
     hasher: blake3::Hasher,
+    sums: SumsBuilder,
     size_bytes: u64,
     /// Bytes were written without hashing; the caller supplies the hash at the commit.
     prehashed: bool,
@@ -40,6 +42,7 @@ impl FileWriter {
             final_path,
             file: Some(BufWriter::with_capacity(IO_BLOCK_BYTES, file)),
             hasher: blake3::Hasher::new(),
+            sums: SumsBuilder::default(),
             size_bytes: 0,
             prehashed: false,
             version: None,
@@ -84,6 +87,7 @@ impl FileWriter {
         let file = self.file.as_mut().expect("not committed");
         file.write_all(bytes)
             .map_err(Error::io("write", &self.staging_path))?;
+        self.sums.update(bytes);
         self.size_bytes += bytes.len() as u64;
         Ok(())
     }
@@ -107,7 +111,7 @@ impl FileWriter {
             &self.staging_path,
             &self.final_path,
             self.size_bytes,
-            hash,
+            (hash, std::mem::take(&mut self.sums).finish()),
             self.version,
         );
         // On success the staging file was renamed away; on failure `Drop` removes it.
@@ -123,6 +127,7 @@ impl Write for FileWriter {
             .ok_or_else(|| io::Error::other("writer already committed"))?;
         let n = file.write(buf)?;
         crate::store::hash_update(&mut self.hasher, &buf[..n]);
+        self.sums.update(&buf[..n]);
         self.size_bytes += n as u64;
         Ok(n)
     }

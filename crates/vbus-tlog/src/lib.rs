@@ -16,6 +16,7 @@ mod error;
 mod histogram;
 mod log;
 pub mod record;
+mod repair;
 mod segment;
 
 pub use error::{Error, Result};
@@ -24,3 +25,4 @@ pub use log::{
     ASYNC_PENDING_MAX_BYTES, Durability, FLUSH_INTERVAL, Log, LogOptions, LogStats, Recovery,
 };
 pub use record::{MAX_BODY_BYTES, RecordRef};
+pub use repair::{RepairPlan, plan as repair_plan, repair, restart_after};

@@ -78,7 +78,10 @@ pub struct Recovery {
     /// The last record found (0 when the log is empty).
     pub last_seq: u64,
     /// Bytes of a torn tail (a record cut by a crash mid-write) zeroed; 0 when there was none.
+    /// They are kept in `DIR/damaged/`.
     pub torn_tail_bytes: u64,
+    /// Torn records found (0 or 1).
+    pub n_torn_records: u64,
 }
 
 /// Counters and latencies of a log.
@@ -180,14 +183,35 @@ fn recover_tail(
         let bytes = segment::read(&last)?;
         let mut end = segment::scan(&last, &bytes, |_| Ok(true))?;
         if let Some((offset, damage)) = end.damage.take() {
+            let dirty_end = bytes.iter().rposition(|&b| b != 0).map_or(0, |at| at + 1);
+            let kept_aside = keep_aside(dir, &last, offset, &bytes[offset as usize..dirty_end]);
             if segment::any_record_after(&bytes, offset as usize) {
+                tracing::error!(segment = %last.path.display(), offset, kept_aside = %kept_aside, "the transaction log is damaged: {damage}, and good records follow it");
                 return Err(Error::Corrupt {
                     segment: last.path.clone(),
                     offset,
-                    reason: format!("{damage}, and good records follow it"),
+                    reason: format!(
+                        "{damage}, and good records follow it (its bytes are kept in \
+                         {kept_aside}; `vbus state repair` truncates the log there)"
+                    ),
                 });
             }
-            let dirty_end = bytes.iter().rposition(|&b| b != 0).map_or(0, |at| at + 1);
+            // A crash mid-append leaves the record's first sectors written and zeros (the
+            // preallocated file) after them; any other bad record was damaged after it was
+            // written, and may have been acknowledged: never zeroed silently.
+            if !segment::is_torn_write(&bytes, offset as usize, &damage) {
+                tracing::error!(segment = %last.path.display(), offset, kept_aside = %kept_aside, "the transaction log's last record is damaged, not torn: {damage}");
+                return Err(Error::Corrupt {
+                    segment: last.path.clone(),
+                    offset,
+                    reason: format!(
+                        "{damage} in the last record, which does not end in zeros as a torn write \
+                         does (its bytes are kept in {kept_aside}; `vbus state repair` truncates \
+                         the log there)"
+                    ),
+                });
+            }
+            recovery.n_torn_records += 1;
             let zeros = vec![0u8; dirty_end.saturating_sub(offset as usize)];
             let file = OpenOptions::new()
                 .write(true)
@@ -201,6 +225,7 @@ fn recover_tail(
                 segment = %last.path.display(),
                 offset,
                 bytes = zeros.len(),
+                kept_aside = %kept_aside,
                 "zeroed a torn tail: {damage}"
             );
         }
@@ -221,6 +246,26 @@ fn recover_tail(
             }
         }
         return Ok((end, bytes.len() as u64));
+    }
+}
+
+/// Folder of the log where bytes cut from it (torn tails, damaged records) are kept.
+pub(crate) const DAMAGED_DIR: &str = "damaged";
+
+/// Copies bytes about to be cut from a segment (or refused in it) to
+/// `DIR/damaged/{segment}.{offset}`, for inspection; returns that path (or why it could not).
+fn keep_aside(dir: &Path, segment: &SegmentInfo, offset: u64, bytes: &[u8]) -> String {
+    let name = segment
+        .path
+        .file_name()
+        .map_or_else(|| "segment".into(), |name| name.to_string_lossy());
+    let path = dir.join(DAMAGED_DIR).join(format!("{name}.{offset}"));
+    let written = std::fs::create_dir_all(dir.join(DAMAGED_DIR))
+        .and_then(|()| std::fs::write(&path, bytes))
+        .and_then(|()| File::open(&path)?.sync_all());
+    match written {
+        Ok(()) => path.display().to_string(),
+        Err(err) => format!("nowhere: cannot write {}: {err}", path.display()),
     }
 }
 

@@ -202,6 +202,34 @@ pub(crate) fn scan(
     }
 }
 
+/// The unit a crash can cut a write at: a write reaches the disk in whole sectors.
+const SECTOR_BYTES: usize = 512;
+
+/// Whether the record at `offset`, which failed to decode with `damage`, is a torn write: a
+/// record cut short by a crash, its written prefix followed by the zeros the segment was
+/// preallocated with up to where it would end, from a sector boundary on. A record whose bytes
+/// run (non-zero) to its end, or whose length field is impossible, was damaged after it was
+/// written.
+pub(crate) fn is_torn_write(bytes: &[u8], offset: usize, damage: &DecodeError) -> bool {
+    match damage {
+        DecodeError::End | DecodeError::BadLength(_) => false,
+        DecodeError::Truncated { .. } => true,
+        DecodeError::BadChecksum { .. } => {
+            let Some(header) = bytes.get(offset..offset + 4) else {
+                return false;
+            };
+            let body_len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+            let end = (offset + record::encoded_len(body_len.saturating_sub(1) as usize))
+                .min(bytes.len());
+            let zeros_from = bytes[offset..end]
+                .iter()
+                .rposition(|&b| b != 0)
+                .map_or(offset, |at| offset + at + 1);
+            zeros_from.next_multiple_of(SECTOR_BYTES) < end
+        }
+    }
+}
+
 /// Whether any well-formed record lies at an 8-byte boundary at or after `from` (a damaged
 /// record followed by good ones is corruption in the middle, not a torn tail).
 pub(crate) fn any_record_after(bytes: &[u8], from: usize) -> bool {

@@ -115,9 +115,25 @@ impl From<vbus_state::Error> for ApiError {
             | E::UnknownFunction { .. } => StatusCode::BAD_REQUEST,
             E::EpochMismatch { .. } => StatusCode::CONFLICT,
             E::NotRetained { .. } => StatusCode::GONE,
+            E::OverLimit { .. } => StatusCode::INSUFFICIENT_STORAGE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        Self::new(status, err.to_string())
+        let message = match &err {
+            E::OverLimit { limit, .. } => format!(
+                "{err} ({})",
+                match limit {
+                    vbus_state::Limit::PageBytes => "config key state.pages_max_mb",
+                    vbus_state::Limit::CheckpointBytes =>
+                        "config key state.checkpoints_max_mb, for state.checkpoints_retained + 1 \
+                         images of the pages",
+                    vbus_state::Limit::DeviceMemory =>
+                        "the device's memory; config key cache_hierarchy.L1_VRAM.max_size_mb",
+                    vbus_state::Limit::DiskSpace => "the free space of DATA/CHECKPOINTS",
+                }
+            ),
+            _ => err.to_string(),
+        };
+        Self::new(status, message)
     }
 }
 
@@ -157,6 +173,29 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
         .route("/metrics", get(metrics))
 }
 
+/// Error bodies larger than this are not rewrapped (ours are JSON already).
+const PLAIN_ERROR_BYTES_MAX: usize = 16 * 1024;
+
+/// Turns the plain-text refusals axum's extractors answer (a path that is not UTF-8, a query
+/// that does not parse) into the JSON error every other refusal carries: `{"error": TEXT}`.
+pub(crate) async fn json_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/json"));
+    if !(response.status().is_client_error() || response.status().is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = match axum::body::to_bytes(body, PLAIN_ERROR_BYTES_MAX).await {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(_) => format!("request refused ({})", parts.status),
+    };
+    ApiError::new(parts.status, text).into_response()
+}
+
 /// Requires `Authorization: Bearer TOKEN` on every route but `/health` when `api.token` is set;
 /// the comparison takes the same time wherever the first difference lies.
 pub(crate) async fn require_token(
@@ -185,13 +224,18 @@ pub(crate) async fn require_token(
     }
 }
 
-/// The token of an `Authorization: Bearer TOKEN` header, if any.
+/// The token of an `Authorization: Bearer TOKEN` header, if any (the scheme's name is
+/// case-insensitive, RFC 9110 11.1).
 pub(crate) fn bearer(request: &Request) -> Option<&str> {
-    request
+    let value = request
         .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start_matches(' '))
 }
 
 /// Whether `request` presents `token` as its bearer token (compared in constant time).
@@ -441,15 +485,25 @@ async fn put_object(
     }
     let cache = state.tiers.cache.clone();
     let put_key = key.clone();
-    let version = if declared.is_some_and(|len| len <= SMALL_PUT_BYTES) {
+    // A small value in write-back mode is acknowledged from RAM: it reaches L3 later (and is
+    // lost if the daemon is killed first), so the answer says it is not durable yet.
+    let (version, mut durable) = if declared.is_some_and(|len| len <= SMALL_PUT_BYTES) {
         let bytes = axum::body::to_bytes(body, SMALL_PUT_BYTES as usize)
             .await
             .map_err(|err| ApiError::bad_request(format!("cannot read the body: {err}")))?;
-        blocking(move || Ok(cache.put(put_key, &bytes)?.version())).await?
+        let durable = cache.write_mode() == vbus_cache::WriteMode::Through;
+        (
+            blocking(move || Ok(cache.put(put_key, &bytes)?.version())).await?,
+            durable,
+        )
     } else {
-        stream_into_l3(cache, put_key, body).await?
+        (stream_into_l3(cache, put_key, body).await?, true)
     };
-    let mut answer = json!({ "dataset": dataset, "path": path, "version": version });
+    if state.bus.in_cluster() {
+        durable = true;
+    }
+    let mut answer =
+        json!({ "dataset": dataset, "path": path, "version": version, "durable": durable });
     if state.bus.in_cluster() {
         // The directory orders the write and invalidates the other holders before it is
         // acknowledged.
@@ -544,7 +598,10 @@ fn bus(state: &AppState) -> ApiResult<Arc<StateBus>> {
     state.state_bus.clone().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "the state bus is off (config key state.enabled)",
+            state
+                .state_error
+                .as_deref()
+                .unwrap_or("the state bus is off (config key state.enabled)"),
         )
     })
 }
@@ -949,6 +1006,26 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             "vbus_source_fetches_total",
             "Values fetched from the source.",
             cache.source_fetches,
+        ),
+    ] {
+        family(name, "counter", help, &[("", value as f64)]);
+    }
+    let l3 = state.tiers.cache.store().stats();
+    for (name, help, value) in [
+        (
+            "vbus_l3_checksum_failures_total",
+            "L3 files whose bytes failed their checksums (each quarantined, never served).",
+            l3.n_checksum_failures,
+        ),
+        (
+            "vbus_l3_changed_on_open_total",
+            "L3 files whose bytes changed on disk while the daemon was down.",
+            l3.n_changed_on_open,
+        ),
+        (
+            "vbus_l3_missing_total",
+            "L3 files deleted by hand while the daemon ran.",
+            l3.n_missing,
         ),
     ] {
         family(name, "counter", help, &[("", value as f64)]);

@@ -1,8 +1,11 @@
 //! The CLI's side of the HTTP API: `vbus put`, `get`, `rm`, `ls`, `stats`, `page ...`,
 //! `checkpoint` and `replay` talk to a running daemon.
 //!
-//! The daemon's address is `--addr`, else `$VBUS_ADDR`, else the home's `api.listen`; the token
-//! is `$VBUS_TOKEN`, else the home's `api.token`.
+//! The daemon's address is `--addr`, else `$VBUS_ADDR`, else the address the home's running
+//! daemon recorded in `.vbus.addr` when it bound its port (a home with no daemon running is an
+//! error, never a guess at a default port that another home's daemon may hold); the token is
+//! `$VBUS_TOKEN`, else the home's `api.token`. A `--home` (or `$VBUS_HOME`) that does not exist is
+//! an error.
 
 use std::io::{Read, Write};
 
@@ -44,17 +47,44 @@ fn encode_path(path: &str) -> String {
     out
 }
 
+/// `/v1/objects/{dataset}`, the name percent-encoded.
+pub fn objects_path(dataset: &str) -> String {
+    format!("/v1/objects/{}", encode_path(dataset))
+}
+
 impl Client {
-    /// A client for the daemon of `home` (or `addr`).
-    pub fn new(home: &Home, addr: Option<&str>) -> anyhow::Result<Self> {
+    /// A client for the daemon of `home` (or `addr`). `home_given`: the home was named by
+    /// `--home` or `$VBUS_HOME`, so it must exist.
+    pub fn new(home: &Home, home_given: bool, addr: Option<&str>) -> anyhow::Result<Self> {
+        let root = home.root().display();
+        if home_given && !home.root().is_dir() {
+            anyhow::bail!(
+                "the home {root} does not exist; `vbus --home {root} up` creates it and starts \
+                 its daemon"
+            );
+        }
         let config = if home.config_path().is_file() {
             home.load_config()?
         } else {
             crate::Config::default()
         };
-        let addr = match addr {
-            Some(addr) => addr.to_owned(),
-            None => std::env::var("VBUS_ADDR").unwrap_or_else(|_| config.api.listen.clone()),
+        let addr = match addr.map(str::to_owned).or_else(|| {
+            std::env::var("VBUS_ADDR")
+                .ok()
+                .filter(|addr| !addr.is_empty())
+        }) {
+            Some(addr) => addr,
+            None => match home.running_daemon_addr()? {
+                Some(addr) => addr,
+                None if !home.root().is_dir() => anyhow::bail!(
+                    "there is no home at {root} (pass --home, set $VBUS_HOME, or start one with \
+                     `vbus up`), and no --addr or $VBUS_ADDR names a daemon"
+                ),
+                None => anyhow::bail!(
+                    "no vbus daemon is running on the home {root}; start it with \
+                     `vbus --home {root} up` (or name another daemon with --addr)"
+                ),
+            },
         };
         let token = std::env::var("VBUS_TOKEN").ok().or(config.api.token);
         let agent = ureq::Agent::config_builder()
@@ -130,7 +160,11 @@ impl Client {
 
     /// Stores `len` bytes from `reader` under `key`; returns the daemon's answer.
     pub fn put(&self, key: &str, reader: &mut dyn Read, len: Option<u64>) -> anyhow::Result<Json> {
-        let mut request = self.auth(self.agent.put(&self.object_url(key)));
+        // The daemon refuses a bad key, a wrong token or a value too large for L3 before it reads
+        // the body: waiting for its 100 Continue lets that answer arrive instead of a broken pipe.
+        let mut request = self
+            .auth(self.agent.put(&self.object_url(key)))
+            .header("Expect", "100-continue");
         if let Some(len) = len {
             request = request.header("Content-Length", len.to_string());
         }

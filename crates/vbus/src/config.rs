@@ -96,6 +96,8 @@ pub struct CacheHierarchy {
     pub l3_disk: TierConfig,
     /// When a put reaches L3. Default `write_through`.
     pub write_mode: WriteMode,
+    /// Which reads of L3 check the bytes. Default `every_read`.
+    pub verify_reads: VerifyReads,
 }
 
 impl Default for CacheHierarchy {
@@ -105,8 +107,22 @@ impl Default for CacheHierarchy {
             l2_ram: TierConfig::with_size_mb(4096),
             l3_disk: TierConfig::with_size_mb(10_240),
             write_mode: WriteMode::WriteThrough,
+            verify_reads: VerifyReads::EveryRead,
         }
     }
+}
+
+/// Which reads of L3 check the bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum VerifyReads {
+    /// Every read checks each 1 MiB piece against its CRC32C before it leaves L3, to a client,
+    /// a peer or L2 (the default).
+    #[default]
+    EveryRead,
+    /// Only the first read of each file after the daemon starts is checked (against its
+    /// BLAKE3); a file damaged after that is served as it is. An explicit opt-out.
+    FirstRead,
 }
 
 /// When a put reaches L3.
@@ -132,6 +148,7 @@ struct CacheHierarchyPatch {
     #[serde(rename = "L3_DISK")]
     l3_disk: TierPatch,
     write_mode: Option<WriteMode>,
+    verify_reads: Option<VerifyReads>,
 }
 
 #[derive(Deserialize, Default)]
@@ -160,6 +177,7 @@ impl From<CacheHierarchyPatch> for CacheHierarchy {
             l2_ram: patch.l2_ram.over(default.l2_ram),
             l3_disk: patch.l3_disk.over(default.l3_disk),
             write_mode: patch.write_mode.unwrap_or(default.write_mode),
+            verify_reads: patch.verify_reads.unwrap_or(default.verify_reads),
         }
     }
 }
@@ -330,6 +348,13 @@ pub struct StateConfig {
     pub checkpoint_interval_seconds: u64,
     /// Checkpoints kept (older log segments are released), from 2 to 64. Default 2.
     pub checkpoints_retained: u32,
+    /// The most MiB all pages may take together, host and GPU; a create past it is refused with
+    /// 507. Default 4096 (`vbus init` sizes it from the scan).
+    pub pages_max_mb: u64,
+    /// The most MiB the kept checkpoints may take on disk together, counting the one being
+    /// written; a create whose checkpoints would not fit is refused with 507. Default 12288
+    /// (`vbus init` sizes it from the scan).
+    pub checkpoints_max_mb: u64,
 }
 
 impl Default for StateConfig {
@@ -340,6 +365,8 @@ impl Default for StateConfig {
             segment_size_mb: 64,
             checkpoint_interval_seconds: 300,
             checkpoints_retained: 2,
+            pages_max_mb: 4096,
+            checkpoints_max_mb: 12_288,
         }
     }
 }
@@ -446,6 +473,25 @@ impl ConfigError {
 impl Config {
     /// Parses and validates a configuration text. `source_name` names it in errors.
     pub fn from_json_str(text: &str, source_name: &str) -> Result<Self, ConfigError> {
+        // serde would read a struct from an array too (`[]`, `[{}]`): a config is an object.
+        if let Ok(value) = serde_json::from_str::<serde_json::Value>(text)
+            && !value.is_object()
+        {
+            return Err(ConfigError::Key {
+                source_name: source_name.to_owned(),
+                key: "(top level)".to_owned(),
+                message: format!(
+                    "a config is a JSON object ({{\"cache_hierarchy\": ..., ...}}), not {}",
+                    match value {
+                        serde_json::Value::Array(_) => "an array",
+                        serde_json::Value::String(_) => "a string",
+                        serde_json::Value::Number(_) => "a number",
+                        serde_json::Value::Bool(_) => "a boolean",
+                        _ => "null",
+                    }
+                ),
+            });
+        }
         let mut deserializer = serde_json::Deserializer::from_str(text);
         let config: Config =
             serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
@@ -662,6 +708,20 @@ impl Config {
             "checkpoints",
         )?;
         check_range(
+            "state.pages_max_mb",
+            self.state.pages_max_mb,
+            1,
+            TIER_SIZE_MB_MAX,
+            "MiB",
+        )?;
+        check_range(
+            "state.checkpoints_max_mb",
+            self.state.checkpoints_max_mb,
+            1,
+            TIER_SIZE_MB_MAX,
+            "MiB",
+        )?;
+        check_range(
             "gpu.reserve_mb",
             self.gpu.reserve_mb,
             0,
@@ -834,6 +894,19 @@ mod tests {
         assert_eq!(err.key(), Some(key), "{err}");
         let message = err.to_string();
         assert!(message.contains(fragment), "{message:?} lacks {fragment:?}");
+    }
+
+    /// Issue 20, finding 7: `[]` and `[{}]` were accepted as configs.
+    #[test]
+    fn a_config_that_is_not_an_object_is_refused() {
+        for text in ["[]", "[{}]", "\"cache\"", "7", "null"] {
+            check(text, "(top level)", "a config is a JSON object");
+        }
+        check(
+            r#"{"cache_hierarchy": {"verify_reads": "never"}}"#,
+            "cache_hierarchy.verify_reads",
+            "`never`, expected `every_read` or `first_read`",
+        );
     }
 
     #[test]

@@ -30,6 +30,9 @@ pub(crate) struct AppState {
     pub(crate) config: Config,
     pub(crate) tiers: Tiers,
     pub(crate) state_bus: Option<Arc<vbus_state::StateBus>>,
+    /// Why the state bus did not open (its log is damaged, say): the objects API serves on,
+    /// and pages answer 503 with this.
+    pub(crate) state_error: Option<String>,
     /// The BUS side: pulls, peers, the tracker.
     pub(crate) bus: Arc<crate::sync::BusAgent>,
 }
@@ -55,7 +58,19 @@ pub fn up(home: &Home, listen: Option<&str>) -> anyhow::Result<()> {
     let source = crate::sync::BusSource::new(&config, origin.clone());
     let download = source.download();
     let tiers = tiers::open(home, &config, Some(Arc::new(source)))?;
-    let state_bus = tiers::open_state(home, &config, tiers.device.as_ref())?.map(Arc::new);
+    // A state bus that cannot open (a damaged log) does not stop the objects API.
+    let (state_bus, state_error) = match tiers::open_state(home, &config, tiers.device.as_ref()) {
+        Ok(bus) => (bus.map(Arc::new), None),
+        Err(err) => {
+            let message = format!(
+                "the state bus did not open: {err:#}; `vbus --home {} state repair --dry-run` \
+                 shows what a repair would cut",
+                home.root().display()
+            );
+            tracing::error!("{message}; the objects API serves on, pages answer 503");
+            (None, Some(message))
+        }
+    };
 
     // Bound now, so the BUS agent advertises the real port (with `--listen HOST:0`).
     let listener = std::net::TcpListener::bind(listen_addr)
@@ -66,6 +81,14 @@ pub fn up(home: &Home, listen: Option<&str>) -> anyhow::Result<()> {
     let local_addr = listener
         .local_addr()
         .context("cannot read the bound address")?;
+    // Client commands given this home talk to this address (port 0 resolved).
+    crate::home::write_whole(&home.addr_path(), format!("{local_addr}\n").as_bytes())
+        .with_context(|| {
+            format!(
+                "cannot record the address in {}",
+                home.addr_path().display()
+            )
+        })?;
     let bus = Arc::new(crate::sync::BusAgent::new(
         home,
         &config,
@@ -86,6 +109,7 @@ pub fn up(home: &Home, listen: Option<&str>) -> anyhow::Result<()> {
         config,
         tiers,
         state_bus,
+        state_error,
         bus,
     });
     runtime.block_on(serve(state, listener))
@@ -189,6 +213,7 @@ fn state_stats(bus: Option<&vbus_state::StateBus>) -> serde_json::Value {
     json!({
         "enabled": true,
         "n_pages": metrics.n_pages,
+        "page_bytes": metrics.page_bytes,
         "n_edges": metrics.n_edges,
         "last_seq": metrics.last_seq,
         "log": {
@@ -215,6 +240,7 @@ fn router(state: Arc<AppState>) -> Router {
         .merge(crate::api::routes())
         .merge(crate::sync::routes())
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(crate::api::json_errors))
         .layer(axum::middleware::from_fn(crate::audit::access_log))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
@@ -328,7 +354,10 @@ fn stats_json(state: &AppState) -> serde_json::Value {
         },
         "write_mode": tiers.write_mode,
         "dirty": { "entries": cache.dirty_entries, "bytes": cache.dirty_bytes },
-        "state": state_stats(state.state_bus.as_deref()),
+        "state": match &state.state_error {
+            Some(error) => json!({ "enabled": true, "error": error }),
+            None => state_stats(state.state_bus.as_deref()),
+        },
         "process": { "rss_bytes": rss_bytes() },
     })
 }
@@ -341,6 +370,8 @@ fn l3_extra(state: &AppState) -> serde_json::Value {
         "n_files": stats.n_files,
         "pinned_bytes": stats.pinned_bytes,
         "n_checksum_failures": stats.n_checksum_failures,
+        "n_missing": stats.n_missing,
+        "n_changed_on_open": stats.n_changed_on_open,
         "n_adopted_on_open": stats.n_adopted_on_open,
         "n_dropped_on_open": stats.n_dropped_on_open,
         "open_ms": stats.open_ms,
@@ -407,7 +438,16 @@ impl HomeLock {
             .truncate(false)
             .open(&path)
             .with_context(|| format!("cannot open the lock file {}", path.display()))?;
-        if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+        // Retried briefly: a client probing whether a daemon runs holds a shared lock for an
+        // instant.
+        let deadline = Instant::now() + std::time::Duration::from_secs(1);
+        while rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+            .is_err()
+        {
+            if Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                continue;
+            }
             let mut holder = String::new();
             let _ = file.read_to_string(&mut holder);
             anyhow::bail!(

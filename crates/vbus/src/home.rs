@@ -94,6 +94,37 @@ impl Home {
         self.root.join(".vbus.lock")
     }
 
+    /// `.vbus.addr`: the address the home's daemon listens on, written once it has bound it.
+    pub fn addr_path(&self) -> PathBuf {
+        self.root.join(".vbus.addr")
+    }
+
+    /// The address of the daemon running on this home, when one is: the daemon holds the home's
+    /// lock for its whole life, so an address file without a lock holder is stale and ignored.
+    pub fn running_daemon_addr(&self) -> anyhow::Result<Option<String>> {
+        let lock = match std::fs::File::open(self.lock_path()) {
+            Ok(file) => file,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => {
+                return Err(err)
+                    .with_context(|| format!("cannot open {}", self.lock_path().display()));
+            }
+        };
+        // A shared lock is refused while the daemon holds its exclusive one (and held for an
+        // instant otherwise: a daemon starting just then retries its lock).
+        if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockShared).is_ok() {
+            return Ok(None);
+        }
+        match std::fs::read_to_string(self.addr_path()) {
+            Ok(addr) if !addr.trim().is_empty() => Ok(Some(addr.trim().to_owned())),
+            Ok(_) => Ok(None),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(err) => {
+                Err(err).with_context(|| format!("cannot read {}", self.addr_path().display()))
+            }
+        }
+    }
+
     /// True when the home has a configuration file.
     pub fn is_initialised(&self) -> bool {
         self.config_path().is_file()
@@ -261,6 +292,8 @@ pub fn init(home: &Home, overwrite: Overwrite) -> anyhow::Result<InitReport> {
 /// - `L2_RAM`: a quarter of total RAM, at most half of the RAM available at scan time.
 /// - `L3_DISK`: half of the free space of the file system holding the home.
 /// - Each is rounded down to a multiple of 64 MiB, with a floor of 64 MiB (256 MiB for L3).
+/// - `state.pages_max_mb`: an eighth of total RAM, at most an eighth of the free disk (same
+///   rounding); `state.checkpoints_max_mb`: that times `checkpoints_retained + 1`.
 pub fn sized_config(scan: &SystemScan) -> Config {
     const MIB: u64 = 1024 * 1024;
     let mut config = Config::default();
@@ -279,6 +312,12 @@ pub fn sized_config(scan: &SystemScan) -> Config {
     tiers.l1_vram.max_size_mb = step(l1_bytes, MEMORY_TIER_MB_MIN);
     tiers.l2_ram.max_size_mb = step(l2_bytes, MEMORY_TIER_MB_MIN);
     tiers.l3_disk.max_size_mb = step(l3_bytes, DISK_TIER_MB_MIN);
+    // The state bus: pages up to an eighth of RAM (they live in memory) and of the free disk;
+    // room on disk for the checkpoints kept plus the one being written.
+    let state = &mut config.state;
+    let pages_bytes = (scan.memory.total_bytes / 8).min(scan.disk.free_bytes / 8);
+    state.pages_max_mb = step(pages_bytes, MEMORY_TIER_MB_MIN);
+    state.checkpoints_max_mb = state.pages_max_mb * (u64::from(state.checkpoints_retained) + 1);
     config
 }
 
@@ -320,6 +359,11 @@ fn launchers(vbus_binary: &Path) -> [(&'static str, String, FileMode); 3] {
         ("START_VBUS.bat", bat, FileMode::Regular),
         ("START_VBUS.ps1", ps1, FileMode::Regular),
     ]
+}
+
+/// Writes a regular file atomically (see [`write_atomic`]).
+pub(crate) fn write_whole(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    write_atomic(path, bytes, FileMode::Regular)
 }
 
 /// Writes a file so that readers see the old version or the new one, never a part: a temporary

@@ -13,6 +13,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod home;
+pub mod repair;
 mod repos;
 pub mod scan;
 pub mod sync;

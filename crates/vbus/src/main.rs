@@ -58,6 +58,11 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Offline care of the state bus (the daemon must be stopped)
+    State {
+        #[command(subcommand)]
+        command: StateCommand,
+    },
     /// Run a benchmark suite; every figure is printed beside its same-run reference
     Bench {
         /// The suite to run (`vbus bench list` names them)
@@ -211,6 +216,20 @@ enum PageCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum StateCommand {
+    /// Cut a damaged transaction log back to its last good record (every cut byte is kept in
+    /// DATA/TLOG/damaged); asks before it cuts
+    Repair {
+        /// Only say what would be cut
+        #[arg(long)]
+        dry_run: bool,
+        /// Cut without asking
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum ConfigCommand {
     /// Validate a config file [default: the home's CONFIG/vbus_config.json]
     Check {
@@ -278,6 +297,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Config::load(&path)?;
             writeln!(stdout, "{}: ok", path.display())?;
         }
+        Command::State {
+            command: StateCommand::Repair { dry_run, yes },
+        } => {
+            vbus::repair::run(&home, dry_run, yes, &mut stdout)?;
+        }
         Command::Config {
             command: ConfigCommand::Defaults,
         } => {
@@ -307,7 +331,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("bench {suite} failed"))?;
         }
         command => {
-            let client = Client::new(&home, cli.addr.as_deref())?;
+            let home_given = cli.home.is_some()
+                || std::env::var_os("VBUS_HOME").is_some_and(|home| !home.is_empty());
+            let client = Client::new(&home, home_given, cli.addr.as_deref())?;
             run_client(&client, command, &mut stdout)?;
         }
     }
@@ -336,13 +362,22 @@ fn run_client(
         Command::Put { key, file } => {
             let (mut reader, len) = input(file.as_deref())?;
             let answer = client.put(&key, &mut reader, len)?;
-            writeln!(
-                stdout,
-                "stored {}/{} version {}",
+            let name = format!(
+                "{}/{}",
                 answer["dataset"].as_str().unwrap_or("?"),
-                answer["path"].as_str().unwrap_or("?"),
-                answer["version"]
-            )?;
+                answer["path"].as_str().unwrap_or("?")
+            );
+            if answer["durable"] == false {
+                writeln!(
+                    stdout,
+                    "accepted {name} version {} in RAM (write_back: not yet durable; it reaches \
+                     L3 when L2 evicts it or the daemon stops, and is lost if the daemon is killed \
+                     first)",
+                    answer["version"]
+                )?;
+            } else {
+                writeln!(stdout, "stored {name} version {}", answer["version"])?;
+            }
         }
         Command::Get { key, file } => match file.filter(|path| path.as_os_str() != "-") {
             Some(path) => {
@@ -376,8 +411,13 @@ fn run_client(
         Command::Ls {
             dataset: Some(dataset),
         } => {
-            let answer = client.get_json(&format!("/v1/objects/{dataset}"))?;
-            for object in answer["objects"].as_array().into_iter().flatten() {
+            let answer = client.get_json(&vbus::client::objects_path(&dataset))?;
+            let objects = answer["objects"].as_array().cloned().unwrap_or_default();
+            anyhow::ensure!(
+                !objects.is_empty(),
+                "the dataset {dataset:?} holds no objects (`vbus ls` lists the datasets)"
+            );
+            for object in &objects {
                 writeln!(
                     stdout,
                     "{:>14} v{:<8} {}{}{}",

@@ -237,9 +237,38 @@ impl BusAgent {
                     continue;
                 }
                 tracing::debug!(error = %err, "heartbeat failed");
+            } else {
+                self.withdraw_quarantined(&tracker, cache);
             }
             let beat = vbus_sync::tracker::HEARTBEAT_INTERVAL;
             std::thread::sleep(beat.min(next_writeback.saturating_duration_since(Instant::now())));
+        }
+    }
+
+    /// Stops offering the files L3 quarantined (their bytes failed their checksums, or they
+    /// changed on disk while the daemon was down): each is withdrawn from every version this
+    /// agent announced it in, so peers fetch it elsewhere.
+    fn withdraw_quarantined(&self, tracker: &TrackerClient, cache: &CacheManager) {
+        for file in cache.store().take_quarantined() {
+            let versions: Vec<String> = self
+                .holdings()
+                .values()
+                .filter(|holding| {
+                    holding.dataset == file.dataset && holding.files.contains_key(&file.path)
+                })
+                .map(|holding| holding.version.clone())
+                .collect();
+            for version in versions {
+                match tracker.withdraw(&self.id, &file.dataset, &version, &file.path) {
+                    Ok(()) => tracing::warn!(
+                        dataset = %file.dataset, path = %file.path, %version,
+                        "withdrew a quarantined copy at the tracker"
+                    ),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "cannot withdraw the quarantined copy of {}/{}", file.dataset, file.path)
+                    }
+                }
+            }
         }
     }
 

@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use vbus_cache::{CacheManager, PolicyKind, WriteMode as CacheWriteMode};
 use vbus_gpu::{BackendChoice, BackendKind, Device, DeviceOptions};
 
-use crate::config::{Config, Durability, EvictionPolicy, GpuBackend, WriteMode};
+use crate::config::{Config, Durability, EvictionPolicy, GpuBackend, VerifyReads, WriteMode};
 use crate::home::Home;
 
 /// Page-locked host memory beyond L2's capacity: for values that left L2 while a client still
@@ -59,6 +59,17 @@ pub fn open(
         .write_mode(match hierarchy.write_mode {
             WriteMode::WriteThrough => CacheWriteMode::Through,
             WriteMode::WriteBack => CacheWriteMode::Back,
+        })
+        .l3_verify(match hierarchy.verify_reads {
+            VerifyReads::EveryRead => vbus_store::Verify::EveryRead,
+            VerifyReads::FirstRead => vbus_store::Verify::FirstRead,
+        })
+        // In a cluster only writes ordered by the coherence directory make versions: a file
+        // changed on disk while the daemon was down is quarantined, not a second truth.
+        .l3_on_change(if config.bus_config.tracker.is_empty() {
+            vbus_store::OnChange::Adopt
+        } else {
+            vbus_store::OnChange::Quarantine
         });
     if let Some(source) = source {
         builder = builder.source(source);
@@ -126,7 +137,9 @@ pub fn open_state(
             Durability::Fsync => vbus_state::Durability::Fsync,
         })
         .segment_bytes(state.segment_size_mb << 20)
-        .checkpoints_retained(state.checkpoints_retained as usize);
+        .checkpoints_retained(state.checkpoints_retained as usize)
+        .page_bytes_max(state.pages_max_mb.saturating_mul(1 << 20))
+        .checkpoint_bytes_max(state.checkpoints_max_mb.saturating_mul(1 << 20));
     if let Some(device) = device {
         builder = builder.device(device.clone());
     }

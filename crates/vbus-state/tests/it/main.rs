@@ -4,6 +4,7 @@ mod bus;
 mod crash;
 mod delta;
 mod history;
+mod limits;
 
 /// A 16 MiB device for the GPU-page tests, on the backend `VBUS_GPU_TEST_BACKEND` names
 /// (simulated by default).

@@ -4,6 +4,7 @@ mod basics;
 mod capacity;
 mod concurrency;
 mod crash;
+mod integrity;
 mod model;
 mod reconcile;
 mod support;

@@ -40,37 +40,90 @@ fn write_at(path: &Path, offset: u64, bytes: &[u8]) {
     file.write_all_at(bytes, offset).unwrap();
 }
 
+/// The first of records `1..=n` (from `from`) whose frame crosses a 512-byte boundary, with its
+/// offset and end.
+fn record_across_a_sector(offsets: &[u64], from: usize) -> (usize, u64, u64) {
+    (from..offsets.len() - 1)
+        .map(|idx| (idx, offsets[idx], offsets[idx + 1]))
+        .find(|&(_, start, end)| start.next_multiple_of(512) < end && start % 512 != 0)
+        .expect("some record crosses a sector boundary")
+}
+
 #[test]
-fn a_torn_tail_is_zeroed_and_the_log_goes_on() {
+fn a_torn_tail_is_zeroed_kept_aside_and_the_log_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let offsets = one_segment_log(dir.path(), 100);
     let segment = &segments(dir.path())[0];
-    // Record 100 half written: its header and part of its payload, the rest garbage-free zeros
-    // replaced by a few stray bytes, as a write cut by a kill leaves it.
-    let last = offsets[99];
-    let mut frame = std::fs::read(segment).unwrap()[last as usize..last as usize + 24].to_vec();
-    frame[20] ^= 0xff;
-    write_at(segment, last, &frame);
-    // And a stray header of a record that never finished, after it.
-    write_at(segment, last + 400, &[9, 0, 0, 0, 1, 2, 3, 4]);
+    // The log as a crash mid-append leaves it: the last record's first sectors written, the
+    // rest still the zeros the segment was preallocated with.
+    let (idx, start, end) = record_across_a_sector(&offsets, 60);
+    let cut = start.next_multiple_of(512);
+    let full = std::fs::read(segment).unwrap();
+    let mut torn_bytes = full[start as usize..cut as usize].to_vec();
+    while torn_bytes.last() == Some(&0) {
+        torn_bytes.pop();
+    }
+    write_at(segment, cut, &vec![0u8; (end - cut) as usize]);
+    let after_end = *offsets.last().unwrap() + encoded_len(payload(100).len()) as u64;
+    write_at(segment, end, &vec![0u8; (after_end - end) as usize]);
 
     let (log, recovery) = Log::open(dir.path(), LogOptions::default()).unwrap();
-    assert_eq!(recovery.last_seq, 99);
-    assert!(recovery.torn_tail_bytes >= 24, "{recovery:?}");
+    assert_eq!(recovery.last_seq, idx as u64);
+    assert_eq!(recovery.n_torn_records, 1, "{recovery:?}");
     assert_eq!(
-        log.append(1, b"new 100", Durability::Fdatasync).unwrap(),
-        100
+        recovery.torn_tail_bytes,
+        torn_bytes.len() as u64,
+        "{recovery:?}"
     );
+    let kept = std::fs::read(dir.path().join("damaged").join(format!(
+        "{}.{start}",
+        segment.file_name().unwrap().to_string_lossy()
+    )))
+    .unwrap();
+    assert_eq!(kept, torn_bytes, "the torn bytes are kept aside");
+    let next = idx as u64 + 1;
+    assert_eq!(log.append(1, b"new", Durability::Fdatasync).unwrap(), next);
     let mut last_payload = Vec::new();
-    log.read_from(99, |record| {
+    log.read_from(next, |record| {
         last_payload = record.payload.to_vec();
         Ok(true)
     })
     .unwrap();
-    assert_eq!(last_payload, b"new 100");
+    assert_eq!(last_payload, b"new");
     drop(log);
     let (_, recovery) = Log::open(dir.path(), LogOptions::default()).unwrap();
-    assert_eq!((recovery.last_seq, recovery.torn_tail_bytes), (100, 0));
+    assert_eq!((recovery.last_seq, recovery.torn_tail_bytes), (next, 0));
+}
+
+/// Issue 20, finding 4: a damaged last record (an acknowledged `fdatasync` record, one byte
+/// changed) was zeroed as a torn tail with only a WARN. Damage that is not a torn write is
+/// refused, named, and its bytes kept; nothing is zeroed.
+#[test]
+fn a_damaged_last_record_is_refused_not_zeroed() {
+    let dir = tempfile::tempdir().unwrap();
+    let offsets = one_segment_log(dir.path(), 100);
+    let segment = &segments(dir.path())[0];
+    let last = offsets[99];
+    write_at(segment, last + 17, &[0xEE]);
+    let before = std::fs::read(segment).unwrap();
+    let err = Log::open(dir.path(), LogOptions::default()).unwrap_err();
+    match &err {
+        Error::Corrupt { offset, reason, .. } => {
+            assert_eq!(*offset, last);
+            assert!(reason.contains("not end in zeros"), "{reason}");
+            assert!(reason.contains("vbus state repair"), "{reason}");
+        }
+        other => panic!("expected corruption, got {other}"),
+    }
+    assert_eq!(
+        std::fs::read(segment).unwrap(),
+        before,
+        "nothing was zeroed"
+    );
+    assert!(
+        dir.path().join("damaged").read_dir().unwrap().count() >= 1,
+        "the damaged bytes are kept aside"
+    );
 }
 
 #[test]

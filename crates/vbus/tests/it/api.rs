@@ -546,6 +546,21 @@ fn a_token_is_required_when_configured() {
     let bearer = format!("Bearer {token}");
     let (status, _) = http_raw(addr, "GET", "/v1/stats", &[("Authorization", &bearer)], &[]);
     assert_eq!(status, 200);
+    // Issue 20, finding 7: the scheme's name is case-insensitive.
+    let lower = format!("bearer {token}");
+    let (status, _) = http_raw(addr, "GET", "/v1/stats", &[("Authorization", &lower)], &[]);
+    assert_eq!(status, 200);
+    // And a path that is not UTF-8 is refused in JSON, as every other refusal is.
+    let (status, body) = http_raw(
+        addr,
+        "GET",
+        "/v1/objects/ds/%FF%FE",
+        &[("Authorization", &bearer)],
+        &[],
+    );
+    assert_eq!(status, 400, "{body}");
+    let error: serde_json::Value = serde_json::from_str(&body).expect("a JSON error");
+    assert!(error["error"].is_string(), "{body}");
     // Health stays open; the CLI takes the token from the home's config.
     assert_eq!(http_get(addr, "/health").0, 200);
     let value = dir.path().join("v.bin");

@@ -74,8 +74,9 @@ fn bench_store_quick_prints_each_figure_beside_std_fs() {
     for size in ["64KiB", "4MiB", "16MiB"] {
         for kind in [
             "write_{}_files",
-            "read_{}_files_first",
-            "read_{}_files_again",
+            "read_{}_files_verified",
+            "read_{}_files_blake3",
+            "read_{}_files_unchecked",
         ] {
             let metric = kind.replace("{}", size);
             assert!(

@@ -5,6 +5,7 @@ mod api;
 mod bench;
 mod config;
 mod init;
+mod integrity;
 mod load;
 mod scan;
 mod support;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use rustix::process::Signal;
 use serde_json::Value as Json;
 
-use crate::support::{Daemon, S3Server, http_raw, run_ok, vbus};
+use crate::support::{Daemon, S3Server, http_get, http_raw, run_ok, vbus};
 
 const TOKEN: &str = "cluster-token-0123456789";
 
@@ -337,16 +337,32 @@ fn pulls_survive_a_dead_peer_a_corrupt_peer_a_tracker_restart_and_a_master_outag
     });
     eprintln!("b, with a killed and c damaged: {report}");
     assert_holds(&homes[1], "ds", &files);
-    assert!(
-        as_u64(&report, "pieces_rejected") >= 1,
-        "c's damaged piece was not caught: {report}"
+    // c checks every piece it reads: it caught its own damage and sent none of it (b rejected
+    // nothing), quarantined the file, and withdrew its copy at the tracker.
+    assert_eq!(
+        as_u64(&report, "pieces_rejected"),
+        0,
+        "a damaged piece left c: {report}"
     );
-    // c's damaged copy was withdrawn at the tracker.
-    let named = holders(&tracker_addr, "ds", &version, &first_path);
+    let (status, stats) = http_get(&agents[2].addr, "/v1/stats");
+    assert_eq!(status, 200, "{stats}");
+    let stats: Json = serde_json::from_str(&stats).unwrap();
     assert!(
-        !named.contains(&"c".to_owned()),
-        "the tracker still names c: {named:?}"
+        stats["tiers"]["L3_DISK"]["n_checksum_failures"].as_u64() >= Some(1),
+        "c did not catch its damaged copy: {stats}"
     );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let named = holders(&tracker_addr, "ds", &version, &first_path);
+        if !named.contains(&"c".to_owned()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the tracker still names c: {named:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // The tracker is killed and restarted on its port while d pulls; the pull finishes and the
     // agents are known again.
