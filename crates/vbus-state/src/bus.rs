@@ -136,6 +136,7 @@ impl StateBusBuilder {
                     state = Some(loaded);
                     break;
                 }
+                Err(err @ Error::UnsupportedFormat { .. }) => return Err(err),
                 Err(err) => {
                     tracing::warn!(error = %err, "skipping a damaged checkpoint; trying an older one")
                 }

@@ -155,6 +155,17 @@ pub(crate) fn read(info: &CheckpointInfo, ctx: &Context<'_>) -> Result<State> {
         path: info.path.clone(),
         reason,
     };
+    if bytes.len() >= 8
+        && bytes[..7] == MAGIC[..7]
+        && bytes[7] != MAGIC[7]
+        && bytes[7].is_ascii_digit()
+    {
+        return Err(Error::UnsupportedFormat {
+            path: info.path.clone(),
+            found: String::from_utf8_lossy(&bytes[..8]).into_owned(),
+            supported: String::from_utf8_lossy(MAGIC).into_owned(),
+        });
+    }
     if bytes.len() < MAGIC.len() + 4 || &bytes[..8] != MAGIC {
         return Err(corrupt("not a checkpoint (bad magic)".to_owned()));
     }

@@ -110,6 +110,21 @@ pub enum Error {
         /// What the change asked for.
         requested_bytes: u64,
     },
+    /// A checkpoint was written in a format this build does not read (a newer release wrote it):
+    /// the bus refuses to open rather than fall back to an older state.
+    #[error(
+        "checkpoint {} is in format {found:?}, which this build cannot read (it reads \
+         {supported:?}); open this home with the release that wrote it",
+        path.display()
+    )]
+    UnsupportedFormat {
+        /// The checkpoint.
+        path: PathBuf,
+        /// Its magic, as found.
+        found: String,
+        /// The format this build reads.
+        supported: String,
+    },
     #[error("this page lives on the GPU, and the bus has no device")]
     NoDevice,
     /// Device memory or a copy failed.

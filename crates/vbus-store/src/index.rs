@@ -18,7 +18,7 @@ pub(crate) struct Entry {
     pub last_access_ms: u64,
     pub pinned: bool,
     /// The digest of the piece checksums (see `sums`), when known.
-    pub sums: Option<u32>,
+    pub sums: Option<u64>,
     /// The contents were checked against `hash` since the store opened (not persisted).
     pub verified: bool,
     /// Position in the LRU order (not persisted).

@@ -8,7 +8,7 @@
 //! - An index per file (size, BLAKE3, version, last access, pin) persisted as a snapshot plus a
 //!   journal in `{root}/.vbus-index`, and reconciled with the directory on open: files copied in
 //!   by hand are adopted (hashed on first read), files deleted by hand are dropped.
-//! - Every read checks each 1 MiB piece against its CRC32C, computed when the file was published
+//! - Every read checks each 1 MiB piece against its XXH3-64, computed when the file was published
 //!   or first verified against its BLAKE3 and kept beside the index, before any of the piece's
 //!   bytes leaves the store ([`Verify::FirstRead`] opts out); a mismatch is an error naming the
 //!   file, which moves to `{root}/.vbus-quarantine`. A file changed behind the store's back while

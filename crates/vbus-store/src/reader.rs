@@ -95,7 +95,7 @@ impl FileReader {
                 });
             }
         }
-        if Some(crc32c::crc32c(&check.piece)) != check.sums.piece(index as usize) {
+        if Some(crate::sums::piece_sum(&check.piece)) != check.sums.piece(index as usize) {
             return Err(check.store.reject_read(&key, check.inode, start));
         }
         check.loaded = Some(index);

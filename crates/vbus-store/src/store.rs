@@ -46,7 +46,7 @@ const QUARANTINED_LIST_MAX: usize = 1024;
 /// When reads check the bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Verify {
-    /// Every read, piece by piece against the CRC32C piece checksums kept beside the index (the
+    /// Every read, piece by piece against the XXH3-64 piece checksums kept beside the index (the
     /// default): no byte that fails its checksum leaves the store. A file whose checksums are not
     /// known yet (adopted, or from an older index) is checked in full against its BLAKE3 once,
     /// which records them.
@@ -1671,7 +1671,7 @@ fn read_checked(file: &mut File, buffer: &mut [u8], sums: &Sums) -> io::Result<O
         let checking = scope.spawn(move || {
             to_check
                 .into_iter()
-                .find(|(index, piece)| Some(crc32c::crc32c(piece)) != sums.piece(*index))
+                .find(|(index, piece)| Some(sums::piece_sum(piece)) != sums.piece(*index))
                 .map(|(index, _)| index)
         });
         for (index, piece) in buffer.chunks_mut(PIECE_BYTES).enumerate() {

@@ -89,16 +89,37 @@ pub struct Agent {
     pub load: u32,
 }
 
+/// The tracker state's format this build writes and reads.
+const STATE_FORMAT: u32 = 1;
+
+fn state_format_1() -> u32 {
+    1
+}
+
 /// The persisted part of the state.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Persisted {
+    /// The state file's format (absent, so 1, from builds before it was written).
+    #[serde(default = "state_format_1")]
+    format: u32,
     agents: BTreeMap<String, Agent>,
     /// `dataset@version` → path → ids of the agents holding that complete file.
     holdings: BTreeMap<String, BTreeMap<String, BTreeSet<String>>>,
     /// The coherence directory (absent from states written before it existed).
     #[serde(default)]
     directory: Directory,
+}
+
+impl Default for Persisted {
+    fn default() -> Self {
+        Self {
+            format: STATE_FORMAT,
+            agents: BTreeMap::new(),
+            holdings: BTreeMap::new(),
+            directory: Directory::default(),
+        }
+    }
 }
 
 struct Inner {
@@ -211,10 +232,24 @@ impl Tracker {
         })?;
         let path = dir.join(STATE_FILE);
         let persisted = match std::fs::read_to_string(&path) {
-            Ok(text) => serde_json::from_str(&text).map_err(|err| TrackerError::Corrupt {
-                path: path.clone(),
-                why: err.to_string(),
-            })?,
+            Ok(text) => {
+                let persisted: Persisted =
+                    serde_json::from_str(&text).map_err(|err| TrackerError::Corrupt {
+                        path: path.clone(),
+                        why: err.to_string(),
+                    })?;
+                if persisted.format != STATE_FORMAT {
+                    return Err(TrackerError::Corrupt {
+                        path,
+                        why: format!(
+                            "it is in format {}, which this build cannot read (it reads format \
+                             {STATE_FORMAT}); run the release that wrote it",
+                            persisted.format
+                        ),
+                    });
+                }
+                persisted
+            }
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Persisted::default(),
             Err(source) => {
                 return Err(TrackerError::Io {
@@ -719,5 +754,32 @@ mod tests {
             Tracker::open(dir.path()),
             Err(TrackerError::Corrupt { .. })
         ));
+    }
+
+    /// Issue 20, formats: a state file carries its format; one without it (an older build's) is
+    /// format 1, a later one is refused by name.
+    #[test]
+    fn the_state_file_carries_its_format() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let tracker = Tracker::open(dir.path()).unwrap();
+            tracker.register("a", "127.0.0.1:1").unwrap();
+        }
+        let path = dir.path().join(STATE_FILE);
+        let mut state: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(state["format"], 1);
+        state.as_object_mut().unwrap().remove("format");
+        std::fs::write(&path, state.to_string()).unwrap();
+        assert!(
+            Tracker::open(dir.path()).is_ok(),
+            "an older build's state opens"
+        );
+        state["format"] = 2.into();
+        std::fs::write(&path, state.to_string()).unwrap();
+        let Err(err) = Tracker::open(dir.path()) else {
+            panic!("a later format is refused");
+        };
+        assert!(err.to_string().contains("format 2"), "{err}");
     }
 }

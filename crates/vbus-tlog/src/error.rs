@@ -42,6 +42,20 @@ pub enum Error {
         /// The limit.
         max_bytes: usize,
     },
+    /// A segment was written in a format this build does not read (a newer release wrote it).
+    #[error(
+        "{} is in format {found:?}, which this build cannot read (it reads {supported:?}); open \
+         this home with the release that wrote it",
+        path.display()
+    )]
+    UnsupportedFormat {
+        /// The segment.
+        path: PathBuf,
+        /// Its magic, as found.
+        found: String,
+        /// The format this build reads.
+        supported: String,
+    },
     /// Another process holds the log.
     #[error("the log at {} is open in another process", path.display())]
     Locked {

@@ -128,6 +128,15 @@ fn check_header(segment: &SegmentInfo, bytes: &[u8]) -> Result<()> {
         )));
     }
     let stored = u32::from_le_bytes([bytes[24], bytes[25], bytes[26], bytes[27]]);
+    // The magic's last byte is the format version: a later one is a newer release's, refused by
+    // name rather than taken for damage.
+    if bytes[..7] == MAGIC[..7] && bytes[7] != MAGIC[7] && bytes[7].is_ascii_digit() {
+        return Err(Error::UnsupportedFormat {
+            path: segment.path.clone(),
+            found: String::from_utf8_lossy(&bytes[..8]).into_owned(),
+            supported: String::from_utf8_lossy(MAGIC).into_owned(),
+        });
+    }
     if &bytes[..8] != MAGIC || stored != crc32c::crc32c(&bytes[..24]) {
         return Err(corrupt("the segment header is damaged".to_owned()));
     }

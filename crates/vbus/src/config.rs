@@ -116,7 +116,7 @@ impl Default for CacheHierarchy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum VerifyReads {
-    /// Every read checks each 1 MiB piece against its CRC32C before it leaves L3, to a client,
+    /// Every read checks each 1 MiB piece against its XXH3-64 before it leaves L3, to a client,
     /// a peer or L2 (the default).
     #[default]
     EveryRead,

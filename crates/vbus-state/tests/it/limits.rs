@@ -113,3 +113,27 @@ fn a_gpu_page_beyond_the_device_is_refused_and_the_bus_goes_on() {
     assert_eq!(bus.query_page(page).unwrap().bytes.len() as u64, MIB);
     bus.create_page(MIB, Location::Cpu).unwrap();
 }
+
+/// Issue 20, formats: a checkpoint of a later format stops the open by name; the bus does not
+/// fall back to an older state as it does for a damaged checkpoint.
+#[test]
+fn a_checkpoint_of_a_later_format_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let bus = StateBus::open(dir.path()).unwrap();
+        bus.create_page(64, Location::Cpu).unwrap();
+        bus.checkpoint().unwrap();
+    }
+    let checkpoints = dir.path().join("CHECKPOINTS");
+    let newest = std::fs::read_dir(&checkpoints)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .max()
+        .unwrap();
+    let mut bytes = std::fs::read(&newest).unwrap();
+    bytes[7] = b'2';
+    std::fs::write(&newest, &bytes).unwrap();
+    let err = StateBus::open(dir.path()).unwrap_err();
+    assert!(matches!(err, Error::UnsupportedFormat { .. }), "{err}");
+    assert!(err.to_string().contains("VBUSCKP2"), "{err}");
+}

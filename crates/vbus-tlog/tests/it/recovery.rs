@@ -205,3 +205,16 @@ fn damage_in_an_older_segment_is_reported_by_reads_not_skipped() {
         .unwrap();
     assert!(log.read_from(second_first, |_| Ok(true)).is_ok());
 }
+
+/// Issue 20, formats: a segment whose magic names a later format (a newer release wrote it) is
+/// refused by name, not taken for damage.
+#[test]
+fn a_segment_of_a_later_format_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    one_segment_log(dir.path(), 3);
+    let segment = &segments(dir.path())[0];
+    write_at(segment, 7, b"2");
+    let err = Log::open(dir.path(), LogOptions::default()).unwrap_err();
+    assert!(matches!(err, Error::UnsupportedFormat { .. }), "{err}");
+    assert!(err.to_string().contains("VBUSTLG2"), "{err}");
+}

@@ -259,9 +259,9 @@ pub(super) fn run<W: Write>(
 }
 
 /// Moves values between the tiers of a `CacheManager` and times each move beside a plain copy
-/// of the same bytes: L3 → L2 (a get after a reopen, which also verifies BLAKE3) beside
-/// `std::fs::read` of the same files; L2 → L1 (a device get) beside a raw host→device copy; and
-/// L1 → host (a get that only L1 can answer) beside a raw device→host copy.
+/// of the same bytes: L3 → L2 (a get after a reopen, which checks each MiB against its XXH3)
+/// beside `std::fs::read` of the same files; L2 → L1 (a device get) beside a raw host→device
+/// copy; and L1 → host (a get that only L1 can answer) beside a raw device→host copy.
 fn movement<W: Write>(mode: Mode, reporter: &mut Reporter<W>) -> anyhow::Result<()> {
     let (n_values, value_bytes) = match mode {
         Mode::Full => (64u64, 16u64 << 20),
@@ -373,9 +373,9 @@ fn movement<W: Write>(mode: Mode, reporter: &mut Reporter<W>) -> anyhow::Result<
             "move_l3_to_l2",
             l3_to_l2,
             if prefaulted {
-                "std::fs read of the L3 files into faulted-in buffers (ours verifies BLAKE3)"
+                "std::fs read of the L3 files into faulted-in buffers (ours checks XXH3 per MiB)"
             } else {
-                "std::fs::read of the L3 files (ours verifies BLAKE3)"
+                "std::fs::read of the L3 files (ours checks XXH3 per MiB)"
             },
             plain_read,
         ),
