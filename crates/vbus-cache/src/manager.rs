@@ -664,7 +664,18 @@ impl CacheManager {
             .is_some_and(|l1| l1.tier.contains(&key));
         match self.inner.l3.meta(key.dataset(), key.path())? {
             Some(meta) if !in_l1 && meta.size_bytes > promote_max_bytes => {
-                match self.inner.l3.file_reader(key.dataset(), key.path())? {
+                let reader = match self.inner.l3.file_reader(key.dataset(), key.path()) {
+                    // Its first piece failed its checksum and the file was quarantined: a source
+                    // has a good copy.
+                    Err(err @ vbus_store::Error::ChecksumMismatch { .. })
+                        if self.inner.source.is_some() =>
+                    {
+                        tracing::warn!(key = %key, error = %err, "L3's copy is damaged; fetching it again");
+                        return Ok(self.get(key)?.map(Found::Memory));
+                    }
+                    found => found?,
+                };
+                match reader {
                     Some(reader) => {
                         self.inner.counters.l3_hits.fetch_add(1, Ordering::Relaxed);
                         Ok(Some(Found::File(reader)))

@@ -709,7 +709,7 @@ pub(crate) mod tests {
     /// and whatever decodes from a journal frame whose CRC matches re-encodes to the same bytes.
     /// `VBUS_FUZZ_ITERATIONS` raises the count (default 20,000) for a longer run.
     #[test]
-    fn decoders_never_panic_on_damaged_input() {
+    fn fuzz_index_decoders_never_panic() {
         let iterations: usize = std::env::var("VBUS_FUZZ_ITERATIONS")
             .ok()
             .and_then(|n| n.parse().ok())

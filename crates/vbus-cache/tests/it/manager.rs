@@ -450,3 +450,52 @@ fn listings_include_dirty_values() {
     cache.flush().unwrap();
     assert!(!cache.list("ds").unwrap()[0].dirty);
 }
+
+/// Issue 20: a value whose L3 file is damaged is never served from it; with a source, the get
+/// (whole, or opened for streaming) fetches a good copy again and L3 holds it after.
+#[test]
+fn a_damaged_l3_copy_is_fetched_again_from_the_source() {
+    use std::os::unix::fs::FileExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let origin = dir.path().join("MASTER_DB");
+    std::fs::create_dir_all(origin.join("ds")).unwrap();
+    let small = b"from the origin".to_vec();
+    let large: Vec<u8> = (0..3u32 << 20).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(origin.join("ds/small"), &small).unwrap();
+    std::fs::write(origin.join("ds/large"), &large).unwrap();
+    let cache = CacheManager::builder()
+        .l3_dir(dir.path().join("L3"))
+        .l2_capacity_bytes(0)
+        .source(Arc::new(DirSource::new(&origin)))
+        .build()
+        .unwrap();
+    for (name, value) in [("small", &small), ("large", &large)] {
+        let key = CacheKey::new("ds", name);
+        assert_eq!(cache.get(key.clone()).unwrap().unwrap().bytes(), &value[..]);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.path().join("L3/ds").join(name))
+            .unwrap();
+        file.write_all_at(&[value[3] ^ 0x55], 3).unwrap();
+        drop(file);
+        let again = if name == "small" {
+            cache.get(key.clone()).unwrap().unwrap().bytes().to_vec()
+        } else {
+            match cache.open(key.clone(), 1 << 20).unwrap().unwrap() {
+                vbus_cache::Found::Memory(value) => value.bytes().to_vec(),
+                vbus_cache::Found::File(mut reader) => {
+                    let mut bytes = Vec::new();
+                    std::io::Read::read_to_end(&mut reader, &mut bytes).unwrap();
+                    bytes
+                }
+            }
+        };
+        assert!(again == *value, "{name}: the damaged copy was served");
+        assert_eq!(
+            std::fs::read(dir.path().join("L3/ds").join(name)).unwrap(),
+            *value,
+            "{name}: L3 holds a good copy again"
+        );
+    }
+    assert_eq!(cache.store().stats().n_checksum_failures, 2);
+}

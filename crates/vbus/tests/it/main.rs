@@ -4,6 +4,7 @@
 mod api;
 mod bench;
 mod config;
+mod fuzz;
 mod init;
 mod integrity;
 mod load;
