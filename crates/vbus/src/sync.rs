@@ -908,7 +908,14 @@ impl PeerFiles {
             Ok(reader) => {
                 reader.filter(|r| r.meta().hash_hex().as_deref() == Some(query.blake3.as_str()))
             }
-            Err(err) => return Err(error(StatusCode::BAD_REQUEST, err.to_string())),
+            // This copy failed its checksum and was quarantined: not held here any more.
+            Err(err @ vbus_store::Error::ChecksumMismatch { .. }) => {
+                return Err(error(StatusCode::NOT_FOUND, err.to_string()));
+            }
+            Err(err @ vbus_store::Error::InvalidName { .. }) => {
+                return Err(error(StatusCode::BAD_REQUEST, err.to_string()));
+            }
+            Err(err) => return Err(error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string())),
         };
         let Some(mut reader) = held else {
             let Some(staging) = &self.staging else {
