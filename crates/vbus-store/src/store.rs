@@ -394,13 +394,7 @@ impl FileStore {
                             };
                             next_version += 1;
                             write_side_file(&index_dir, &file.key, &sums);
-                            changes.push(put_record(&file.key, &entry));
-                            if entry.pinned {
-                                changes.push(Record::Pin {
-                                    key: file.key.clone(),
-                                    pinned: true,
-                                });
-                            }
+                            journal_new_entry(&mut changes, &file.key, &entry);
                             entry
                         }
                         Err(err) => {
@@ -408,7 +402,7 @@ impl FileStore {
                             n_adopted += 1;
                             let entry = adopted_entry(&file, next_version, now, previous.pinned);
                             next_version += 1;
-                            changes.push(put_record(&file.key, &entry));
+                            journal_new_entry(&mut changes, &file.key, &entry);
                             entry
                         }
                     }
@@ -418,13 +412,7 @@ impl FileStore {
                     let pinned = previous.is_some_and(|entry| entry.pinned);
                     let entry = adopted_entry(&file, next_version, now, pinned);
                     next_version += 1;
-                    changes.push(put_record(&file.key, &entry));
-                    if entry.pinned {
-                        changes.push(Record::Pin {
-                            key: file.key.clone(),
-                            pinned: true,
-                        });
-                    }
+                    journal_new_entry(&mut changes, &file.key, &entry);
                     entry
                 }
             };
@@ -1408,6 +1396,17 @@ fn put_record(key: &str, entry: &Entry) -> Record {
         inode: entry.inode,
         mtime_ns: entry.mtime_ns,
         sums: entry.sums,
+    }
+}
+
+/// Journals a new version of `key` found on open: its put, and its pin when it keeps one.
+fn journal_new_entry(changes: &mut Vec<Record>, key: &str, entry: &Entry) {
+    changes.push(put_record(key, entry));
+    if entry.pinned {
+        changes.push(Record::Pin {
+            key: key.to_owned(),
+            pinned: true,
+        });
     }
 }
 

@@ -269,31 +269,37 @@ fn keep_aside(dir: &Path, segment: &SegmentInfo, offset: u64, bytes: &[u8]) -> S
     }
 }
 
+/// Takes the exclusive lock of the log in `dir` (`DIR/LOCK`), held as long as the file is. A busy
+/// lock is retried for a moment: a `fork` in another thread of this process briefly holds a copy
+/// of a just-released lock until its `exec`.
+pub(crate) fn lock_dir(dir: &Path) -> Result<File> {
+    let lock_path = dir.join("LOCK");
+    let lock = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .map_err(Error::io("open", &lock_path))?;
+    let deadline = Instant::now() + LOCK_WAIT;
+    while rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+        if Instant::now() >= deadline {
+            return Err(Error::Locked {
+                path: dir.to_owned(),
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    Ok(lock)
+}
+
 impl LogCore {
     /// Opens (or creates) the log in `dir`: takes its lock, checks the newest segment, zeroes a
     /// torn tail, and refuses any other damage with [`Error::Corrupt`].
     fn open(dir: impl Into<PathBuf>, options: LogOptions) -> Result<(Self, Recovery)> {
         let dir = dir.into();
         std::fs::create_dir_all(&dir).map_err(Error::io("create", &dir))?;
-        let lock_path = dir.join("LOCK");
-        let lock = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&lock_path)
-            .map_err(Error::io("open", &lock_path))?;
-        // A busy lock is retried for a moment: a `fork` in another thread of this process
-        // briefly holds a copy of a just-released lock until its `exec`.
-        let deadline = Instant::now() + LOCK_WAIT;
-        while rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
-            .is_err()
-        {
-            if Instant::now() >= deadline {
-                return Err(Error::Locked { path: dir });
-            }
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
+        let lock = lock_dir(&dir)?;
         let options = LogOptions {
             segment_bytes: options.segment_bytes.max(segment::HEADER_BYTES + 4096),
         };

@@ -9,7 +9,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 
-use crate::log::DAMAGED_DIR;
+use crate::log::{DAMAGED_DIR, lock_dir};
 use crate::segment;
 use crate::{Error, Result};
 
@@ -35,13 +35,13 @@ pub struct RepairPlan {
 /// tail, which the open repairs by itself, counts as good here). Takes the log's lock, so it
 /// fails while a daemon has the log open.
 pub fn plan(dir: &Path) -> Result<Option<RepairPlan>> {
-    let _lock = lock(dir)?;
+    let _lock = lock_dir(dir)?;
     find(dir)
 }
 
 /// Carries out [`plan`]'s cut; returns it (`None`: nothing to repair).
 pub fn repair(dir: &Path) -> Result<Option<RepairPlan>> {
-    let _lock = lock(dir)?;
+    let _lock = lock_dir(dir)?;
     let Some(plan) = find(dir)? else {
         return Ok(None);
     };
@@ -85,7 +85,7 @@ pub fn repair(dir: &Path) -> Result<Option<RepairPlan>> {
 /// `seq + 1`: for a log cut back behind a checkpoint at `seq`, which holds every record the log
 /// held up to it.
 pub fn restart_after(dir: &Path, seq: u64, segment_bytes: u64) -> Result<()> {
-    let _lock = lock(dir)?;
+    let _lock = lock_dir(dir)?;
     let aside = dir.join(DAMAGED_DIR);
     std::fs::create_dir_all(&aside).map_err(Error::io("create", &aside))?;
     for old in segment::list(dir)? {
@@ -148,23 +148,6 @@ fn find(dir: &Path) -> Result<Option<RepairPlan>> {
         }));
     }
     Ok(None)
-}
-
-fn lock(dir: &Path) -> Result<File> {
-    let path = dir.join("LOCK");
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(Error::io("open", &path))?;
-    if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
-        return Err(Error::Locked {
-            path: dir.to_owned(),
-        });
-    }
-    Ok(file)
 }
 
 fn file_name(path: &Path) -> String {
