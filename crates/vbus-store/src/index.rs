@@ -25,6 +25,14 @@ pub(crate) struct Entry {
     pub tick: u64,
 }
 
+impl Entry {
+    /// Whether this entry describes the published file `inode` of `version`. The inode alone does
+    /// not tell: once a replaced file is freed, a new file may get its number.
+    pub fn is_same_file(&self, inode: u64, version: u64) -> bool {
+        self.inode == inode && self.version == version
+    }
+}
+
 /// Entries by key (`dataset/path`), and keys by last access.
 #[derive(Debug, Default)]
 pub(crate) struct Index {

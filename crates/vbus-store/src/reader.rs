@@ -85,7 +85,9 @@ impl FileReader {
             Ok(()) => {}
             // Shorter than its index entry: truncated in place.
             Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => {
-                return Err(check.store.reject_read(&key, check.inode, start));
+                return Err(check
+                    .store
+                    .reject_read(&key, check.inode, self.meta.version, start));
             }
             Err(err) => {
                 return Err(Error::Io {
@@ -96,7 +98,9 @@ impl FileReader {
             }
         }
         if Some(crate::sums::piece_sum(&check.piece)) != check.sums.piece(index as usize) {
-            return Err(check.store.reject_read(&key, check.inode, start));
+            return Err(check
+                .store
+                .reject_read(&key, check.inode, self.meta.version, start));
         }
         check.loaded = Some(index);
         Ok(())

@@ -102,15 +102,17 @@ pub fn restart_after(dir: &Path, seq: u64, segment_bytes: u64) -> Result<()> {
 
 fn find(dir: &Path) -> Result<Option<RepairPlan>> {
     let segments = segment::list(dir)?;
-    let mut last_good_seq = 0;
     for (idx, info) in segments.iter().enumerate() {
         let bytes = segment::read(info)?;
-        let (offset, reason, next_seq) = match segment::scan(info, &bytes, |_| Ok(true)) {
+        // The scan visits only good records in sequence: the last it saw is the last good one.
+        let mut last_good_seq = info.first_seq.saturating_sub(1);
+        let scanned = segment::scan(info, &bytes, |record| {
+            last_good_seq = record.seq;
+            Ok(true)
+        });
+        let (offset, reason) = match scanned {
             Ok(end) => match end.damage {
-                None => {
-                    last_good_seq = end.next_seq.saturating_sub(1);
-                    continue;
-                }
+                None => continue,
                 // A torn tail of the newest segment is the open's to repair.
                 Some((offset, damage))
                     if idx + 1 == segments.len()
@@ -119,15 +121,10 @@ fn find(dir: &Path) -> Result<Option<RepairPlan>> {
                 {
                     return Ok(None);
                 }
-                Some((offset, damage)) => (offset, damage.to_string(), end.next_seq),
+                Some((offset, damage)) => (offset, damage.to_string()),
             },
-            Err(Error::Corrupt { offset, reason, .. }) => (offset, reason, 0),
+            Err(Error::Corrupt { offset, reason, .. }) => (offset, reason),
             Err(err) => return Err(err),
-        };
-        let next_seq = if next_seq == 0 {
-            last_good_seq + 1
-        } else {
-            next_seq
         };
         let later_segments: Vec<PathBuf> = segments[idx + 1..]
             .iter()
@@ -142,7 +139,7 @@ fn find(dir: &Path) -> Result<Option<RepairPlan>> {
             segment: info.path.clone(),
             offset,
             reason,
-            last_good_seq: next_seq.saturating_sub(1),
+            last_good_seq,
             later_segments,
             cut_bytes,
         }));

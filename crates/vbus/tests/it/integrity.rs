@@ -6,7 +6,7 @@ use std::path::Path;
 
 use rustix::process::Signal;
 
-use crate::support::{Daemon, http_get, run, vbus};
+use crate::support::{Daemon, http_get, http_get_bytes, run, vbus};
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
@@ -461,46 +461,6 @@ fn disk_faults_under_the_daemon_never_serve_a_wrong_byte() {
     eprintln!(
         "{N_ROUNDS} rounds: {n_damaged} damaged files refused, {n_deleted} deletions noticed"
     );
-}
-
-/// A GET over loopback; the status and the body's bytes (`Content-Length` bodies only).
-fn http_get_bytes(addr: &str, path: &str) -> (u16, Vec<u8>) {
-    use std::io::{Read as _, Write as _};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = Vec::new();
-    let _ = stream.read_to_end(&mut response);
-    let head_end = response
-        .windows(4)
-        .position(|window| window == b"\r\n\r\n")
-        .expect("an HTTP response")
-        + 4;
-    let head = String::from_utf8_lossy(&response[..head_end]).to_lowercase();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap();
-    let body = response[head_end..].to_vec();
-    if let Some(len) = head
-        .lines()
-        .find_map(|line| line.strip_prefix("content-length:"))
-        .and_then(|len| len.trim().parse::<usize>().ok())
-    {
-        assert!(body.len() <= len, "more bytes than announced");
-        if body.len() < len {
-            // A body cut short is a refusal the client sees as a broken transfer.
-            return (599, body);
-        }
-    }
-    (status, body)
 }
 
 /// Log bytes damaged under the running daemon: 200 rounds, each replaying the page at a random

@@ -52,6 +52,56 @@ pub fn run_ok(home: &Path, args: &[&str]) -> Run {
 
 /// A plain HTTP/1.1 GET over loopback; returns the status code and the body.
 pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let response = get_raw(addr, path).expect("daemon answers");
+    let response = String::from_utf8(response).expect("a UTF-8 response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("a status code");
+    (status, body.to_owned())
+}
+
+/// A GET over loopback; the status and the body's bytes. A body shorter than its
+/// `Content-Length` (the server broke the transfer off) gives the status 599.
+pub fn http_get_bytes(addr: &str, path: &str) -> (u16, Vec<u8>) {
+    let mut response = Vec::new();
+    // A transfer broken off mid-body ends the read with an error: what came is kept.
+    let _ = get_raw_into(addr, path, &mut response);
+    let head_end = response
+        .windows(4)
+        .position(|window| window == b"\r\n\r\n")
+        .expect("an HTTP response")
+        + 4;
+    let head = String::from_utf8_lossy(&response[..head_end]).to_lowercase();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("a status code");
+    let body = response[head_end..].to_vec();
+    if let Some(len) = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length:"))
+        .and_then(|len| len.trim().parse::<usize>().ok())
+    {
+        assert!(body.len() <= len, "more bytes than announced");
+        if body.len() < len {
+            return (599, body);
+        }
+    }
+    (status, body)
+}
+
+fn get_raw(addr: &str, path: &str) -> std::io::Result<Vec<u8>> {
+    let mut response = Vec::new();
+    get_raw_into(addr, path, &mut response)?;
+    Ok(response)
+}
+
+/// Sends `GET path` with `Connection: close` and reads the whole response into `response`.
+fn get_raw_into(addr: &str, path: &str, response: &mut Vec<u8>) -> std::io::Result<()> {
     use std::io::{Read as _, Write as _};
     let mut stream = std::net::TcpStream::connect(addr).expect("daemon accepts connections");
     stream
@@ -62,17 +112,7 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .expect("daemon answers");
-    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .expect("a status code");
-    (status, body.to_owned())
+    stream.read_to_end(response).map(|_| ())
 }
 
 /// A daemon started by a test; killed if the test ends without stopping it.
