@@ -14,6 +14,7 @@ mod key;
 mod manager;
 pub mod memory;
 pub mod policy;
+#[cfg(any(test, feature = "bench"))]
 pub mod replay;
 mod source;
 

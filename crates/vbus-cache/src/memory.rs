@@ -2,7 +2,7 @@
 //! hash. Each shard is a hash table of slots, a slab of entries and an eviction policy under one
 //! read-write lock (`parking_lot`'s, as `quick_cache` uses: its uncontended paths are cheaper
 //! than the standard library's, and a thread that meets the other kind of holder spins briefly
-//! before it parks; `vbus bench cache` measured LRU about 8% faster on one thread and two). A
+//! before it parks; `vbus-bench cache` measured LRU about 8% faster on one thread and two). A
 //! hit takes the shared lock (S3-FIFO and SIEVE only bump atomic state; an LRU hit that must
 //! reorder records the move, applied by the next holder of the exclusive lock); inserts,
 //! removals and evictions take it exclusively.

@@ -1,5 +1,5 @@
 //! Replays an access trace against one tier of a given capacity and policy, and counts hits:
-//! the hit-ratio half of `vbus bench cache` and `vbus bench cache --trace`.
+//! the hit-ratio half of `vbus-bench cache` and `vbus-bench cache --trace`.
 
 use std::collections::HashMap;
 

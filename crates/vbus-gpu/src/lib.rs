@@ -19,6 +19,7 @@ mod device;
 mod discovery;
 mod error;
 mod pool;
+#[cfg(feature = "bench")]
 pub mod reference;
 
 pub use alloc::ALIGN_BYTES;

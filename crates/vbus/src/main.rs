@@ -8,7 +8,6 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use vbus::bench::{self, Format, Mode, Reporter};
 use vbus::client::Client;
 use vbus::home::{self, Home, Overwrite};
 use vbus::scan::{Measure, SystemScan};
@@ -62,24 +61,6 @@ enum Command {
     State {
         #[command(subcommand)]
         command: StateCommand,
-    },
-    /// Run a benchmark suite; every figure is printed beside its same-run reference
-    Bench {
-        /// The suite to run (`vbus bench list` names them)
-        suite: String,
-        /// Small sizes, a few seconds (CI smoke test)
-        #[arg(long)]
-        quick: bool,
-        /// One JSON object per line instead of a table
-        #[arg(long)]
-        json: bool,
-        /// `cache` only: replay this access trace (one access per line: KEY or KEY SIZE_BYTES)
-        #[arg(long, value_name = "FILE")]
-        trace: Option<PathBuf>,
-        /// `cache --trace` only: the tier's capacity in bytes [default: a tenth of the trace's
-        /// distinct bytes]
-        #[arg(long, value_name = "BYTES")]
-        capacity: Option<u64>,
     },
     /// Store a value from FILE (or stdin) under KEY (DATASET/PATH, or a name in `default`)
     Put {
@@ -306,29 +287,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             command: ConfigCommand::Defaults,
         } => {
             write!(stdout, "{}", Config::default().to_json_pretty())?;
-        }
-        Command::Bench {
-            suite,
-            quick,
-            json,
-            trace,
-            capacity,
-        } => {
-            if suite == "list" {
-                for (name, what) in bench::SUITES {
-                    writeln!(stdout, "{name:<10} {what}")?;
-                }
-                return Ok(());
-            }
-            let mode = if quick { Mode::Quick } else { Mode::Full };
-            let format = if json { Format::Json } else { Format::Table };
-            let mut reporter = Reporter::new(stdout, format);
-            let options = bench::Options {
-                trace,
-                capacity_bytes: capacity,
-            };
-            bench::run(&suite, mode, &options, &home, &mut reporter)
-                .with_context(|| format!("bench {suite} failed"))?;
         }
         command => {
             let home_given = cli.home.is_some()

@@ -843,7 +843,7 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
 /// Byte ranges of the complete files of one store, served to peers that present the cluster
 /// token, counted (the load reported to the tracker) and paced by the upload limit.
 #[derive(Debug)]
-pub(crate) struct PeerFiles {
+pub struct PeerFiles {
     store: vbus_store::FileStore,
     /// Files in flight, whose verified pieces are served too.
     staging: Option<Arc<vbus_sync::Interconnect>>,
@@ -856,7 +856,7 @@ pub(crate) struct PeerFiles {
 }
 
 impl PeerFiles {
-    pub(crate) fn new(
+    pub fn new(
         store: vbus_store::FileStore,
         staging: Option<Arc<vbus_sync::Interconnect>>,
         manifests_dir: Option<PathBuf>,
@@ -873,7 +873,7 @@ impl PeerFiles {
         }
     }
 
-    pub(crate) fn uploads_now(&self) -> u32 {
+    pub fn uploads_now(&self) -> u32 {
         self.uploads.load(Ordering::Relaxed)
     }
 
@@ -1006,8 +1006,8 @@ impl PeerFiles {
 
 /// The peer routes (`/v1/bus/…`: byte ranges and manifests of `peer`), behind the cluster token
 /// rather than `api.token`; without a cluster token every request is refused (403). The daemon
-/// merges it beside its API, and `vbus bench sync` serves it for each in-process agent.
-pub(crate) fn peer_router(peer: Arc<PeerFiles>) -> Router {
+/// merges it beside its API, and `vbus-bench sync` serves it for each in-process agent.
+pub fn peer_router(peer: Arc<PeerFiles>) -> Router {
     async fn range(
         State(peer): State<Arc<PeerFiles>>,
         Path((dataset, path)): Path<(String, String)>,
@@ -1306,7 +1306,7 @@ pub fn run_tracker(home: &Home, listen: &str, token: Option<String>) -> anyhow::
 }
 
 /// The tracker's routes behind the cluster token.
-pub(crate) fn tracker_router(tracker: SharedTracker, token: String) -> Router {
+pub fn tracker_router(tracker: SharedTracker, token: String) -> Router {
     tracker_routes()
         .layer(axum::middleware::from_fn_with_state(
             Arc::new(token),
@@ -1326,7 +1326,7 @@ async fn tracker_auth(State(token): State<Arc<String>>, request: Request, next: 
     }
 }
 
-type SharedTracker = Arc<vbus_sync::Tracker>;
+pub type SharedTracker = Arc<vbus_sync::Tracker>;
 
 fn tracker_routes() -> Router<SharedTracker> {
     Router::new()

@@ -2,7 +2,6 @@
 //! loopback port.
 
 mod api;
-mod bench;
 mod config;
 mod fuzz;
 mod init;

@@ -1,4 +1,47 @@
-use crate::support::{run, run_ok, vbus};
+//! `vbus-bench` run the way a user runs it: each suite's quick mode prints every figure beside
+//! its same-run reference.
+
+use std::path::Path;
+use std::process::Command;
+
+/// A `vbus-bench` command whose scratch files go under `home`.
+fn vbus(home: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_vbus-bench"));
+    command
+        .env_remove("VBUS_HOME")
+        .env_remove("VBUS_LOG")
+        .arg("--home")
+        .arg(home);
+    command
+}
+
+/// A finished run, with its output as text.
+#[derive(Debug)]
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+fn run(command: &mut Command) -> Run {
+    let output = command.output().expect("vbus-bench runs");
+    Run {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// Runs `vbus-bench --home HOME ARGS..` and insists that it succeeds.
+fn run_ok(home: &Path, args: &[&str]) -> Run {
+    let result = run(vbus(home).args(args));
+    assert_eq!(
+        result.code,
+        Some(0),
+        "vbus-bench {args:?} failed: {result:#?}"
+    );
+    result
+}
 
 /// `--json` output: one JSON object per line.
 fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
@@ -11,7 +54,7 @@ fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
 #[test]
 fn bench_scan_quick_prints_each_figure_beside_dd() {
     let dir = tempfile::tempdir().unwrap();
-    let result = run_ok(dir.path(), &["bench", "scan", "--quick", "--json"]);
+    let result = run_ok(dir.path(), &["scan", "--quick", "--json"]);
     let lines = json_lines(&result.stdout);
     let metrics: Vec<&str> = lines
         .iter()
@@ -43,7 +86,7 @@ fn bench_scan_quick_prints_each_figure_beside_dd() {
 #[test]
 fn bench_table_and_unknown_suite() {
     let dir = tempfile::tempdir().unwrap();
-    let listed = run_ok(dir.path(), &["bench", "list"]);
+    let listed = run_ok(dir.path(), &["list"]);
     for suite in ["gpu ", "scan ", "store "] {
         assert!(
             listed.stdout.lines().any(|line| line.starts_with(suite)),
@@ -51,7 +94,7 @@ fn bench_table_and_unknown_suite() {
             listed.stdout
         );
     }
-    let unknown = run(vbus(dir.path()).args(["bench", "warp-drive", "--quick"]));
+    let unknown = run(vbus(dir.path()).args(["warp-drive", "--quick"]));
     assert_eq!(unknown.code, Some(1));
     assert!(
         unknown
@@ -65,7 +108,7 @@ fn bench_table_and_unknown_suite() {
 #[test]
 fn bench_store_quick_prints_each_figure_beside_std_fs() {
     let dir = tempfile::tempdir().unwrap();
-    let result = run_ok(dir.path(), &["bench", "store", "--quick", "--json"]);
+    let result = run_ok(dir.path(), &["store", "--quick", "--json"]);
     let lines = json_lines(&result.stdout);
     let metrics: Vec<&str> = lines
         .iter()
@@ -107,7 +150,7 @@ fn bench_store_quick_prints_each_figure_beside_std_fs() {
 #[test]
 fn bench_gpu_quick_runs_on_the_simulated_device_and_says_so() {
     let dir = tempfile::tempdir().unwrap();
-    let result = run_ok(dir.path(), &["bench", "gpu", "--quick", "--json"]);
+    let result = run_ok(dir.path(), &["gpu", "--quick", "--json"]);
     let lines = json_lines(&result.stdout);
     let has_gpu = std::path::Path::new("/proc/driver/nvidia").exists();
     let metrics: Vec<String> = lines
@@ -164,7 +207,7 @@ fn bench_gpu_quick_runs_on_the_simulated_device_and_says_so() {
 #[test]
 fn bench_cache_quick_compares_with_quick_cache_and_moka() {
     let dir = tempfile::tempdir().unwrap();
-    let result = run_ok(dir.path(), &["bench", "cache", "--quick", "--json"]);
+    let result = run_ok(dir.path(), &["cache", "--quick", "--json"]);
     let lines = json_lines(&result.stdout);
     let references: std::collections::BTreeSet<&str> = lines
         .iter()
@@ -231,7 +274,6 @@ fn bench_cache_replays_a_trace() {
     let result = run_ok(
         dir.path(),
         &[
-            "bench",
             "cache",
             "--json",
             "--trace",
@@ -248,7 +290,7 @@ fn bench_cache_replays_a_trace() {
         assert!(ours > 0.9, "{line}");
     }
     std::fs::write(&trace, "key not-a-size\n").unwrap();
-    let bad = run(vbus(dir.path()).args(["bench", "cache", "--trace", trace.to_str().unwrap()]));
+    let bad = run(vbus(dir.path()).args(["cache", "--trace", trace.to_str().unwrap()]));
     assert_eq!(bad.code, Some(1));
     assert!(
         bad.stderr
@@ -256,9 +298,9 @@ fn bench_cache_replays_a_trace() {
         "{}",
         bad.stderr
     );
-    let misplaced = run(vbus(dir.path()).args(["bench", "scan", "--capacity", "5"]));
+    let misplaced = run(vbus(dir.path()).args(["scan", "--capacity", "5"]));
     assert!(
-        misplaced.stderr.contains("belong to `vbus bench cache`"),
+        misplaced.stderr.contains("belong to `vbus-bench cache`"),
         "{}",
         misplaced.stderr
     );
@@ -267,7 +309,7 @@ fn bench_cache_replays_a_trace() {
 #[test]
 fn bench_state_quick_compares_with_the_seed_okaywal_and_fdatasync() {
     let dir = tempfile::tempdir().unwrap();
-    let result = run_ok(dir.path(), &["bench", "state", "--quick", "--json"]);
+    let result = run_ok(dir.path(), &["state", "--quick", "--json"]);
     let lines = json_lines(&result.stdout);
     let pairs: Vec<(&str, &str)> = lines
         .iter()
@@ -332,7 +374,7 @@ fn bench_state_quick_compares_with_the_seed_okaywal_and_fdatasync() {
 #[test]
 fn bench_api_quick_measures_the_api_beside_the_library() {
     let dir = tempfile::tempdir().unwrap();
-    let result = run_ok(dir.path(), &["bench", "api", "--quick", "--json"]);
+    let result = run_ok(dir.path(), &["api", "--quick", "--json"]);
     let lines = json_lines(&result.stdout);
     let metrics: Vec<&str> = lines
         .iter()
@@ -374,7 +416,7 @@ fn bench_api_quick_measures_the_api_beside_the_library() {
 #[test]
 fn bench_sync_quick_compares_peer_to_peer_with_the_master_alone() {
     let dir = tempfile::tempdir().unwrap();
-    let result = run_ok(dir.path(), &["bench", "sync", "--quick", "--json"]);
+    let result = run_ok(dir.path(), &["sync", "--quick", "--json"]);
     let lines = json_lines(&result.stdout);
     let metric = |name: &str| {
         lines

@@ -1,4 +1,4 @@
-//! `vbus bench state`: the state bus against the seed's published baselines (page alloc, sparse
+//! `vbus-bench state`: the state bus against the published baselines of the origin documents (page alloc, sparse
 //! delta, propagation), and its transaction log against `okaywal` and a raw `fdatasync` loop on
 //! the same disk, plus replay speed.
 
@@ -12,8 +12,8 @@ use vbus_state::{Delta, Durability, ElemType, Location, MergeOp, Rule, StateBus}
 use vbus_tlog::{Log, LogOptions};
 
 use super::{Better, Device, Measurement, Mode, Reporter, Scratch, median};
-use crate::home::Home;
-use crate::scan;
+use vbus::home::Home;
+use vbus::scan;
 
 const SUITE: &str = "state";
 /// The seed's published figures (MMSB README, "Known hotspots").
@@ -39,7 +39,7 @@ pub(super) fn run<W: Write>(
     std::fs::create_dir_all(&scratch.0)
         .with_context(|| format!("cannot create {}", scratch.0.display()))?;
     reporter.note(&format!(
-        "bench state at {}: the bus against the seed's published baselines, its log in async mode \
+        "bench state at {}: the bus against the published baselines of the origin documents, its log in async mode \
          (changes queued in memory, written within 5 ms), then in buffered mode (each change \
          written to the OS before it returns: metrics ending _buffered_log); durable appends ({RECORD_BYTES}-byte \
          records, fdatasync) against okaywal 0.3 and a raw write + fdatasync loop; medians of 3",

@@ -1,4 +1,4 @@
-//! `vbus bench store`: the L3 store against plain `std::fs` on the same bytes, and its reopen time.
+//! `vbus-bench store`: the L3 store against plain `std::fs` on the same bytes, and its reopen time.
 
 use std::io::Write;
 use std::path::Path;
@@ -8,8 +8,8 @@ use anyhow::Context as _;
 use vbus_store::{FileStore, Verify};
 
 use super::{Better, Device, Measurement, Mode, Reporter, Scratch, gbps, median};
-use crate::home::Home;
-use crate::scan;
+use vbus::home::Home;
+use vbus::scan;
 
 const SUITE: &str = "store";
 /// Rounds per comparison (fewer when there are fewer files).

@@ -1,7 +1,8 @@
-//! `vbus bench api`: the daemon's HTTP API against the library underneath, in the same run: small
+//! `vbus-bench api`: the daemon's HTTP API against the library underneath, in the same run: small
 //! object gets at 64 connections (rate, p50, p99), and a large object's PUT and GET throughput.
 //!
-//! The daemon is this binary, started as `vbus up` on a scratch home and a free loopback port.
+//! The daemon is `vbus up` run by this binary (`vbus-bench __daemon HOME LISTEN`) on a scratch
+//! home and a free loopback port.
 
 use std::io::{BufRead as _, BufReader, Read as _, Write};
 use std::process::{Child, Command, Stdio};
@@ -10,8 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 
 use super::{Better, Device, Measurement, Mode, Reporter, Scratch, gbps};
-use crate::home::Home;
-use crate::scan;
+use vbus::home::Home;
+use vbus::scan;
 
 const SUITE: &str = "api";
 const N_CONNECTIONS: usize = 64;
@@ -34,9 +35,9 @@ impl Drop for DaemonChild {
 fn start_daemon(home: &std::path::Path) -> anyhow::Result<DaemonChild> {
     let exe = std::env::current_exe().context("cannot find this executable")?;
     let mut child = Command::new(exe)
-        .arg("--home")
+        .arg(super::DAEMON_ARG)
         .arg(home)
-        .args(["up", "--listen", "127.0.0.1:0"])
+        .arg("127.0.0.1:0")
         .env_remove("VBUS_HOME")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -108,7 +109,7 @@ pub(super) fn run<W: Write>(
 
     // Small objects: put them, then 64 connections get them at random.
     let setup = agent();
-    let small = crate::scan::pattern(SMALL_OBJECT_BYTES);
+    let small = vbus::scan::pattern(SMALL_OBJECT_BYTES);
     for idx in 0..N_SMALL_OBJECTS {
         let response = setup
             .put(format!("{base}/v1/objects/bench/s{idx}"))
@@ -203,7 +204,7 @@ pub(super) fn run<W: Write>(
     }
 
     // A large object through the API (streamed both ways) and through the library.
-    let large = crate::scan::pattern(large_bytes as usize);
+    let large = vbus::scan::pattern(large_bytes as usize);
     let started = Instant::now();
     let response = setup
         .put(format!("{base}/v1/objects/bench/large"))

@@ -1,12 +1,12 @@
-//! `vbus bench scan`: the scan's disk figures at the home against `dd` on the same file.
+//! `vbus-bench scan`: the scan's disk figures at the home against `dd` on the same file.
 
 use std::io::Write;
 
 use anyhow::Context as _;
 
 use super::{Better, Device, Measurement, Mode, Reporter, Scratch, median, time_dd};
-use crate::home::Home;
-use crate::scan::{self, IO_BLOCK_BYTES, PageCache};
+use vbus::home::Home;
+use vbus::scan::{self, IO_BLOCK_BYTES, PageCache};
 
 const SUITE: &str = "scan";
 

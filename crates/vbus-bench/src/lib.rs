@@ -1,5 +1,6 @@
-//! `vbus bench SUITE [--quick] [--json]`: every figure beside its reference measured in the same
-//! run, and the ratio (oriented so that above 1 is better).
+//! VBUS benchmarks, `vbus-bench SUITE [--quick] [--json]`: every figure beside its reference
+//! measured in the same run, and the ratio (oriented so that above 1 is better). The reference
+//! crates (quick_cache, moka, foyer-memory, okaywal) are linked here only, not into `vbus`.
 
 mod api;
 mod cache;
@@ -17,9 +18,12 @@ use anyhow::Context as _;
 
 use serde::Serialize;
 
-use crate::home::Home;
+use vbus::home::Home;
 
-/// The suites `vbus bench` knows, with one line each.
+/// The first argument that makes `vbus-bench` run the daemon (`vbus up`) for the `api` suite.
+pub const DAEMON_ARG: &str = "__daemon";
+
+/// The suites `vbus-bench` knows, with one line each.
 pub const SUITES: [(&str, &str); 7] = [
     (
         "api",
@@ -241,7 +245,7 @@ pub fn run<W: Write>(
     reporter: &mut Reporter<W>,
 ) -> anyhow::Result<()> {
     if suite != "cache" && (options.trace.is_some() || options.capacity_bytes.is_some()) {
-        anyhow::bail!("--trace and --capacity belong to `vbus bench cache`, not {suite:?}");
+        anyhow::bail!("--trace and --capacity belong to `vbus-bench cache`, not {suite:?}");
     }
     if options.capacity_bytes.is_some() && options.trace.is_none() {
         anyhow::bail!("--capacity sets the capacity of a --trace replay; give --trace FILE too");
@@ -320,7 +324,7 @@ pub(crate) fn time_dd(args: &[&str], n_bytes: u64) -> anyhow::Result<f64> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .context("cannot run dd, a reference of `vbus bench` (install coreutils)")?;
+        .context("cannot run dd, a reference of `vbus-bench` (install coreutils)")?;
     let rate = gbps(n_bytes, started);
     anyhow::ensure!(status.success(), "dd {} failed: {status}", args.join(" "));
     Ok(rate)

@@ -1,4 +1,4 @@
-//! `vbus bench gpu`: the copy engine and the pools against raw driver operations, and a model
+//! `vbus-bench gpu`: the copy engine and the pools against raw driver operations, and a model
 //! file into VRAM against `dd` and `safetensors`. Without a GPU it runs on the simulated device
 //! and every line says so.
 
@@ -11,8 +11,8 @@ use anyhow::Context as _;
 use vbus_gpu::{BackendChoice, BackendKind, DeviceOptions, reference};
 
 use super::{Better, Device, Measurement, Mode, Reporter, Scratch, gbps, median, time_dd};
-use crate::home::Home;
-use crate::scan::{self, IO_BLOCK_BYTES};
+use vbus::home::Home;
+use vbus::scan::{self, IO_BLOCK_BYTES};
 
 const SUITE: &str = "gpu";
 const MIB: u64 = 1 << 20;

@@ -1,4 +1,4 @@
-//! `vbus bench sync`: distributing a dataset to several agents, peer to peer against pulls from
+//! `vbus-bench sync`: distributing a dataset to several agents, peer to peer against pulls from
 //! the master alone, with every agent's upload and download, and the master's egress, limited to
 //! the same rate.
 //!
@@ -18,9 +18,9 @@ use vbus_store::FileStore;
 use vbus_sync::{Http, Origin, RateLimiter, Swarm, Tracker, TrackerClient};
 
 use super::{Better, Device, Measurement, Mode, Reporter, Scratch};
-use crate::home::Home;
-use crate::scan;
-use crate::sync::{PeerFiles, peer_router, tracker_router};
+use vbus::home::Home;
+use vbus::scan;
+use vbus::sync::{PeerFiles, peer_router, tracker_router};
 
 const SUITE: &str = "sync";
 const TOKEN: &str = "bench-sync-cluster-token";
