@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 
 use super::{Better, Device, Measurement, Mode, Reporter, Scratch, gbps};
-use vbus::home::Home;
-use vbus::scan;
+use vbus_node::home::Home;
+use vbus_node::scan;
 
 const SUITE: &str = "api";
 const N_CONNECTIONS: usize = 64;
@@ -109,7 +109,7 @@ pub(super) fn run<W: Write>(
 
     // Small objects: put them, then 64 connections get them at random.
     let setup = agent();
-    let small = vbus::scan::pattern(SMALL_OBJECT_BYTES);
+    let small = vbus_node::scan::pattern(SMALL_OBJECT_BYTES);
     for idx in 0..N_SMALL_OBJECTS {
         let response = setup
             .put(format!("{base}/v1/objects/bench/s{idx}"))
@@ -204,7 +204,7 @@ pub(super) fn run<W: Write>(
     }
 
     // A large object through the API (streamed both ways) and through the library.
-    let large = vbus::scan::pattern(large_bytes as usize);
+    let large = vbus_node::scan::pattern(large_bytes as usize);
     let started = Instant::now();
     let response = setup
         .put(format!("{base}/v1/objects/bench/large"))

@@ -289,7 +289,7 @@ fn movement<W: Write>(mode: Mode, reporter: &mut Reporter<W>) -> anyhow::Result<
             .l3_dir(&l3_dir)
             .l2_capacity_bytes(0)
             .build()?;
-        let bytes = vbus::scan::pattern(value_bytes as usize);
+        let bytes = vbus_node::scan::pattern(value_bytes as usize);
         for key in &keys {
             cache.put(key.as_str(), &bytes)?;
         }
@@ -417,7 +417,7 @@ fn movement<W: Write>(mode: Mode, reporter: &mut Reporter<W>) -> anyhow::Result<
 /// files with `std::fs::write` + `sync_all`; four rounds with the order alternating (this VM's disk
 /// is faster in bursts), the median of each.
 fn write_back_flush(scratch: &Path, n_values: u64, value_bytes: u64) -> anyhow::Result<(f64, f64)> {
-    let bytes = vbus::scan::pattern(value_bytes as usize);
+    let bytes = vbus_node::scan::pattern(value_bytes as usize);
     let (mut ours, mut plain) = (Vec::new(), Vec::new());
     for round_idx in 0..4usize {
         for first in [round_idx % 2 == 0, round_idx % 2 == 1] {

@@ -11,8 +11,8 @@ use anyhow::Context as _;
 use vbus_gpu::{BackendChoice, BackendKind, DeviceOptions, reference};
 
 use super::{Better, Device, Measurement, Mode, Reporter, Scratch, gbps, median, time_dd};
-use vbus::home::Home;
-use vbus::scan::{self, IO_BLOCK_BYTES};
+use vbus_node::home::Home;
+use vbus_node::scan::{self, IO_BLOCK_BYTES};
 
 const SUITE: &str = "gpu";
 const MIB: u64 = 1 << 20;

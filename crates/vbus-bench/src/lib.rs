@@ -18,7 +18,7 @@ use anyhow::Context as _;
 
 use serde::Serialize;
 
-use vbus::home::Home;
+use vbus_node::home::Home;
 
 /// The first argument that makes `vbus-bench` run the daemon (`vbus up`) for the `api` suite.
 pub const DAEMON_ARG: &str = "__daemon";

@@ -7,8 +7,8 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
-use vbus::home::Home;
 use vbus_bench::{Format, Mode, Reporter};
+use vbus_node::home::Home;
 
 /// Runs a VBUS benchmark suite; every figure is printed beside its same-run reference and the
 /// ratio (above 1 is better).

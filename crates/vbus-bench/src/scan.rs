@@ -5,8 +5,8 @@ use std::io::Write;
 use anyhow::Context as _;
 
 use super::{Better, Device, Measurement, Mode, Reporter, Scratch, median, time_dd};
-use vbus::home::Home;
-use vbus::scan::{self, IO_BLOCK_BYTES, PageCache};
+use vbus_node::home::Home;
+use vbus_node::scan::{self, IO_BLOCK_BYTES, PageCache};
 
 const SUITE: &str = "scan";
 

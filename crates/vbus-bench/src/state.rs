@@ -12,8 +12,8 @@ use vbus_state::{Delta, Durability, ElemType, Location, MergeOp, Rule, StateBus}
 use vbus_tlog::{Log, LogOptions};
 
 use super::{Better, Device, Measurement, Mode, Reporter, Scratch, median};
-use vbus::home::Home;
-use vbus::scan;
+use vbus_node::home::Home;
+use vbus_node::scan;
 
 const SUITE: &str = "state";
 /// The seed's published figures (MMSB README, "Known hotspots").

@@ -8,8 +8,8 @@ use anyhow::Context as _;
 use vbus_store::{FileStore, Verify};
 
 use super::{Better, Device, Measurement, Mode, Reporter, Scratch, gbps, median};
-use vbus::home::Home;
-use vbus::scan;
+use vbus_node::home::Home;
+use vbus_node::scan;
 
 const SUITE: &str = "store";
 /// Rounds per comparison (fewer when there are fewer files).

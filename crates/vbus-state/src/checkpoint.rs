@@ -5,7 +5,7 @@
 //! size u64 | bytes)* | n_edges u64 | (source u64 | target u64 | rule)* | crc32c u32` over
 //! everything before the CRC.
 
-use std::fs::{self, File};
+use std::fs;
 use std::io::{BufWriter, Write as _};
 use std::path::{Path, PathBuf};
 
@@ -86,14 +86,13 @@ pub(crate) fn write(
 ) -> Result<CheckpointInfo> {
     let seq = state.last_seq;
     let path = dir.join(format!("{PREFIX}{seq:020}{SUFFIX}"));
-    let tmp_path = dir.join(format!("{PREFIX}{seq:020}{SUFFIX}.tmp"));
-    let file = File::create(&tmp_path).map_err(Error::io("create", &tmp_path))?;
-    let mut out = CrcWriter {
-        inner: BufWriter::with_capacity(1 << 20, file),
-        crc: 0,
-    };
-    let io = Error::io("write", &tmp_path);
-    let written: std::io::Result<()> = (|| {
+    // The temporary name is `{name}.tmp`, removed by `list`.
+    let options = vbus_store::atomic::WholeWrite::default();
+    vbus_store::atomic::replace_with(&path, options, |file| {
+        let mut out = CrcWriter {
+            inner: BufWriter::with_capacity(1 << 20, file),
+            crc: 0,
+        };
         out.write_all(MAGIC)?;
         out.write_all(&seq.to_le_bytes())?;
         out.write_all(&state.next_page_id.to_le_bytes())?;
@@ -119,17 +118,8 @@ pub(crate) fn write(
         }
         let crc = out.crc;
         out.inner.write_all(&crc.to_le_bytes())?;
-        let file = out.inner.into_inner().map_err(|err| err.into_error())?;
-        file.sync_all()
-    })();
-    if let Err(err) = written {
-        let _ = fs::remove_file(&tmp_path);
-        return Err(io(err));
-    }
-    fs::rename(&tmp_path, &path).map_err(Error::io("rename", &path))?;
-    File::open(dir)
-        .and_then(|dir| dir.sync_all())
-        .map_err(Error::io("fsync", dir))?;
+        out.inner.flush()
+    })?;
     Ok(CheckpointInfo { seq, path })
 }
 

@@ -21,6 +21,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod atomic;
 mod error;
 mod index;
 mod name;

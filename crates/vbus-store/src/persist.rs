@@ -460,24 +460,16 @@ fn parse_snapshot(bytes: &[u8]) -> Option<Snapshot> {
     })
 }
 
-/// Writes `dir/name` as temp file, fsync, rename, fsync of `dir`.
+/// Writes `dir/name` whole (see [`crate::atomic`]; the temporary `{name}.tmp` is removed on open).
 pub(crate) fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
-    let staging = dir.join(format!("{name}.tmp"));
-    let path = dir.join(name);
-    let mut file = File::create(&staging).map_err(Error::io("create", &staging))?;
-    file.write_all(bytes)
-        .map_err(Error::io("write", &staging))?;
-    file.sync_all().map_err(Error::io("fsync", &staging))?;
-    drop(file);
-    fs::rename(&staging, &path).map_err(Error::io("rename", &path))?;
-    sync_dir(dir)
+    let options = crate::atomic::WholeWrite::default();
+    crate::atomic::replace_with(&dir.join(name), options, |file| file.write_all(bytes))?;
+    Ok(())
 }
 
 /// fsyncs a directory, making renames and creations in it durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|file| file.sync_all())
-        .map_err(Error::io("fsync", dir))
+    crate::atomic::sync_dir(dir).map_err(Error::io("fsync", dir))
 }
 
 #[cfg(test)]

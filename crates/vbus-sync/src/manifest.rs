@@ -79,6 +79,16 @@ pub struct Manifest {
     pub files: Vec<FileEntry>,
 }
 
+impl From<vbus_store::atomic::WholeWriteError> for ManifestError {
+    fn from(err: vbus_store::atomic::WholeWriteError) -> Self {
+        Self::Io {
+            op: err.op,
+            path: err.path,
+            source: err.source,
+        }
+    }
+}
+
 fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ManifestError + use<> {
     let path = path.to_owned();
     move |source| ManifestError::Io { op, path, source }

@@ -410,17 +410,17 @@ impl Backend for DirBackend {
     ) -> Result<(), ManifestError> {
         let path = self.root.join(key);
         // The temporary file is hidden, so a manifest built meanwhile does not list it.
-        write_file_whole_from(
+        vbus_store::atomic::write_whole_from(
             &path,
             &mut std::io::Read::take(from, size_bytes),
             Some(size_bytes),
-        )
-        .map(drop)
-        .map_err(|(op, source)| ManifestError::Io { op, path, source })
+        )?;
+        Ok(())
     }
 
     fn write(&self, key: &str, bytes: &[u8]) -> Result<(), ManifestError> {
-        write_atomically(&self.root.join(key), bytes)
+        vbus_store::atomic::write_whole(&self.root.join(key), bytes)?;
+        Ok(())
     }
 }
 
@@ -444,63 +444,6 @@ pub fn content_version(manifest: &Manifest) -> String {
 
 /// The name of the newest version.
 pub const LATEST: &str = "latest";
-
-/// Writes `bytes` to `path` whole: a temporary file beside it, synced, renamed, directory synced.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ManifestError> {
-    write_file_whole(path, bytes).map_err(|(op, source)| ManifestError::Io {
-        op,
-        path: path.to_owned(),
-        source,
-    })
-}
-
-/// Writes `bytes` to `path` whole, as [`write_file_whole_from`] does.
-pub fn write_file_whole(path: &Path, bytes: &[u8]) -> Result<(), (&'static str, std::io::Error)> {
-    write_file_whole_from(path, &mut &bytes[..], Some(bytes.len() as u64)).map(drop)
-}
-
-/// Replaces `path` whole with what `from` gives (exactly `expected_len` bytes when given), so
-/// that a crash leaves the old file or the new one: a hidden temporary file beside it (the
-/// parent made if missing), synced, renamed over it, the directory synced; the temporary file
-/// is removed on an error. Returns the new file's metadata as it was synced, before the rename
-/// (so a write by someone else after the rename shows as a change of size or modification
-/// time); an error says which step failed.
-pub fn write_file_whole_from(
-    path: &Path,
-    from: &mut dyn std::io::Read,
-    expected_len: Option<u64>,
-) -> Result<std::fs::Metadata, (&'static str, std::io::Error)> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| ("create the directory of", e))?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-    let tmp = dir.join(format!(".{}.vbus-tmp", name.unwrap_or_default()));
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp).map_err(|e| ("create", e))?;
-        let written = std::io::copy(from, &mut file).map_err(|e| ("write", e))?;
-        if let Some(expected) = expected_len
-            && written != expected
-        {
-            return Err((
-                "write",
-                std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    format!("{written} of {expected} bytes"),
-                ),
-            ));
-        }
-        file.sync_all().map_err(|e| ("sync", e))?;
-        let synced = file.metadata().map_err(|e| ("stat", e))?;
-        std::fs::rename(&tmp, path).map_err(|e| ("rename into", e))?;
-        std::fs::File::open(dir)
-            .and_then(|dir| dir.sync_all())
-            .map_err(|e| ("sync the directory of", e))?;
-        Ok(synced)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
 
 /// What a pull did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

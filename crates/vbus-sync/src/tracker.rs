@@ -111,6 +111,16 @@ struct Persisted {
     directory: Directory,
 }
 
+impl From<vbus_store::atomic::WholeWriteError> for TrackerError {
+    fn from(err: vbus_store::atomic::WholeWriteError) -> Self {
+        Self::Io {
+            op: err.op,
+            path: err.path,
+            source: err.source,
+        }
+    }
+}
+
 impl Default for Persisted {
     fn default() -> Self {
         Self {
@@ -282,13 +292,8 @@ impl Tracker {
     /// Writes the persisted state whole: temporary file, sync, rename, directory sync.
     fn save(&self, inner: &Inner) -> Result<(), TrackerError> {
         let text = serde_json::to_vec(&inner.persisted).expect("the state serialises");
-        crate::origin::write_file_whole(&self.path, &text).map_err(|(op, source)| {
-            TrackerError::Io {
-                op,
-                path: self.path.clone(),
-                source,
-            }
-        })
+        vbus_store::atomic::write_whole(&self.path, &text)?;
+        Ok(())
     }
 
     /// Registers (or re-registers) agent `id` answering at `addr`.

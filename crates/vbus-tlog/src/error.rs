@@ -84,5 +84,15 @@ impl Error {
     }
 }
 
+impl From<vbus_store::atomic::WholeWriteError> for Error {
+    fn from(err: vbus_store::atomic::WholeWriteError) -> Self {
+        Self::Io {
+            op: err.op,
+            path: err.path,
+            source: err.source,
+        }
+    }
+}
+
 /// `Result` with [`Error`] as the default error type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -2,9 +2,11 @@
 //! size. A segment is created whole (header written, space allocated, synced) under a temporary
 //! name and renamed into place, so a crash never leaves a half-made segment.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
+
+use vbus_store::atomic::WholeWrite;
 
 use crate::record::{self, DecodeError};
 use crate::{Error, Result};
@@ -66,32 +68,24 @@ fn header(first_seq: u64, size_bytes: u64) -> [u8; HEADER_BYTES as usize] {
 /// Creates the segment whose first record is `first_seq`, `size_bytes` long, durably.
 pub(crate) fn create(dir: &Path, first_seq: u64, size_bytes: u64) -> Result<(SegmentInfo, File)> {
     let path = dir.join(file_name(first_seq));
-    let tmp_path = dir.join(format!("{first_seq:020}{TMP_SUFFIX}"));
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp_path)
-        .map_err(Error::io("create", &tmp_path))?;
-    file.write_all(&header(first_seq, size_bytes))
-        .map_err(Error::io("write", &tmp_path))?;
-    // Real blocks, so appends do not allocate (and an fdatasync need not write metadata);
-    // file systems without fallocate get a sparse file of the same size.
-    if rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, size_bytes).is_err() {
-        file.set_len(size_bytes)
-            .map_err(Error::io("size", &tmp_path))?;
-    }
-    file.sync_all().map_err(Error::io("fsync", &tmp_path))?;
-    fs::rename(&tmp_path, &path).map_err(Error::io("rename", &path))?;
-    sync_dir(dir)?;
+    // The temporary name is `{name}.tmp` (`TMP_SUFFIX`), removed by `list`.
+    let written = vbus_store::atomic::replace_with(&path, WholeWrite::default(), |file| {
+        file.write_all(&header(first_seq, size_bytes))?;
+        // Real blocks, so appends do not allocate (and an fdatasync need not write metadata);
+        // file systems without fallocate get a sparse file of the same size.
+        if rustix::fs::fallocate(&*file, rustix::fs::FallocateFlags::empty(), 0, size_bytes)
+            .is_err()
+        {
+            file.set_len(size_bytes)?;
+        }
+        Ok(())
+    })?;
+    let file = written.file;
     Ok((SegmentInfo { first_seq, path }, file))
 }
 
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|file| file.sync_all())
-        .map_err(Error::io("fsync", dir))
+    vbus_store::atomic::sync_dir(dir).map_err(Error::io("fsync", dir))
 }
 
 /// The whole segment file, its header checked against the name.

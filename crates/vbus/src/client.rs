@@ -12,7 +12,7 @@ use std::io::{Read, Write};
 use anyhow::Context as _;
 use serde_json::Value as Json;
 
-use crate::Home;
+use vbus_node::Home;
 
 /// Bytes beyond which a transfer on a terminal shows its progress.
 const PROGRESS_MIN_BYTES: u64 = 8 << 20;
@@ -66,7 +66,7 @@ impl Client {
         let config = if home.config_path().is_file() {
             home.load_config()?
         } else {
-            crate::Config::default()
+            vbus_node::Config::default()
         };
         let addr = match addr.map(str::to_owned).or_else(|| {
             std::env::var("VBUS_ADDR")

@@ -17,10 +17,10 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::config::Config;
-use crate::home::{self, Home, Overwrite};
 use crate::sync::BusAgent;
-use crate::tiers::{self, Tiers};
+use vbus_node::config::Config;
+use vbus_node::home::{self, Home, Overwrite};
+use vbus_node::tiers::{self, Tiers};
 
 /// The daemon's shared state.
 #[derive(Debug)]
@@ -82,7 +82,7 @@ pub fn up(home: &Home, listen: Option<&str>) -> anyhow::Result<()> {
         .local_addr()
         .context("cannot read the bound address")?;
     // Client commands given this home talk to this address (port 0 resolved).
-    crate::home::write_whole(&home.addr_path(), format!("{local_addr}\n").as_bytes())
+    vbus_store::atomic::write_whole(&home.addr_path(), format!("{local_addr}\n").as_bytes())
         .with_context(|| {
             format!(
                 "cannot record the address in {}",
@@ -307,7 +307,7 @@ async fn snapshot_metrics_periodically(state: Arc<AppState>) {
 fn stats_json(state: &AppState) -> serde_json::Value {
     let tiers = &state.config.cache_hierarchy;
     let cache = state.tiers.cache.get_stats();
-    let tier = |config: &crate::config::TierConfig,
+    let tier = |config: &vbus_node::config::TierConfig,
                 stats: &vbus_cache::TierStats,
                 extra: serde_json::Value| {
         let mut value = json!({
@@ -490,7 +490,7 @@ pub fn install_cli_logging() -> anyhow::Result<()> {
 }
 
 /// Installs the daemon's logging: the daemon log file and stderr.
-fn install_logging(home: &Home, audit: &crate::config::AuditConfig) -> anyhow::Result<()> {
+fn install_logging(home: &Home, audit: &vbus_node::config::AuditConfig) -> anyhow::Result<()> {
     use tracing_subscriber::prelude::*;
     let level = log_level(tracing_subscriber::filter::LevelFilter::INFO)?;
     let log_path = home.daemon_log_path();

@@ -9,15 +9,6 @@
 pub mod api;
 pub mod audit;
 pub mod client;
-pub mod config;
 pub mod daemon;
-pub mod home;
-pub mod repair;
 mod repos;
-pub mod scan;
 pub mod sync;
-pub mod tiers;
-
-pub use config::{Config, ConfigError};
-pub use home::Home;
-pub use scan::SystemScan;

@@ -9,9 +9,10 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use vbus::client::Client;
-use vbus::home::{self, Home, Overwrite};
-use vbus::scan::{Measure, SystemScan};
-use vbus::{Config, daemon};
+use vbus::daemon;
+use vbus_node::Config;
+use vbus_node::home::{self, Home, Overwrite};
+use vbus_node::scan::{Measure, SystemScan};
 
 /// VBUS keeps ML data hot in GPU VRAM (L1), warm in host RAM (L2) and cold as complete files on
 /// disk (L3), and moves it between tiers and machines.
@@ -281,7 +282,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::State {
             command: StateCommand::Repair { dry_run, yes },
         } => {
-            vbus::repair::run(&home, dry_run, yes, &mut stdout)?;
+            vbus_node::repair::run(&home, dry_run, yes, &mut stdout)?;
         }
         Command::Config {
             command: ConfigCommand::Defaults,
@@ -339,18 +340,23 @@ fn run_client(
         }
         Command::Get { key, file } => match file.filter(|path| path.as_os_str() != "-") {
             Some(path) => {
-                // Written beside the target and renamed: a failed transfer leaves no torn file.
-                let tmp = path.with_extension("vbus-partial");
-                let mut out = std::fs::File::create(&tmp)
-                    .with_context(|| format!("cannot create {}", tmp.display()))?;
-                let fetched = client.get(&key, &mut out);
-                if let Err(err) = fetched {
-                    let _ = std::fs::remove_file(&tmp);
+                // Written whole: a failed transfer leaves no torn file.
+                let options = vbus_store::atomic::WholeWrite {
+                    temp: vbus_store::atomic::TempName::Hidden,
+                    ..Default::default()
+                };
+                let mut failure = None;
+                let written = vbus_store::atomic::replace_with(&path, options, |out| {
+                    client.get(&key, out).map_err(|err| {
+                        let text = format!("{err:#}");
+                        failure = Some(err);
+                        std::io::Error::other(text)
+                    })
+                });
+                if let Some(err) = failure {
                     return Err(err);
                 }
-                out.sync_all()?;
-                std::fs::rename(&tmp, &path)
-                    .with_context(|| format!("cannot write {}", path.display()))?;
+                written?;
             }
             None => {
                 client.get(&key, stdout)?;

@@ -186,8 +186,8 @@ fn write_whole_from(
     path: &Path,
     from: &mut dyn std::io::Read,
 ) -> std::io::Result<std::fs::Metadata> {
-    vbus_sync::origin::write_file_whole_from(path, from, None)
-        .map_err(|(op, err)| std::io::Error::new(err.kind(), format!("cannot {op}: {err}")))
+    vbus_store::atomic::write_whole_from(path, from, None)
+        .map_err(|err| std::io::Error::new(err.source.kind(), err.to_string()))
 }
 
 impl Repositories {
@@ -360,7 +360,7 @@ impl Repositories {
                 round.copies += 1;
             }
         }
-        crate::sync::write_whole(&self.state_path, &serde_json::to_vec_pretty(&*state)?)?;
+        vbus_store::atomic::write_whole(&self.state_path, &serde_json::to_vec_pretty(&*state)?)?;
         Ok(round)
     }
 

@@ -29,9 +29,9 @@ use serde_json::json;
 use vbus_cache::{CacheKey, CacheManager};
 use vbus_sync::{Http, Manifest, Origin, PullError, Sink, Swarm, TrackerClient};
 
-use crate::Home;
 use crate::api::ApiError;
 use crate::daemon::AppState;
+use vbus_node::Home;
 
 /// Bytes per request when a file's newest version is fetched from its owner.
 const COHERENT_FETCH_BYTES: u64 = 8 << 20;
@@ -86,7 +86,7 @@ impl BusAgent {
     /// The agent of a daemon listening on `listen`.
     pub(crate) fn new(
         home: &Home,
-        config: &crate::Config,
+        config: &vbus_node::Config,
         listen: std::net::SocketAddr,
         store: vbus_store::FileStore,
         origin: Origin,
@@ -159,7 +159,7 @@ impl BusAgent {
         if let Some(dir) = &self.peer.manifests_dir {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
-            write_whole(
+            vbus_store::atomic::write_whole(
                 &dir.join(format!("{}@{}.json", manifest.dataset, manifest.version)),
                 manifest.to_json().as_bytes(),
             )?;
@@ -177,7 +177,11 @@ impl BusAgent {
                     .collect(),
             },
         );
-        write_whole(&self.holdings_path, &serde_json::to_vec_pretty(&*holdings)?)
+        vbus_store::atomic::write_whole(
+            &self.holdings_path,
+            &serde_json::to_vec_pretty(&*holdings)?,
+        )?;
+        Ok(())
     }
 
     /// Announces every recorded version whose files the store still holds with their hashes.
@@ -695,15 +699,9 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Writes `bytes` to `path` whole (temporary file, sync, rename, directory sync).
-pub(crate) fn write_whole(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
-    vbus_sync::origin::write_file_whole(path, bytes)
-        .map_err(|(op, err)| anyhow::anyhow!("cannot {op} {}: {err}", path.display()))
-}
-
 /// The master (`bus_config.master_db`: a directory, relative paths from the home, or an
 /// `s3://` bucket).
-pub(crate) fn master(home: &Home, config: &crate::Config) -> anyhow::Result<Origin> {
+pub(crate) fn master(home: &Home, config: &vbus_node::Config) -> anyhow::Result<Origin> {
     let bus = &config.bus_config;
     let location = config.master_db_location(home.root());
     let options = vbus_sync::S3Options {
@@ -732,7 +730,7 @@ pub(crate) struct BusSource {
 }
 
 impl BusSource {
-    pub(crate) fn new(config: &crate::Config, origin: Origin) -> Self {
+    pub(crate) fn new(config: &vbus_node::Config, origin: Origin) -> Self {
         let bus = &config.bus_config;
         let http = Http::new(bus.cluster_token.clone());
         Self {

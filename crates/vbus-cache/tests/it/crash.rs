@@ -2,14 +2,13 @@
 //! child is this test binary run again with `VBUS_CACHE_CRASH_CHILD` set.
 
 use std::collections::HashMap;
-use std::io::{BufRead as _, BufReader};
-use std::process::{Command, Stdio};
 use std::time::Duration;
+use vbus_test_support::crash as harness;
 
 use vbus_cache::{CacheKey, CacheManager};
 
-const CHILD_ENV: &str = "VBUS_CACHE_CRASH_CHILD";
-const ROUND_ENV: &str = "VBUS_CACHE_CRASH_ROUND";
+/// This test's name, for the harness to run it as the child.
+const TEST: &str = "crash::acknowledged_puts_survive_sigkill";
 const N_ROUNDS: u64 = 40;
 
 /// Bytes that name their key and tag, so a value of another key or a torn one is caught.
@@ -126,15 +125,8 @@ fn check(
 
 #[test]
 fn acknowledged_puts_survive_sigkill() {
-    if let Ok(root) = std::env::var(CHILD_ENV) {
-        let round = std::env::var(ROUND_ENV).unwrap().parse().unwrap();
-        workload(
-            std::path::Path::new(&root),
-            round,
-            None,
-            &mut std::io::stdout().lock(),
-        );
-        return;
+    if let Some(child) = harness::child() {
+        return workload(&child.dir, child.round, None, &mut std::io::stdout().lock());
     }
     // The same workload without a crash first: everything acknowledged reads back.
     let dir = tempfile::tempdir().unwrap();
@@ -149,36 +141,13 @@ fn acknowledged_puts_survive_sigkill() {
     let mut rng = fastrand::Rng::with_seed(9);
     let mut n_acks = 0;
     for round in 2..2 + N_ROUNDS {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "crash::acknowledged_puts_survive_sigkill",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_ENV, &root)
-            .env(ROUND_ENV, round.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let reader = std::thread::spawn(move || {
-            let mut text = String::new();
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                text.push_str(&line);
-                text.push('\n');
-            }
-            text
-        });
-        std::thread::sleep(Duration::from_millis(rng.u64(20..150)));
-        let _ = child.kill();
-        let status = child.wait().unwrap();
+        let after = Duration::from_millis(rng.u64(20..150));
+        let killed = harness::run_and_kill(TEST, &root, round, after);
         assert!(
-            status.code().is_none(),
-            "round {round}: the child exited by itself: {status}"
+            killed.by_the_kill,
+            "round {round}: the child exited by itself"
         );
-        let text = reader.join().unwrap();
+        let text = killed.stdout;
         n_acks += text.lines().filter(|line| line.starts_with("ack")).count();
         let in_flight = apply(&text, &mut acked);
         acked = check(&root, &acked, in_flight, &format!("round {round}"));

@@ -7,16 +7,17 @@
 //! same steps in another directory gives the expected state at any sequence number.
 
 use std::collections::HashMap;
-use std::io::{BufRead as _, BufReader, Write as _};
+use std::io::Write as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
+use vbus_test_support::crash as harness;
 
 use vbus_state::{Durability, StateBus};
 
 use crate::random_step;
 
-const CHILD_ENV: &str = "VBUS_STATE_CRASH_CHILD";
+/// This test's name, for the harness to run it as the child.
+const TEST: &str = "crash::sigkill_at_random_moments_keeps_every_acknowledged_change";
 const N_ROUNDS: u64 = 200;
 
 fn open(dir: &Path, durability: Durability) -> StateBus {
@@ -27,7 +28,7 @@ fn open(dir: &Path, durability: Durability) -> StateBus {
         .unwrap()
 }
 
-fn child(dir: &Path) {
+fn run_child(dir: &Path) {
     let bus = open(dir, Durability::Fdatasync);
     let mut out = std::io::stdout().lock();
     // libtest's "test NAME ... " has no line end yet: the first acknowledgement gets a line of its own.
@@ -46,48 +47,24 @@ fn child(dir: &Path) {
 
 #[test]
 fn sigkill_at_random_moments_keeps_every_acknowledged_change() {
-    if let Ok(dir) = std::env::var(CHILD_ENV) {
-        child(Path::new(&dir));
-        return;
+    if let Some(child) = harness::child() {
+        return run_child(&child.dir);
     }
     let dir = tempfile::tempdir().unwrap();
     let reference_dir = tempfile::tempdir().unwrap();
     let reference = open(reference_dir.path(), Durability::Buffered);
     let mut expected: HashMap<u64, [u8; 32]> = HashMap::new();
     expected.insert(0, reference.state_hash().unwrap());
-    let exe = std::env::current_exe().unwrap();
     let mut rng = fastrand::Rng::with_seed(11);
     let mut acked = 0u64;
     for round in 0..N_ROUNDS {
-        let mut child = Command::new(&exe)
-            .args([
-                "--exact",
-                "crash::sigkill_at_random_moments_keeps_every_acknowledged_change",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_ENV, dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let reader = std::thread::spawn(move || {
-            BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-                .filter_map(|line| {
-                    line.strip_prefix("ack ")
-                        .and_then(|s| s.parse::<u64>().ok())
-                })
-                .max()
-        });
-        std::thread::sleep(Duration::from_millis(rng.u64(10..60)));
-        child.kill().unwrap();
-        child.wait().unwrap();
-        if let Some(last) = reader.join().unwrap() {
-            acked = acked.max(last);
-        }
+        let after = Duration::from_millis(rng.u64(10..60));
+        let killed = harness::run_and_kill(TEST, dir.path(), round, after);
+        let last = killed
+            .acks()
+            .filter_map(|ack| ack.parse::<u64>().ok())
+            .max();
+        acked = acked.max(last.unwrap_or(0));
         let bus = StateBus::builder(dir.path())
             .segment_bytes(64 << 10)
             .open()

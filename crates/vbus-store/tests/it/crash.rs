@@ -2,21 +2,21 @@
 //! reopen every final path holds a complete version whose hash matches the index, everything
 //! acknowledged is there, and no staging file remains.
 //!
-//! The child is this test binary run again with [`CHILD_ENV`] set: the test
+//! The child is this test binary run again by `vbus_test_support::crash`: the test
 //! `bounded_workload_leaves_a_consistent_store` then runs the workload until it is killed.
 
 use std::collections::HashMap;
-use std::io::{BufRead as _, BufReader, Write as _};
+use std::io::Write as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
+use vbus_test_support::crash as harness;
 
 use vbus_store::FileStore;
 
 use crate::support::{check_content, content, files_on_disk};
 
-const CHILD_ENV: &str = "VBUS_STORE_CRASH_CHILD";
-const ROUND_ENV: &str = "VBUS_STORE_CRASH_ROUND";
+/// The test the harness runs as the child (it runs the workload until killed).
+const CHILD_TEST: &str = "crash::bounded_workload_leaves_a_consistent_store";
 const N_ROUNDS: u64 = 200;
 const N_KEYS: usize = 12;
 
@@ -168,13 +168,8 @@ fn apply_lines(
 
 #[test]
 fn bounded_workload_leaves_a_consistent_store() {
-    if let Ok(root) = std::env::var(CHILD_ENV) {
-        let round = std::env::var(ROUND_ENV)
-            .ok()
-            .and_then(|r| r.parse().ok())
-            .unwrap_or(0);
-        workload(Path::new(&root), round, None, &mut std::io::stdout().lock());
-        return;
+    if let Some(child) = harness::child() {
+        return workload(&child.dir, child.round, None, &mut std::io::stdout().lock());
     }
     let dir = tempfile::tempdir().unwrap();
     let mut lines = Vec::new();
@@ -204,40 +199,18 @@ fn sigkill_at_random_moments_tears_and_loses_nothing() {
     let mut rng = fastrand::Rng::with_seed(0x5eed);
     let mut n_acks_total = 0usize;
     for round in 1..=N_ROUNDS {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "crash::bounded_workload_leaves_a_consistent_store",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_ENV, &root)
-            .env(ROUND_ENV, round.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let reader = std::thread::spawn(move || {
-            BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-                .collect::<Vec<String>>()
-        });
         // Some rounds die during open (staging clean-up, index load), most while writing.
         let delay = if rng.u32(..5) == 0 {
             rng.u64(..15)
         } else {
             rng.u64(15..120)
         };
-        std::thread::sleep(Duration::from_millis(delay));
-        let _ = child.kill();
-        let status = child.wait().unwrap();
+        let killed = harness::run_and_kill(CHILD_TEST, &root, round, Duration::from_millis(delay));
         assert!(
-            status.code().is_none(),
-            "round {round}: the child exited by itself: {status}"
+            killed.by_the_kill,
+            "round {round}: the child exited by itself"
         );
-        let (in_flight, n_acks) = apply_lines(reader.join().unwrap().into_iter(), &mut acked);
+        let (in_flight, n_acks) = apply_lines(killed.stdout.lines().map(str::to_owned), &mut acked);
         n_acks_total += n_acks;
         let context = format!("round {round} (killed after {delay} ms)");
         acked = check_after_crash(&root, &acked, in_flight.as_ref(), &context);

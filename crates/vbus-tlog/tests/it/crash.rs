@@ -3,18 +3,19 @@
 //! log recovers, its records run without a gap from the first retained, every record
 //! acknowledged is there with its own bytes, and appends go on.
 //!
-//! The child is this test binary run again with [`CHILD_ENV`] set.
+//! The child is this test binary run again by `vbus_test_support::crash`.
 
-use std::io::{BufRead as _, BufReader, Write as _};
+use std::io::Write as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
+use vbus_test_support::crash as harness;
 
 use vbus_tlog::{Durability, Log, LogOptions};
 
 use crate::payload;
 
-const CHILD_ENV: &str = "VBUS_TLOG_CRASH_CHILD";
+/// This test's name, for the harness to run it as the child.
+const TEST: &str = "crash::sigkill_at_random_moments_loses_nothing_acknowledged";
 const N_ROUNDS: u64 = 200;
 
 fn options() -> LogOptions {
@@ -25,7 +26,7 @@ fn options() -> LogOptions {
 
 /// Appends until killed, printing `ack SEQ` once a record is durable as asked (buffered records
 /// survive a process kill, so every mode's acknowledgement counts here).
-fn child(dir: &Path) {
+fn run_child(dir: &Path) {
     let (log, _) = Log::open(dir, options()).unwrap();
     let mut out = std::io::stdout().lock();
     writeln!(out, "ready").unwrap();
@@ -52,45 +53,21 @@ fn child(dir: &Path) {
 
 #[test]
 fn sigkill_at_random_moments_loses_nothing_acknowledged() {
-    if let Ok(dir) = std::env::var(CHILD_ENV) {
-        child(Path::new(&dir));
-        return;
+    if let Some(child) = harness::child() {
+        return run_child(&child.dir);
     }
     let dir = tempfile::tempdir().unwrap();
-    let exe = std::env::current_exe().unwrap();
     let mut rng = fastrand::Rng::with_seed(7);
     let mut acked = 0u64;
     let mut n_torn = 0;
     for round in 0..N_ROUNDS {
-        let mut child = Command::new(&exe)
-            .args([
-                "--exact",
-                "crash::sigkill_at_random_moments_loses_nothing_acknowledged",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_ENV, dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let reader = std::thread::spawn(move || {
-            BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-                .filter_map(|line| {
-                    line.strip_prefix("ack ")
-                        .and_then(|s| s.parse::<u64>().ok())
-                })
-                .max()
-        });
-        std::thread::sleep(Duration::from_millis(rng.u64(5..40)));
-        child.kill().unwrap();
-        child.wait().unwrap();
-        if let Some(last) = reader.join().unwrap() {
-            acked = acked.max(last);
-        }
+        let after = Duration::from_millis(rng.u64(5..40));
+        let killed = harness::run_and_kill(TEST, dir.path(), round, after);
+        let last = killed
+            .acks()
+            .filter_map(|ack| ack.parse::<u64>().ok())
+            .max();
+        acked = acked.max(last.unwrap_or(0));
 
         let context = format!("round {round}");
         let (log, recovery) = Log::open(dir.path(), options())

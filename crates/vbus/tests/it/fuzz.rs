@@ -133,16 +133,16 @@ fn fuzz_manifests() {
 #[test]
 fn fuzz_configs() {
     let seeds = vec![
-        vbus::Config::default().to_json_pretty().into_bytes(),
+        vbus_node::Config::default().to_json_pretty().into_bytes(),
         br#"{"cache_hierarchy": {"L1_VRAM": {"max_size_mb": 64}}, "state": {"pages_max_mb": 8}}"#
             .to_vec(),
         b"{}".to_vec(),
     ];
     mutants(&seeds, 4, |bytes| {
         if let Ok(text) = std::str::from_utf8(bytes)
-            && let Ok(config) = vbus::Config::from_json_str(text, "<fuzz>")
+            && let Ok(config) = vbus_node::Config::from_json_str(text, "<fuzz>")
         {
-            let again = vbus::Config::from_json_str(&config.to_json_pretty(), "<fuzz>")
+            let again = vbus_node::Config::from_json_str(&config.to_json_pretty(), "<fuzz>")
                 .expect("a valid config's own JSON is valid");
             assert_eq!(again, config);
         }

@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use vbus::home::{CONFIG_FILE, LAUNCHERS, LAYOUT_DIRS};
+use vbus_node::home::{CONFIG_FILE, LAUNCHERS, LAYOUT_DIRS};
 
 use crate::support::{run, run_ok, vbus};
 
@@ -74,8 +74,8 @@ fn init_creates_the_whole_layout_and_a_valid_config() {
     let check = run_ok(&home, &["config", "check"]);
     assert!(check.stdout.trim_end().ends_with(": ok"), "{check:?}");
     // The tiers were sized from this machine, not left at the defaults.
-    let config = vbus::Config::load(&home.join(CONFIG_FILE)).unwrap();
-    let scan = vbus::SystemScan::run(&home, vbus::scan::Measure::InventoryOnly);
+    let config = vbus_node::Config::load(&home.join(CONFIG_FILE)).unwrap();
+    let scan = vbus_node::SystemScan::run(&home, vbus_node::scan::Measure::InventoryOnly);
     let l2_mb = config.cache_hierarchy.l2_ram.max_size_mb;
     assert!(
         l2_mb.is_multiple_of(64) && l2_mb * (1 << 20) <= scan.memory.total_bytes / 4 + (64 << 20)
@@ -113,7 +113,7 @@ fn an_edited_config_is_kept_unless_forced() {
         kept.stdout
     );
     assert_eq!(
-        vbus::Config::load(&config_path)
+        vbus_node::Config::load(&config_path)
             .unwrap()
             .bus_config
             .sync_interval_seconds,
@@ -127,7 +127,7 @@ fn an_edited_config_is_kept_unless_forced() {
         forced.stdout
     );
     assert_eq!(
-        vbus::Config::load(&config_path)
+        vbus_node::Config::load(&config_path)
             .unwrap()
             .bus_config
             .sync_interval_seconds,

@@ -23,7 +23,7 @@ fn up_initialises_the_home_serves_and_exits_zero_on_sigterm() {
     let (status, body) = http_get(&daemon.addr, "/v1/stats");
     assert_eq!(status, 200, "{body}");
     let stats: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let config = vbus::Config::load(&home.join("CONFIG/vbus_config.json")).unwrap();
+    let config = vbus_node::Config::load(&home.join("CONFIG/vbus_config.json")).unwrap();
     assert_eq!(
         stats["tiers"]["L2_RAM"]["capacity_bytes"].as_u64(),
         Some(config.cache_hierarchy.l2_ram.capacity_bytes())

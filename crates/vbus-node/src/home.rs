@@ -361,38 +361,15 @@ fn launchers(vbus_binary: &Path) -> [(&'static str, String, FileMode); 3] {
     ]
 }
 
-/// Writes a regular file atomically (see [`write_atomic`]).
-pub(crate) fn write_whole(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    write_atomic(path, bytes, FileMode::Regular)
-}
-
-/// Writes a file so that readers see the old version or the new one, never a part: a temporary
-/// file beside it, write, fsync, rename, fsync the directory.
+/// Writes a file whole (see [`vbus_store::atomic`]): readers see the old version or the new one.
 fn write_atomic(path: &Path, bytes: &[u8], mode: FileMode) -> anyhow::Result<()> {
-    let dir = path
-        .parent()
-        .context("a file to write has no parent directory")?;
-    let name = path
-        .file_name()
-        .context("a file to write has no name")?
-        .to_string_lossy();
-    let staging = dir.join(format!(".{name}.vbus-staging-{}", std::process::id()));
-    let result = (|| -> std::io::Result<()> {
-        let mut file = fs::File::create(&staging)?;
-        file.write_all(bytes)?;
-        #[cfg(unix)]
-        if mode == FileMode::Executable {
-            use std::os::unix::fs::PermissionsExt as _;
-            file.set_permissions(fs::Permissions::from_mode(0o755))?;
-        }
-        file.sync_all()?;
-        fs::rename(&staging, path)?;
-        fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&staging);
-    }
-    result.with_context(|| format!("cannot write {}", path.display()))
+    let options = vbus_store::atomic::WholeWrite {
+        temp: vbus_store::atomic::TempName::Hidden,
+        executable: mode == FileMode::Executable,
+        create_parent: false,
+    };
+    vbus_store::atomic::replace_with(path, options, |file| file.write_all(bytes))?;
+    Ok(())
 }
 
 #[cfg(test)]
