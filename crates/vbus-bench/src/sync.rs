@@ -18,9 +18,10 @@ use vbus_store::FileStore;
 use vbus_sync::{Http, Origin, RateLimiter, Swarm, Tracker, TrackerClient};
 
 use super::{Better, Device, Measurement, Mode, Reporter, Scratch};
-use vbus::sync::{PeerFiles, peer_router, tracker_router};
 use vbus_node::home::Home;
 use vbus_node::scan;
+use vbus_sync::serve::peer::{PeerFiles, peer_router};
+use vbus_sync::serve::tracker::tracker_router;
 
 const SUITE: &str = "sync";
 const TOKEN: &str = "bench-sync-cluster-token";

@@ -8,7 +8,7 @@ pub enum Error {
     #[error(transparent)]
     Store(#[from] vbus_store::Error),
     /// The source a miss went to failed.
-    #[error("source {source_name} failed for {dataset}/{path}: {message}")]
+    #[error("source {source_name} failed for {dataset}/{path}: {source}")]
     Source {
         /// The source's name.
         source_name: String,
@@ -16,8 +16,9 @@ pub enum Error {
         dataset: String,
         /// The path.
         path: String,
-        /// What went wrong.
-        message: String,
+        /// What went wrong, as the source said it.
+        #[source]
+        source: crate::SourceError,
     },
     /// The builder was given no L3 directory.
     #[error("the cache needs an L3 directory (CacheBuilder::l3_dir)")]

@@ -26,4 +26,4 @@ pub use manager::{
 };
 pub use memory::{Inserted, MemoryTier, TierStats};
 pub use policy::{Entries, Policy, PolicyKind, SlotTable, Victim};
-pub use source::{DirSource, Source};
+pub use source::{DirSource, Source, SourceError};

@@ -1207,11 +1207,11 @@ impl Inner {
         let Some(source) = &self.source else {
             return Ok(None);
         };
-        let fetched = source.fetch(key).map_err(|message| Error::Source {
+        let fetched = source.fetch(key).map_err(|err| Error::Source {
             source_name: source.name().to_owned(),
             dataset: key.dataset().to_owned(),
             path: key.path().to_owned(),
-            message,
+            source: err,
         })?;
         let Some(bytes) = fetched else {
             return Ok(None);

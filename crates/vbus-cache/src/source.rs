@@ -1,9 +1,13 @@
-//! Where a miss in every tier goes: the BUS implements [`Source`] later; [`DirSource`] reads a
-//! local directory laid out as `{root}/{dataset}/{path}`.
+//! Where a miss in every tier goes: the BUS implements [`Source`] (`vbus_sync::BusSource`);
+//! [`DirSource`] reads a local directory laid out as `{root}/{dataset}/{path}`.
 
 use std::path::{Path, PathBuf};
 
 use crate::CacheKey;
+
+/// Why a [`Source`] failed: its own error type, kept whole (with its chain) in
+/// [`Error::Source`](crate::Error::Source).
+pub type SourceError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A place values can be fetched from when no tier holds them. The cache never knows what is
 /// behind it.
@@ -11,7 +15,7 @@ pub trait Source: Send + Sync {
     /// A short name for errors and logs.
     fn name(&self) -> &str;
     /// The value of `key`, `Ok(None)` when the source does not have it.
-    fn fetch(&self, key: &CacheKey) -> Result<Option<Vec<u8>>, String>;
+    fn fetch(&self, key: &CacheKey) -> Result<Option<Vec<u8>>, SourceError>;
 }
 
 /// A local directory of datasets: `{root}/{dataset}/{path}`.
@@ -29,10 +33,10 @@ impl DirSource {
         Self { root, name }
     }
 
-    fn file(&self, key: &CacheKey) -> Result<PathBuf, String> {
+    fn file(&self, key: &CacheKey) -> Result<PathBuf, vbus_store::Error> {
         // The names are the store's to validate; refuse anything that could leave the root.
-        vbus_store::validate_dataset(key.dataset()).map_err(|err| err.to_string())?;
-        vbus_store::validate_path(key.path()).map_err(|err| err.to_string())?;
+        vbus_store::validate_dataset(key.dataset())?;
+        vbus_store::validate_path(key.path())?;
         Ok(self.root.join(key.dataset()).join(Path::new(key.path())))
     }
 }
@@ -42,12 +46,12 @@ impl Source for DirSource {
         &self.name
     }
 
-    fn fetch(&self, key: &CacheKey) -> Result<Option<Vec<u8>>, String> {
+    fn fetch(&self, key: &CacheKey) -> Result<Option<Vec<u8>>, SourceError> {
         let path = self.file(key)?;
         match std::fs::read(&path) {
             Ok(bytes) => Ok(Some(bytes)),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(err) => Err(format!("cannot read {}: {err}", path.display())),
+            Err(err) => Err(format!("cannot read {}: {err}", path.display()).into()),
         }
     }
 }

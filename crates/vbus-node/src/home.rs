@@ -1,9 +1,10 @@
 //! The VBUS home: its layout (from the seed), `vbus init`, and the rule that sizes the tiers.
 
 use std::fmt::Write as _;
-use std::fs;
-use std::io::Write as _;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read as _, Seek as _, Write as _};
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use anyhow::Context as _;
 
@@ -370,6 +371,49 @@ fn write_atomic(path: &Path, bytes: &[u8], mode: FileMode) -> anyhow::Result<()>
     };
     vbus_store::atomic::replace_with(path, options, |file| file.write_all(bytes))?;
     Ok(())
+}
+
+/// An exclusive `flock` on `.vbus.lock` at the home's root, held for a node's life (two never share a home); the file
+/// names the holder's pid.
+#[derive(Debug)]
+pub struct HomeLock {
+    _file: File,
+}
+
+impl HomeLock {
+    /// Takes the lock; refused, naming the holder's pid, while another node holds it.
+    pub fn acquire(home: &Home) -> anyhow::Result<Self> {
+        let path = home.lock_path();
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("cannot open the lock file {}", path.display()))?;
+        // Retried briefly: a client probing whether a daemon runs holds a shared lock for an
+        // instant.
+        let deadline = Instant::now() + std::time::Duration::from_secs(1);
+        while rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+            .is_err()
+        {
+            if Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                continue;
+            }
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            anyhow::bail!(
+                "another vbus daemon (pid {}) is running on the home {}",
+                holder.trim(),
+                home.root().display()
+            );
+        }
+        file.set_len(0)?;
+        file.rewind()?;
+        write!(file, "{}", std::process::id())?;
+        Ok(Self { _file: file })
+    }
 }
 
 #[cfg(test)]

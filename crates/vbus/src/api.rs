@@ -22,13 +22,13 @@ use serde_json::json;
 use vbus_cache::{CacheKey, Found};
 use vbus_state::{Delta, ElemType, Location, MergeOp, PageId, Rule, StateBus};
 
+use vbus_sync::serve::{bearer, constant_time_eq};
+
 use crate::daemon::AppState;
 
 /// Bodies up to this size are taken whole and go through the cache's `put` (kept in L2, and
 /// write-back when configured); larger ones are streamed to L3.
 const SMALL_PUT_BYTES: u64 = 8 << 20;
-/// Values up to this size are served from memory (and promoted); larger ones stream from L3.
-const PROMOTE_MAX_BYTES: u64 = 64 << 20;
 /// The largest JSON body accepted.
 const JSON_BODY_MAX_BYTES: usize = 1 << 20;
 /// The largest binary delta accepted.
@@ -43,6 +43,9 @@ const STREAM_CHUNKS_IN_FLIGHT: usize = 4;
 pub struct ApiError {
     status: StatusCode,
     message: String,
+    /// For a 500: what failed, shown instead of `message` (which goes to the log); `None` when
+    /// the message is for the client (damaged data, named by file and offset).
+    what: Option<&'static str>,
 }
 
 impl ApiError {
@@ -50,12 +53,14 @@ impl ApiError {
         Self {
             status,
             message: message.into(),
+            what: Some("the daemon failed"),
         }
     }
 
-    /// What went wrong, as the answer's body says it.
-    pub(crate) fn message(&self) -> &str {
-        &self.message
+    /// What failed, for a 500 (see [`ApiError::what`]).
+    fn with_what(mut self, what: Option<&'static str>) -> Self {
+        self.what = what;
+        self
     }
 
     fn bad_request(message: impl Into<String>) -> Self {
@@ -72,11 +77,9 @@ impl ApiError {
 }
 
 impl IntoResponse for ApiError {
+    /// `{"error": message}`; a 500 shows a request id instead of its detail, which is logged.
     fn into_response(self) -> Response {
-        if self.status.is_server_error() {
-            tracing::error!(status = %self.status, error = %self.message, "request failed");
-        }
-        (self.status, Json(json!({ "error": self.message }))).into_response()
+        vbus_sync::serve::error_response(self.status, self.what, &self.message)
     }
 }
 
@@ -90,7 +93,11 @@ impl From<vbus_store::Error> for ApiError {
             E::CapacityExhausted { .. } => StatusCode::INSUFFICIENT_STORAGE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        Self::new(status, err.to_string())
+        let damage = matches!(
+            err,
+            E::ChecksumMismatch { .. } | E::Damaged { .. } | E::UnsupportedFormat { .. }
+        );
+        Self::new(status, err.to_string()).with_what((!damage).then_some("the L3 store failed"))
     }
 }
 
@@ -100,6 +107,27 @@ impl From<vbus_cache::Error> for ApiError {
             vbus_cache::Error::Store(err) => err.into(),
             other => Self::internal(other),
         }
+    }
+}
+
+impl From<vbus_node::NodeError> for ApiError {
+    fn from(err: vbus_node::NodeError) -> Self {
+        use vbus_node::NodeError as E;
+        match err {
+            E::Cache(err) => err.into(),
+            E::Store(err) => err.into(),
+            E::State(err) => err.into(),
+            E::Bus(err) => err.into(),
+            E::Invalid(message) => Self::bad_request(message),
+            E::StateUnavailable(message) => Self::new(StatusCode::SERVICE_UNAVAILABLE, message),
+            E::Open(err) => Self::internal(format!("{err:#}")),
+        }
+    }
+}
+
+impl From<vbus_sync::BusError> for ApiError {
+    fn from(err: vbus_sync::BusError) -> Self {
+        Self::new(vbus_sync::serve::status_of(err.kind()), err.to_string())
     }
 }
 
@@ -133,7 +161,16 @@ impl From<vbus_state::Error> for ApiError {
             ),
             _ => err.to_string(),
         };
-        Self::new(status, message)
+        let damage = matches!(
+            err,
+            E::BadRecord { .. }
+                | E::CorruptCheckpoint { .. }
+                | E::UnsupportedFormat { .. }
+                | E::Log(
+                    vbus_tlog::Error::Corrupt { .. } | vbus_tlog::Error::UnsupportedFormat { .. }
+                )
+        );
+        Self::new(status, message).with_what((!damage).then_some("the state bus failed"))
     }
 }
 
@@ -203,7 +240,7 @@ pub(crate) async fn require_token(
     request: Request,
     next: Next,
 ) -> Response {
-    let Some(token) = &state.config.api.token else {
+    let Some(token) = &state.config().api.token else {
         return next.run(request).await;
     };
     if request.uri().path() == "/health" {
@@ -224,34 +261,6 @@ pub(crate) async fn require_token(
     }
 }
 
-/// The token of an `Authorization: Bearer TOKEN` header, if any (the scheme's name is
-/// case-insensitive, RFC 9110 11.1).
-pub(crate) fn bearer(request: &Request) -> Option<&str> {
-    let value = request
-        .headers()
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim_start_matches(' '))
-}
-
-/// Whether `request` presents `token` as its bearer token (compared in constant time).
-pub(crate) fn presents(request: &Request, token: &str) -> bool {
-    bearer(request)
-        .is_some_and(|presented| constant_time_eq(presented.as_bytes(), token.as_bytes()))
-}
-
-/// Equality in time that depends only on the lengths.
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 fn key(dataset: &str, path: &str) -> ApiResult<CacheKey> {
     // The store validates names too; refusing here keeps errors uniform and early.
     vbus_store::validate_dataset(dataset)?;
@@ -260,14 +269,14 @@ fn key(dataset: &str, path: &str) -> ApiResult<CacheKey> {
 }
 
 async fn list_datasets(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
-    Json(json!({ "datasets": state.tiers.cache.store().datasets() }))
+    Json(json!({ "datasets": state.cache().store().datasets() }))
 }
 
 async fn list_objects(
     State(state): State<Arc<AppState>>,
     Path(dataset): Path<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let cache = state.tiers.cache.clone();
+    let cache = state.cache().clone();
     let listed = blocking(move || Ok(cache.list(&dataset)?)).await?;
     let objects: Vec<serde_json::Value> = listed
         .into_iter()
@@ -345,18 +354,12 @@ fn object_headers(response: &mut Response, version: u64, len: u64, hash: Option<
 }
 
 async fn open_object(state: &Arc<AppState>, key: CacheKey) -> ApiResult<Found> {
-    let cache = state.tiers.cache.clone();
+    let node = Arc::clone(state);
     let name = key.to_string();
     // In a cluster, the coherence directory first: an Invalid copy is replaced by the newest.
-    let coherent = state.bus.in_cluster().then(|| Arc::clone(state));
-    blocking(move || {
-        if let Some(state) = coherent {
-            state.bus.coherent_read(&state.tiers.cache, &key)?;
-        }
-        Ok(cache.open(key, PROMOTE_MAX_BYTES)?)
-    })
-    .await?
-    .ok_or_else(|| ApiError::not_found(format!("no object {name}")))
+    blocking(move || Ok(node.open_object(&key)?))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no object {name}")))
 }
 
 async fn get_object(
@@ -474,7 +477,7 @@ async fn put_object(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let capacity = state.tiers.cache.store().stats().capacity_bytes;
+    let capacity = state.cache().store().stats().capacity_bytes;
     if let Some(len) = declared
         && len > capacity
     {
@@ -483,59 +486,42 @@ async fn put_object(
             format!("{len} bytes is more than L3's capacity of {capacity} bytes"),
         ));
     }
-    let cache = state.tiers.cache.clone();
-    let put_key = key.clone();
+    let node = Arc::clone(&state);
     // A small value in write-back mode is acknowledged from RAM: it reaches L3 later (and is
-    // lost if the daemon is killed first), so the answer says it is not durable yet.
-    let (version, mut durable) = if declared.is_some_and(|len| len <= SMALL_PUT_BYTES) {
+    // lost if the daemon is killed first), so the answer says it is not durable yet. In a
+    // cluster the directory orders the write and invalidates the other holders before it is
+    // acknowledged.
+    let put = if declared.is_some_and(|len| len <= SMALL_PUT_BYTES) {
         let bytes = axum::body::to_bytes(body, SMALL_PUT_BYTES as usize)
             .await
             .map_err(|err| ApiError::bad_request(format!("cannot read the body: {err}")))?;
-        let durable = cache.write_mode() == vbus_cache::WriteMode::Through;
-        (
-            blocking(move || Ok(cache.put(put_key, &bytes)?.version())).await?,
-            durable,
-        )
+        blocking(move || Ok(node.put(&key, &bytes)?)).await?
     } else {
-        (stream_into_l3(cache, put_key, body).await?, true)
+        stream_into_l3(node, key, body).await?
     };
-    if state.bus.in_cluster() {
-        durable = true;
-    }
-    let mut answer =
-        json!({ "dataset": dataset, "path": path, "version": version, "durable": durable });
-    if state.bus.in_cluster() {
-        // The directory orders the write and invalidates the other holders before it is
-        // acknowledged.
-        let state = Arc::clone(&state);
-        let line = blocking(move || {
-            let cache = &state.tiers.cache;
-            if cache.write_mode() == vbus_cache::WriteMode::Back {
-                cache.flush()?;
-            }
-            state.bus.coherent_write(cache, &key)
-        })
-        .await?;
-        if let Some(line) = line {
-            answer["coherence"] = json!({ "version": line.version, "owner": line.owner });
-        }
+    let mut answer = json!({
+        "dataset": dataset,
+        "path": path,
+        "version": put.version,
+        "durable": put.durable,
+    });
+    if let Some(line) = put.coherence {
+        answer["coherence"] = json!({ "version": line.version, "owner": line.owner });
     }
     Ok((StatusCode::CREATED, Json(answer)).into_response())
 }
 
 /// Streams a body into a staged L3 file; published only if the whole body arrived.
 async fn stream_into_l3(
-    cache: vbus_cache::CacheManager,
+    node: Arc<AppState>,
     key: CacheKey,
     body: Body,
-) -> ApiResult<u64> {
+) -> ApiResult<vbus_node::Put> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(STREAM_CHUNKS_IN_FLIGHT);
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-    let writer_key = key.clone();
-    let writer_cache = cache.clone();
-    let writing = tokio::task::spawn_blocking(move || -> ApiResult<u64> {
+    let writing = tokio::task::spawn_blocking(move || -> ApiResult<vbus_node::Put> {
         use std::io::Write as _;
-        let mut writer = writer_cache.writer(writer_key.clone())?;
+        let mut writer = node.writer(&key)?;
         while let Some(chunk) = rx.blocking_recv() {
             writer
                 .write_all(&chunk)
@@ -548,7 +534,7 @@ async fn stream_into_l3(
                 "the body ended early; nothing was stored",
             ));
         }
-        Ok(writer_cache.commit(writer_key, writer)?)
+        Ok(node.commit(&key, writer)?)
     });
     let mut stream = body.into_data_stream();
     let mut failure = None;
@@ -585,7 +571,7 @@ async fn delete_object(
     Path((dataset, path)): Path<(String, String)>,
 ) -> ApiResult<Response> {
     let key = key(&dataset, &path)?;
-    let cache = state.tiers.cache.clone();
+    let cache = state.cache().clone();
     let name = key.to_string();
     if blocking(move || Ok(cache.remove(key)?)).await? {
         Ok(StatusCode::NO_CONTENT.into_response())
@@ -595,12 +581,11 @@ async fn delete_object(
 }
 
 fn bus(state: &AppState) -> ApiResult<Arc<StateBus>> {
-    state.state_bus.clone().ok_or_else(|| {
+    state.state_bus().cloned().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             state
-                .state_error
-                .as_deref()
+                .state_error()
                 .unwrap_or("the state bus is off (config key state.enabled)"),
         )
     })
@@ -918,7 +903,7 @@ async fn replay_page(
 
 /// `/metrics`: the tiers, moves and state bus in Prometheus text format.
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let cache = state.tiers.cache.get_stats();
+    let cache = state.cache().get_stats();
     let mut out = String::new();
     let mut family = |name: &str, kind: &str, help: &str, samples: &[(&str, f64)]| {
         out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
@@ -1010,7 +995,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     ] {
         family(name, "counter", help, &[("", value as f64)]);
     }
-    let l3 = state.tiers.cache.store().stats();
+    let l3 = state.cache().store().stats();
     for (name, help, value) in [
         (
             "vbus_l3_checksum_failures_total",
@@ -1036,7 +1021,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         "Write-back bytes not yet in L3.",
         &[("", cache.dirty_bytes as f64)],
     );
-    if let Some(bus) = &state.state_bus {
+    if let Some(bus) = state.state_bus() {
         let metrics = bus.metrics();
         family(
             "vbus_state_pages",

@@ -1,14 +1,13 @@
 //! VBUS: the memory hierarchy and data bus of a GPU machine and of a cluster of them.
 //!
-//! This crate is the facade and the binary: the CLI, the configuration, `init` and `scan`, the
-//! daemon and `bench`. The tiers, the state bus and the BUS live in the crates below it
-//! (see `ARCHITECTURE.md`).
+//! This crate is the binary and its adapters: the CLI (`main.rs`, `client.rs`) and the HTTP
+//! daemon (`daemon.rs`, `api.rs`, `bus_api.rs`, `audit.rs`) over the engine in `vbus-node`.
 
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod audit;
+mod bus_api;
 pub mod client;
 pub mod daemon;
-mod repos;
-pub mod sync;
+pub use bus_api::run_tracker;

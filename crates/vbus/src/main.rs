@@ -270,7 +270,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Tracker { listen, token } => {
             drop(stdout);
-            vbus::sync::run_tracker(&home, &listen, token)?;
+            vbus::run_tracker(&home, &listen, token)?;
         }
         Command::Config {
             command: ConfigCommand::Check { file },
@@ -438,7 +438,7 @@ fn run_sync(
 ) -> anyhow::Result<()> {
     match command {
         SyncCommand::Pull { spec } => {
-            let (dataset, version) = vbus::sync::split_version(&spec);
+            let (dataset, version) = vbus_sync::split_version(&spec);
             let r = client.sync_pull(dataset, version)?;
             writeln!(
                 stdout,

@@ -96,7 +96,7 @@ impl Source for SlowSource {
     fn name(&self) -> &str {
         "slow"
     }
-    fn fetch(&self, key: &CacheKey) -> Result<Option<Vec<u8>>, String> {
+    fn fetch(&self, key: &CacheKey) -> Result<Option<Vec<u8>>, vbus_cache::SourceError> {
         self.n_fetches.fetch_add(1, Ordering::SeqCst);
         std::thread::sleep(std::time::Duration::from_millis(50));
         self.inner.fetch(key)

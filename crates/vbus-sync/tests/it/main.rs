@@ -1,4 +1,5 @@
 //! `vbus-sync` through its public API.
 
+mod agent;
 mod manifest;
 mod origin;

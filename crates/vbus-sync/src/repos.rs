@@ -24,15 +24,16 @@
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-use anyhow::Context as _;
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use vbus_cache::{CacheKey, CacheManager};
-use vbus_sync::Origin;
 
-use crate::sync::BusAgent;
+use crate::Origin;
+
+use crate::agent::BusAgent;
+use crate::error::BusError;
 
 /// The state file, under `BUS/CONTROL_PLANE`.
 const STATE_FILE: &str = "repositories.json";
@@ -99,11 +100,11 @@ struct State {
 
 /// What one round did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
-pub(crate) struct Round {
+pub struct Round {
     /// Changed repository files taken as writes.
-    pub(crate) writes: usize,
+    pub writes: usize,
     /// Files copied into repositories.
-    pub(crate) copies: usize,
+    pub copies: usize,
 }
 
 /// The local repositories of one daemon.
@@ -190,10 +191,21 @@ fn write_whole_from(
         .map_err(|err| std::io::Error::new(err.source.kind(), err.to_string()))
 }
 
+/// Adds what was being done to a failure, as a [`BusError::Internal`].
+trait Context<T> {
+    fn context(self, what: impl FnOnce() -> String) -> Result<T, BusError>;
+}
+
+impl<T, E: std::fmt::Display> Context<T> for Result<T, E> {
+    fn context(self, what: impl FnOnce() -> String) -> Result<T, BusError> {
+        self.map_err(|err| BusError::Internal(format!("{}: {err}", what())))
+    }
+}
+
 impl Repositories {
     /// The directory repositories among `entries` (relative paths from `home`); `None` when
     /// there are none.
-    pub(crate) fn open(home: &Path, entries: &[String]) -> anyhow::Result<Option<Self>> {
+    pub(crate) fn open(home: &Path, entries: &[String]) -> Result<Option<Self>, BusError> {
         let dirs: Vec<PathBuf> = entries
             .iter()
             .filter(|entry| {
@@ -213,10 +225,13 @@ impl Repositories {
         let state_path = home.join("BUS/CONTROL_PLANE").join(STATE_FILE);
         let state = match std::fs::read_to_string(&state_path) {
             Ok(text) => serde_json::from_str(&text)
-                .with_context(|| format!("{} is damaged", state_path.display()))?,
+                .context(|| format!("{} is damaged", state_path.display()))?,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => State::default(),
             Err(err) => {
-                return Err(err).with_context(|| format!("cannot read {}", state_path.display()));
+                return Err(BusError::Internal(format!(
+                    "cannot read {}: {err}",
+                    state_path.display()
+                )));
             }
         };
         Ok(Some(Self {
@@ -228,31 +243,41 @@ impl Repositories {
     }
 
     /// The repositories' directories.
-    pub(crate) fn dirs(&self) -> &[PathBuf] {
-        &self.dirs
+    pub(crate) fn dirs(&self) -> Vec<String> {
+        self.dirs
+            .iter()
+            .map(|dir| dir.display().to_string())
+            .collect()
     }
 
     /// One round: local changes become writes, then the newest versions reach every
     /// repository.
-    pub(crate) fn sync_once(&self, bus: &BusAgent, cache: &CacheManager) -> anyhow::Result<Round> {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+    pub(crate) fn sync_once(
+        &self,
+        bus: &BusAgent,
+        cache: &CacheManager,
+    ) -> Result<Round, BusError> {
+        let mut state = self.state.lock();
         let mut round = Round::default();
-        let origin = &bus.origin;
+        let origin = bus.origin();
 
         // 1. Changes in the repositories, in order.
         for dir in &self.dirs {
             let repo = dir.display().to_string();
-            let files = walk(dir).with_context(|| format!("cannot list {repo}"))?;
+            let files = walk(dir).context(|| format!("cannot list {repo}"))?;
             for (key, path) in files {
-                let before = std::fs::metadata(&path)?;
+                let before = std::fs::metadata(&path)
+                    .context(|| format!("cannot stat {}", path.display()))?;
                 let now = stamp(&before);
                 let recorded = state.repos.get(&repo).and_then(|r| r.get(&key)).cloned();
                 if recorded.as_ref().is_some_and(|r| r.stamp == now && !r.racy) {
                     continue;
                 }
                 let blake3 =
-                    hash_file(&path).with_context(|| format!("cannot read {}", path.display()))?;
-                if stamp(&std::fs::metadata(&path)?) != now {
+                    hash_file(&path).context(|| format!("cannot read {}", path.display()))?;
+                let after = std::fs::metadata(&path)
+                    .context(|| format!("cannot stat {}", path.display()))?;
+                if stamp(&after) != now {
                     continue; // Being written: the next round takes it.
                 }
                 let synced = Synced::of(&before, blake3.clone());
@@ -268,7 +293,7 @@ impl Repositories {
                 let unchanged_master = state.master.get(&key).is_some_and(|m| m.blake3 == blake3);
                 if !unchanged_master {
                     self.write(bus, cache, dataset, inner, &path, before.len())
-                        .with_context(|| format!("cannot take {} as a write", path.display()))?;
+                        .context(|| format!("cannot take {} as a write", path.display()))?;
                     // The master's copy is re-read when its stamp moves; until then it is this.
                     state
                         .master
@@ -304,7 +329,8 @@ impl Repositories {
                         dataset,
                         path,
                         object.size_bytes,
-                    ))?;
+                    ))
+                    .context(|| format!("cannot read {key} at the master"))?;
                     state
                         .master
                         .insert(key.clone(), Synced::master(master_stamp, blake3.clone()));
@@ -342,16 +368,17 @@ impl Repositories {
                     ),
                     Source::Cluster => {
                         let cache_key = CacheKey::new(dataset, path);
-                        bus.coherent_read(cache, &cache_key)
-                            .map_err(|refused| anyhow::anyhow!("{}", refused.message()))?;
-                        let mut reader = cache
-                            .store()
-                            .file_reader(dataset, path)?
-                            .context("the newest version vanished from L3")?;
+                        bus.coherent_read(cache, &cache_key)?;
+                        let mut reader =
+                            cache.store().file_reader(dataset, path)?.ok_or_else(|| {
+                                BusError::Conflict(format!(
+                                    "{key}: the newest version vanished from L3"
+                                ))
+                            })?;
                         write_whole_from(&target, &mut reader)
                     }
                 }
-                .with_context(|| format!("cannot write {}", target.display()))?;
+                .context(|| format!("cannot write {}", target.display()))?;
                 state
                     .repos
                     .entry(repo.clone())
@@ -360,7 +387,10 @@ impl Repositories {
                 round.copies += 1;
             }
         }
-        vbus_store::atomic::write_whole(&self.state_path, &serde_json::to_vec_pretty(&*state)?)?;
+        let json = serde_json::to_vec_pretty(&*state).map_err(|err| {
+            BusError::Internal(format!("cannot encode the repositories' state: {err}"))
+        })?;
+        vbus_store::atomic::write_whole(&self.state_path, &json)?;
         Ok(round)
     }
 
@@ -374,18 +404,19 @@ impl Repositories {
         path: &str,
         file: &Path,
         size: u64,
-    ) -> anyhow::Result<()> {
-        let mut reader = std::fs::File::open(file)?;
+    ) -> Result<(), BusError> {
+        let mut reader =
+            std::fs::File::open(file).context(|| format!("cannot open {}", file.display()))?;
         if !bus.in_cluster() {
-            bus.origin.write_file(dataset, path, &mut reader, size)?;
+            bus.origin().write_file(dataset, path, &mut reader, size)?;
             return Ok(());
         }
         let key = CacheKey::new(dataset, path);
         let mut writer = cache.writer(key.clone())?;
-        std::io::copy(&mut reader, &mut writer)?;
+        std::io::copy(&mut reader, &mut writer)
+            .context(|| format!("cannot copy {} into L3", file.display()))?;
         cache.commit(key.clone(), writer)?;
-        bus.coherent_write(cache, &key)
-            .map_err(|refused| anyhow::anyhow!("{}", refused.message()))?;
+        bus.coherent_write(cache, &key)?;
         Ok(())
     }
 }
