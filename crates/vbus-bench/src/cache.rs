@@ -150,7 +150,7 @@ pub(super) fn run<W: Write>(
         Mode::Full => 5,
         Mode::Quick => 3,
     };
-    // Ours with each policy (LRU is the seed's default), then the references.
+    // Ours with each policy (LRU is the default), then the references.
     let contenders = [
         Contender::Ours(PolicyKind::Lru),
         Contender::Ours(PolicyKind::S3Fifo),

@@ -43,7 +43,7 @@ pub const SUITES: [(&str, &str); 7] = [
     ),
     (
         "state",
-        "the state bus against the seed's baselines; its log against okaywal and raw fdatasync",
+        "the state bus against MMSB's published baselines; its log against okaywal and raw fdatasync",
     ),
     (
         "store",

@@ -16,7 +16,7 @@ use vbus_node::home::Home;
 use vbus_node::scan;
 
 const SUITE: &str = "state";
-/// The seed's published figures (MMSB README, "Known hotspots").
+/// MMSB's published figures (its README, "Known hotspots").
 const SEED_ALLOC_US: f64 = 5.0;
 const SEED_SPARSE_DELTA_US: f64 = 200.0;
 const SEED_PROPAGATION_US: f64 = 500.0;
@@ -143,7 +143,7 @@ fn bus_figures<W: Write>(
     };
     let us = |started: Instant, n: usize| started.elapsed().as_secs_f64() * 1e6 / n as f64;
     // Page alloc, 4 KiB: create_page end to end (logged), from an arena the bus pre-faulted at
-    // open (the seed's pooled, pre-faulted arenas; the open is not timed).
+    // open (pooled, pre-faulted arenas; the open is not timed).
     let mut samples = Vec::new();
     for round in 0..3 {
         let bus = StateBus::builder(scratch.join(format!("alloc{round}")))
@@ -319,7 +319,7 @@ fn report_vs_seed<W: Write>(
         "µs",
         Better::Lower,
         ours_us,
-        "seed's published baseline",
+        "MMSB's published baseline",
         seed_us,
         Some(target),
         Device::Cpu,

@@ -215,7 +215,8 @@ fn distribute(
         let pulls: Vec<_> = agents
             .iter()
             .map(|(id, store, _, download, staging)| {
-                let (origin, http, tracker) = (&origin, &http, tracker.as_ref());
+                let tracker = tracker.as_ref().map(|t| t as &dyn vbus_sync::Directory);
+                let (origin, http) = (&origin, &http);
                 scope.spawn(move || {
                     vbus_sync::pull_swarm(
                         manifest,

@@ -307,7 +307,7 @@ fn bench_cache_replays_a_trace() {
 }
 
 #[test]
-fn bench_state_quick_compares_with_the_seed_okaywal_and_fdatasync() {
+fn bench_state_quick_compares_with_mmsb_okaywal_and_fdatasync() {
     let dir = tempfile::tempdir().unwrap();
     let result = run_ok(dir.path(), &["state", "--quick", "--json"]);
     let lines = json_lines(&result.stdout);
@@ -321,18 +321,18 @@ fn bench_state_quick_compares_with_the_seed_okaywal_and_fdatasync() {
         })
         .collect();
     for expected in [
-        ("page_alloc_4KiB", "seed's published baseline"),
-        ("page_alloc_4KiB_buffered_log", "seed's published baseline"),
+        ("page_alloc_4KiB", "MMSB's published baseline"),
+        ("page_alloc_4KiB_buffered_log", "MMSB's published baseline"),
         (
             "sparse_delta_1pct_of_2MiB_apply_only",
-            "seed's published baseline",
+            "MMSB's published baseline",
         ),
         (
             "propagate_1000_page_cone_wave_only",
-            "seed's published baseline",
+            "MMSB's published baseline",
         ),
-        ("sparse_delta_1pct_of_2MiB", "seed's published baseline"),
-        ("propagate_1000_page_cone", "seed's published baseline"),
+        ("sparse_delta_1pct_of_2MiB", "MMSB's published baseline"),
+        ("propagate_1000_page_cone", "MMSB's published baseline"),
         ("durable_appends_1_writers", "okaywal 0.3"),
         ("durable_appends_8_writers", "okaywal 0.3"),
         (
@@ -354,10 +354,10 @@ fn bench_state_quick_compares_with_the_seed_okaywal_and_fdatasync() {
         );
         assert!(ours > 0.0 && reference > 0.0, "{line}");
     }
-    // The seed's baselines are the published figures, not measured here.
+    // MMSB's baselines are the published figures, not measured here.
     let seed: Vec<f64> = lines
         .iter()
-        .filter(|line| line["reference"] == "seed's published baseline")
+        .filter(|line| line["reference"] == "MMSB's published baseline")
         .map(|line| line["reference_value"].as_f64().unwrap())
         .collect();
     assert!(

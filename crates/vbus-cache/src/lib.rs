@@ -2,10 +2,9 @@
 //! with eviction policies, promotion and demotion, pinning, per-tier statistics and single-flight
 //! loads. Knows nothing about the network: misses in every tier go to a [`Source`].
 //!
-//! Built so far: the eviction policies ([`policy`]), the sharded memory tier ([`memory`]), a
-//! single-tier replay of access traces ([`replay`]), and a [`CacheManager`] running L1 (device
-//! buffers through `vbus-gpu`), L2 and L3, write-through or write-back, with a source,
-//! single-flight loads, pins and the seed's statistics.
+//! The eviction policies ([`policy`]), the sharded memory tier ([`memory`]), and the
+//! [`CacheManager`] running L1 (device buffers through `vbus-gpu`), L2 and L3, write-through or
+//! write-back, with a source, single-flight loads, pins and per-tier statistics.
 
 #![forbid(unsafe_code)]
 

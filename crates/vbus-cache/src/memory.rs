@@ -68,7 +68,7 @@ pub struct TierStats {
 }
 
 impl TierStats {
-    /// Hits over gets, in percent (the seed reports `l1_hit_rate` and friends this way).
+    /// Hits over gets, in percent (as `l1_hit_rate` and the others are reported).
     pub fn hit_rate_percent(&self) -> f64 {
         let total = self.hits + self.misses;
         if total == 0 {

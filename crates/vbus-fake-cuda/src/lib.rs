@@ -648,11 +648,9 @@ mod tests {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         assert_eq!(cuInit(0), code::SUCCESS);
         let mut context = std::ptr::null_mut();
-        // SAFETY: valid out-pointer.
-        assert_eq!(
-            unsafe { cuDevicePrimaryCtxRetain(&mut context, 0) },
-            code::SUCCESS
-        );
+        // SAFETY: `context` is a valid out-pointer for the call.
+        let retained = unsafe { cuDevicePrimaryCtxRetain(&mut context, 0) };
+        assert_eq!(retained, code::SUCCESS);
         assert_eq!(cuCtxSetCurrent(context), code::SUCCESS);
         let mut stream = std::ptr::null_mut();
         // SAFETY: valid out-pointer.
@@ -662,11 +660,9 @@ mod tests {
 
     fn alloc(size: usize) -> u64 {
         let mut device_ptr = 0u64;
-        // SAFETY: valid out-pointer.
-        assert_eq!(
-            unsafe { cuMemAlloc_v2(&mut device_ptr, size) },
-            code::SUCCESS
-        );
+        // SAFETY: `device_ptr` is a valid out-pointer for the call.
+        let allocated = unsafe { cuMemAlloc_v2(&mut device_ptr, size) };
+        assert_eq!(allocated, code::SUCCESS);
         device_ptr
     }
 

@@ -6,12 +6,13 @@
 //! Every copy is complete when the call that made it returns, so buffers are never freed or
 //! reused under a pending transfer.
 
+use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::os::unix::fs::FileExt as _;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, mpsc};
 
 use crate::cuda::{CudaContext, Event, Lane};
 use crate::device::{Backend, Device, DeviceBuffer};
@@ -214,11 +215,7 @@ impl Device {
             return Ok(dst);
         }
         // One load at a time: each reads as fast as the disk gives, and the slots stay bounded.
-        let _one_load = self
-            .inner
-            .file_load
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let _one_load = self.inner.file_load.lock();
         let n_pieces = len.div_ceil(FILE_PIECE_BYTES);
         let n_readers = std::thread::available_parallelism()
             .map_or(2, usize::from)
@@ -262,8 +259,7 @@ impl Device {
                         if piece_idx >= n_pieces {
                             break;
                         }
-                        let Ok(slot_idx) = free_rx.lock().unwrap_or_else(|p| p.into_inner()).recv()
-                        else {
+                        let Ok(slot_idx) = free_rx.lock().recv() else {
                             break;
                         };
                         let offset = piece_idx * FILE_PIECE_BYTES;
@@ -447,8 +443,8 @@ impl Device {
     }
 
     /// The staging ring, its slots allocated from the staging pool on first use.
-    fn staging(&self) -> Result<std::sync::MutexGuard<'_, Staging>> {
-        let mut staging = self.inner.staging.lock().unwrap_or_else(|p| p.into_inner());
+    fn staging(&self) -> Result<parking_lot::MutexGuard<'_, Staging>> {
+        let mut staging = self.inner.staging.lock();
         if staging.slots.is_empty() {
             for _ in 0..STAGING_SLOTS {
                 let slot = self.inner.staging_pool.alloc(STAGING_SLOT_BYTES)?;
@@ -462,7 +458,7 @@ impl Device {
 
 impl Drop for crate::device::DeviceInner {
     fn drop(&mut self) {
-        let staging = self.staging.get_mut().unwrap_or_else(|p| p.into_inner());
+        let staging = self.staging.get_mut();
         staging.events.clear();
         for slot in staging.slots.drain(..) {
             self.staging_pool.free(slot);

@@ -4,10 +4,11 @@
 //! Every function here is called only after [`crate::driver_present`] said yes: without a
 //! driver, `cudarc`'s first call panics.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::ptr::NonNull;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 use cudarc::driver::result;
 use cudarc::driver::sys::{self, CUcontext, CUevent, CUstream};
@@ -54,7 +55,7 @@ impl CudaContext {
     pub fn get(device_idx: usize) -> Result<Arc<Self>> {
         static CONTEXTS: OnceLock<Mutex<HashMap<usize, Arc<CudaContext>>>> = OnceLock::new();
         let contexts = CONTEXTS.get_or_init(|| Mutex::new(HashMap::new()));
-        let mut contexts = contexts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut contexts = contexts.lock();
         if let Some(context) = contexts.get(&device_idx) {
             return Ok(Arc::clone(context));
         }

@@ -1,7 +1,8 @@
 //! `Device`: one GPU (or the simulated device), its VRAM pool and its page-locked host pool.
 
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 use crate::copy::{STAGING_CHUNK_BYTES, STAGING_POOL_BYTES, Staging};
 use crate::cuda::CudaContext;

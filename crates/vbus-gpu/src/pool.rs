@@ -2,8 +2,9 @@
 //! device) carved by [`RangeAllocator`], so an allocation costs a few B-tree operations instead of
 //! a driver call.
 
+use parking_lot::Mutex;
 use std::ptr::NonNull;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use crate::alloc::{ALIGN_BYTES, RangeAllocator};
 use crate::cuda::CudaContext;
@@ -110,18 +111,14 @@ impl Pool {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// `len` bytes from the smallest free range of any chunk, or from a new chunk.
     pub fn alloc(&self, len: u64) -> Result<Allocation> {
         if len == 0 {
             return Ok(Allocation::EMPTY);
         }
-        let aligned_len =
-            RangeAllocator::aligned(len).ok_or_else(|| self.out_of_memory(len, &self.lock()))?;
-        let mut state = self.lock();
+        let aligned_len = RangeAllocator::aligned(len)
+            .ok_or_else(|| self.out_of_memory(len, &self.state.lock()))?;
+        let mut state = self.state.lock();
         let chunk_idx = match Self::best_fit(&state, aligned_len) {
             Some(chunk_idx) => chunk_idx,
             None => self.grow(&mut state, aligned_len)?,
@@ -140,7 +137,7 @@ impl Pool {
         let Some(aligned_len) = RangeAllocator::aligned(len) else {
             return (None, false);
         };
-        let mut state = self.lock();
+        let mut state = self.state.lock();
         let allocation = Self::best_fit(&state, aligned_len)
             .map(|chunk_idx| Self::carve(&mut state, chunk_idx, aligned_len, len));
         let short = allocation.is_none() || Self::free_locked(&state) < self.chunk_bytes / 2;
@@ -150,7 +147,7 @@ impl Pool {
 
     /// Bytes free in the chunks held now (not what the capacity would still allow).
     pub fn free_in_chunks(&self) -> u64 {
-        Self::free_locked(&self.lock())
+        Self::free_locked(&self.state.lock())
     }
 
     fn free_locked(state: &PoolState) -> u64 {
@@ -166,7 +163,7 @@ impl Pool {
             return Ok(false);
         };
         let chunk_bytes = {
-            let mut state = self.lock();
+            let mut state = self.state.lock();
             let chunk_bytes = self.chunk_size_for(&state, aligned_len);
             if chunk_bytes < aligned_len
                 || chunk_bytes > self.source.available_bytes().unwrap_or(u64::MAX)
@@ -179,7 +176,7 @@ impl Pool {
             chunk_bytes
         };
         let base = self.source.alloc_chunk(chunk_bytes);
-        let mut state = self.lock();
+        let mut state = self.state.lock();
         state.reserved_in_flight -= chunk_bytes;
         match base {
             Ok(base) => {
@@ -282,7 +279,7 @@ impl Pool {
         if allocation.len == 0 {
             return;
         }
-        let mut state = self.lock();
+        let mut state = self.state.lock();
         let chunk = state.chunks[allocation.chunk_idx]
             .as_mut()
             .expect("a live allocation's chunk exists");
@@ -295,7 +292,7 @@ impl Pool {
 
     /// Gives every empty chunk back to the source; returns the bytes released.
     pub fn trim(&self) -> u64 {
-        self.trim_locked(&mut self.lock())
+        self.trim_locked(&mut self.state.lock())
     }
 
     fn trim_locked(&self, state: &mut PoolState) -> u64 {
@@ -317,7 +314,7 @@ impl Pool {
 
     /// True when `address..address+len` lies inside one chunk of this pool.
     pub fn contains(&self, address: u64, len: u64) -> bool {
-        let state = self.lock();
+        let state = self.state.lock();
         state.chunks.iter().flatten().any(|chunk| {
             address >= chunk.base
                 && address.saturating_add(len) <= chunk.base + chunk.allocator.size_bytes()
@@ -325,7 +322,7 @@ impl Pool {
     }
 
     pub fn stats(&self) -> PoolStats {
-        let state = self.lock();
+        let state = self.state.lock();
         let chunks = || state.chunks.iter().flatten();
         let free_bytes: u64 = chunks().map(|chunk| chunk.allocator.free_bytes()).sum();
         let largest_free_bytes = chunks()
@@ -363,7 +360,7 @@ impl Pool {
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        let state = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        let state = self.state.get_mut();
         for chunk in state.chunks.drain(..).flatten() {
             self.source
                 .free_chunk(chunk.base, chunk.allocator.size_bytes());
@@ -412,7 +409,7 @@ impl ChunkSource for HeapSource {
         // device memory is, so first use does not pay page faults a GPU never would.
         // SAFETY: `ptr` points to `len` writable bytes just allocated.
         unsafe { std::ptr::write_bytes(ptr.as_ptr(), 0, len) };
-        *self.taken_bytes.lock().unwrap_or_else(|p| p.into_inner()) += size_bytes;
+        *self.taken_bytes.lock() += size_bytes;
         Ok(ptr.as_ptr() as u64)
     }
 
@@ -421,11 +418,11 @@ impl ChunkSource for HeapSource {
             .expect("the layout was valid at allocation");
         // SAFETY: `base` came from `alloc` with this layout and the pool frees a chunk once.
         unsafe { std::alloc::dealloc(base as *mut u8, layout) };
-        *self.taken_bytes.lock().unwrap_or_else(|p| p.into_inner()) -= size_bytes;
+        *self.taken_bytes.lock() -= size_bytes;
     }
 
     fn available_bytes(&self) -> Option<u64> {
-        Some(self.capacity_bytes - *self.taken_bytes.lock().unwrap_or_else(|p| p.into_inner()))
+        Some(self.capacity_bytes - *self.taken_bytes.lock())
     }
 }
 

@@ -1,4 +1,4 @@
-//! The VBUS home: its layout (from the seed), `vbus init`, and the rule that sizes the tiers.
+//! The VBUS home: its layout, `vbus init`, and the rule that sizes the tiers.
 
 use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};

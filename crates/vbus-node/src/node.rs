@@ -18,7 +18,10 @@ use anyhow::Context as _;
 use parking_lot::Mutex;
 use vbus_cache::{CacheKey, CacheManager, Found, Listed};
 use vbus_state::StateBus;
-use vbus_sync::{AgentOptions, AgentStatus, BusAgent, BusSource, Origin, PullSummary, PushSummary};
+use vbus_sync::{
+    AgentOptions, AgentStatus, BusAgent, BusSource, Directory, Http, Origin, PullSummary,
+    PushSummary, TrackerClient,
+};
 
 use crate::config::Config;
 use crate::error::NodeError;
@@ -69,12 +72,17 @@ impl Node {
     ) -> Result<Self, NodeError> {
         let origin = master(home, &config).map_err(NodeError::Open)?;
         let bus_config = &config.bus_config;
+        let http = Http::new(bus_config.cluster_token.clone());
+        // In a cluster, the tracker is the directory, over HTTP.
+        let directory = (!bus_config.tracker.is_empty()).then(|| {
+            Arc::new(TrackerClient::new(&bus_config.tracker, http.clone())) as Arc<dyn Directory>
+        });
         // A get that misses every tier fetches through the BUS (the master's newest version,
         // pieces from peers and the master).
         let source = BusSource::new(
             origin.clone(),
-            (!bus_config.tracker.is_empty()).then_some(bus_config.tracker.as_str()),
-            bus_config.cluster_token.clone(),
+            directory.clone(),
+            http,
             bus_config.agent_id.clone(),
             bus_config.pull_workers as usize,
             bus_config.download_bytes_per_second,
@@ -95,7 +103,7 @@ impl Node {
             }
         };
         let bus = BusAgent::new(
-            agent_options(home, &config, peer_addr),
+            agent_options(home, &config, peer_addr, directory),
             tiers.cache.store().clone(),
             origin,
             download,
@@ -324,7 +332,12 @@ pub fn master(home: &Home, config: &Config) -> anyhow::Result<Origin> {
 }
 
 /// The BUS agent's options from `bus_config`.
-fn agent_options(home: &Home, config: &Config, peer_addr: SocketAddr) -> AgentOptions {
+fn agent_options(
+    home: &Home,
+    config: &Config,
+    peer_addr: SocketAddr,
+    directory: Option<Arc<dyn Directory>>,
+) -> AgentOptions {
     let bus = &config.bus_config;
     let addr = if bus.advertise.is_empty() {
         peer_addr.to_string()
@@ -339,7 +352,7 @@ fn agent_options(home: &Home, config: &Config, peer_addr: SocketAddr) -> AgentOp
             bus.agent_id.clone()
         },
         addr,
-        tracker: (!bus.tracker.is_empty()).then(|| bus.tracker.clone()),
+        directory,
         cluster_token: bus.cluster_token.clone(),
         pull_workers: bus.pull_workers as usize,
         upload_bytes_per_second: bus.upload_bytes_per_second,

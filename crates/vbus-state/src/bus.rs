@@ -1,10 +1,12 @@
-//! [`StateBus`]: the seed's verbs over the in-memory state, every change a log record.
+//! [`StateBus`]: the state's verbs (create, update, delete, edges, checkpoint, replay), every change a log record.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use parking_lot::{Mutex, RwLock};
 use std::time::Instant;
 
 use vbus_tlog::{Durability, Histogram, LatencySummary, Log, LogOptions, LogStats};
@@ -95,7 +97,7 @@ impl StateBusBuilder {
     }
 
     /// Pre-faults host memory for `n_pages` pages of `size` bytes at open, so creating them
-    /// later takes no allocation and no page fault (the seed's pooled, pre-faulted arenas).
+    /// later takes no allocation and no page fault (pooled, pre-faulted arenas).
     /// Default none.
     pub fn reserve_pages(mut self, size: u64, n_pages: usize) -> Self {
         self.reserved.push((size, n_pages));
@@ -276,14 +278,6 @@ impl StateBus {
         Self::builder(dir).open()
     }
 
-    fn read(&self) -> RwLockReadGuard<'_, State> {
-        self.state.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn write(&self) -> RwLockWriteGuard<'_, State> {
-        self.state.write().unwrap_or_else(|p| p.into_inner())
-    }
-
     fn ctx(&self) -> Context<'_> {
         Context {
             device: self.device.as_ref(),
@@ -296,12 +290,12 @@ impl StateBus {
     /// A create's page id is assigned here, under the lock.
     fn commit(&self, op: &mut Op<'_>, expected_epoch: Option<(PageId, u64)>) -> Result<u64> {
         if self.has_failed.load(Ordering::Relaxed)
-            && let Some(reason) = crate::lock(&self.failed).clone()
+            && let Some(reason) = self.failed.lock().clone()
         {
             return Err(Error::Failed { reason });
         }
         let seq = {
-            let mut state = self.write();
+            let mut state = self.state.write();
             let ctx = self.ctx();
             // A create takes the next id, which is all its check asks of it, once it fits the
             // limits.
@@ -438,7 +432,7 @@ impl StateBus {
             return err;
         }
         tracing::error!(error = %err, "state bus failed; it refuses changes until reopened");
-        *crate::lock(&self.failed) = Some(err.to_string());
+        *self.failed.lock() = Some(err.to_string());
         self.has_failed.store(true, Ordering::Relaxed);
         err
     }
@@ -488,7 +482,7 @@ impl StateBus {
 
     /// The page's bytes and epoch.
     pub fn query_page(&self, id: PageId) -> Result<PageView> {
-        self.read().view(id, self.device.as_ref())
+        self.state.read().view(id, self.device.as_ref())
     }
 
     /// Deletes a page and its edges.
@@ -516,40 +510,40 @@ impl StateBus {
 
     /// The ids of every page, ascending.
     pub fn page_ids(&self) -> Vec<PageId> {
-        self.read().page_ids().collect()
+        self.state.read().page_ids().collect()
     }
 
     /// One page's id, size, location and epoch, without copying its bytes.
     pub fn page_info(&self, id: PageId) -> Result<PageInfo> {
-        self.read().info(id)
+        self.state.read().info(id)
     }
 
     /// Every page's id, size, location and epoch (no bytes), ascending by id.
     pub fn pages(&self) -> Vec<PageInfo> {
-        self.read().infos()
+        self.state.read().infos()
     }
 
     /// Every edge as `(source, target, rule)`.
     pub fn edges(&self) -> Vec<(PageId, PageId, Rule)> {
-        self.read().graph.edges()
+        self.state.read().graph.edges()
     }
 
     /// The last change's sequence number.
     pub fn last_seq(&self) -> u64 {
-        self.read().last_seq
+        self.state.read().last_seq
     }
 
     /// A hash of the whole state (pages with epochs, the graph).
     pub fn state_hash(&self) -> Result<[u8; 32]> {
-        self.read().hash(self.device.as_ref())
+        self.state.read().hash(self.device.as_ref())
     }
 
     /// Writes a checkpoint of the current state; keeps the newest `checkpoints_retained` and
     /// releases the log before the oldest kept. Returns the checkpoint's sequence number.
     pub fn checkpoint(&self) -> Result<u64> {
-        let _one_at_a_time = crate::lock(&self.checkpoint_lock);
+        let _one_at_a_time = self.checkpoint_lock.lock();
         let info = {
-            let state = self.read();
+            let state = self.state.read();
             // Everything the image holds is durable in the log before the image exists.
             if state.last_seq > 0 {
                 self.log
@@ -618,7 +612,7 @@ impl StateBus {
 
     /// Counts and latency percentiles.
     pub fn metrics(&self) -> StateMetrics {
-        let state = self.read();
+        let state = self.state.read();
         StateMetrics {
             n_pages: state.n_pages(),
             page_bytes: state.page_bytes(),

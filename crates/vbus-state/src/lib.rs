@@ -27,7 +27,3 @@ pub use graph::{Rule, RuleFn};
 pub use page::{Location, PageId};
 pub use state::{PageInfo, PageView};
 pub use vbus_tlog::Durability;
-
-fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
-}

@@ -154,6 +154,24 @@ pub fn write_whole_from(
     Ok(written.metadata)
 }
 
+/// Implements `From<WholeWriteError>` for an error enum that has an
+/// `Io { op: &'static str, path: PathBuf, source: std::io::Error }` variant, so `?` carries a failed
+/// whole-file write's step and path into it.
+#[macro_export]
+macro_rules! impl_from_whole_write_error {
+    ($error:ty) => {
+        impl From<$crate::atomic::WholeWriteError> for $error {
+            fn from(err: $crate::atomic::WholeWriteError) -> Self {
+                Self::Io {
+                    op: err.op,
+                    path: err.path,
+                    source: err.source,
+                }
+            }
+        }
+    };
+}
+
 /// fsyncs a directory, making renames and creations in it durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()

@@ -150,15 +150,7 @@ impl Error {
     }
 }
 
-impl From<crate::atomic::WholeWriteError> for Error {
-    fn from(err: crate::atomic::WholeWriteError) -> Self {
-        Self::Io {
-            op: err.op,
-            path: err.path,
-            source: err.source,
-        }
-    }
-}
+crate::impl_from_whole_write_error!(Error);
 
 /// `Result` with [`Error`] as the default error type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

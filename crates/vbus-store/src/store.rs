@@ -1,12 +1,13 @@
 //! `FileStore`: complete files at `{root}/{dataset}/{path}`, published atomically, indexed and
 //! verified.
 
+use parking_lot::{Mutex, RwLock};
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::index::{Entry, Index};
@@ -304,7 +305,7 @@ impl FileStore {
     /// A version no publish has used or will use by itself: every later publish without a
     /// version gets a higher one.
     pub fn reserve_version(&self) -> u64 {
-        let mut state = self.inner.lock();
+        let mut state = self.inner.state.lock();
         let version = state.next_version;
         state.next_version += 1;
         version
@@ -434,7 +435,7 @@ impl FileStore {
 
     /// True when `dataset/path` is in the store.
     pub fn has_file_by_path(&self, dataset: &str, path: &str) -> bool {
-        name::key(dataset, path).is_ok_and(|key| self.inner.lock().index.get(&key).is_some())
+        name::key(dataset, path).is_ok_and(|key| self.inner.state.lock().index.get(&key).is_some())
     }
 
     /// The metadata of `dataset/path`, if present.
@@ -442,6 +443,7 @@ impl FileStore {
         let key = name::key(dataset, path)?;
         Ok(self
             .inner
+            .state
             .lock()
             .index
             .get(&key)
@@ -453,7 +455,7 @@ impl FileStore {
         let key = name::key(dataset, path)?;
         let final_path = self.inner.root.join(&key);
         {
-            let mut state = self.inner.lock();
+            let mut state = self.inner.state.lock();
             let Some(entry) = state.index.get(&key).cloned() else {
                 return Ok(false);
             };
@@ -474,7 +476,7 @@ impl FileStore {
     /// Every file of `dataset`, in path order.
     pub fn list(&self, dataset: &str) -> Result<Vec<FileMeta>> {
         name::validate_dataset(dataset)?;
-        let state = self.inner.lock();
+        let state = self.inner.state.lock();
         Ok(state
             .index
             .dataset(dataset)
@@ -484,7 +486,7 @@ impl FileStore {
 
     /// The names of the datasets that hold at least one file, sorted.
     pub fn datasets(&self) -> Vec<String> {
-        let state = self.inner.lock();
+        let state = self.inner.state.lock();
         let mut names: Vec<String> = Vec::new();
         for (key, _) in state.index.iter() {
             let (dataset, _) = name::split_key(key);
@@ -507,7 +509,7 @@ impl FileStore {
 
     fn set_pinned(&self, dataset: &str, path: &str, pinned: bool) -> Result<bool> {
         let key = name::key(dataset, path)?;
-        let mut state = self.inner.lock();
+        let mut state = self.inner.state.lock();
         if !state.index.set_pinned(&key, pinned) {
             return Ok(false);
         }
@@ -517,12 +519,12 @@ impl FileStore {
 
     /// Installs the hook asked before each eviction (replacing any earlier one).
     pub fn set_eviction_hook(&self, hook: Arc<dyn EvictionHook>) {
-        *self.inner.hook.write().unwrap_or_else(|p| p.into_inner()) = Some(hook);
+        *self.inner.hook.write() = Some(hook);
     }
 
     /// Counters and gauges.
     pub fn stats(&self) -> StoreStats {
-        let state = self.inner.lock();
+        let state = self.inner.state.lock();
         let (n_pinned, pinned_bytes) = state.index.pinned();
         StoreStats {
             n_files: state.index.len() as u64,
@@ -540,12 +542,12 @@ impl FileStore {
 
     /// Makes the index journal durable (publishes are durable without it; see `persist`).
     pub fn sync(&self) -> Result<()> {
-        self.inner.lock().journal.sync()
+        self.inner.state.lock().journal.sync()
     }
 
     /// Folds the journal into a fresh snapshot, so the next open reads one file.
     pub fn compact(&self) -> Result<()> {
-        let mut state = self.inner.lock();
+        let mut state = self.inner.state.lock();
         state.compact(&self.inner.index_dir)
     }
 
@@ -575,7 +577,7 @@ impl FileStore {
         let staged = fs::metadata(staging_path).map_err(Error::io("stat", staging_path))?;
         let staged_sums = self.inner.stage_side_file(&sums)?;
         let meta = {
-            let mut state = self.inner.lock();
+            let mut state = self.inner.state.lock();
             let replaced_bytes = state.index.get(key).map_or(0, |entry| entry.size_bytes);
             let held_version = state.index.get(key).map(|entry| entry.version);
             if let (Some(version), Some(held_version)) = (version, held_version)
@@ -626,14 +628,6 @@ impl FileStore {
 }
 
 impl Inner {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while the lock was held leaves the index consistent with the journal (each
-        // change is one insert or remove), so a poisoned lock is taken over.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     /// Evicts least recently used files until `size_bytes` more fit (`replaced_bytes` is what the
     /// same key frees). Pinned files, the key itself and files the hook vetoes stay.
     fn make_room(
@@ -650,7 +644,7 @@ impl Inner {
         if !needed(state) {
             return Ok(());
         }
-        let hook = self.hook.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let hook = self.hook.read().clone();
         let candidates: Vec<Arc<str>> = state.index.lru_keys().cloned().collect();
         for candidate in candidates {
             if !needed(state) {
@@ -704,7 +698,7 @@ impl Inner {
 
     /// After open: a capacity lowered since the last run is enforced at once.
     fn enforce_capacity(&self) {
-        let mut state = self.lock();
+        let mut state = self.state.lock();
         if state.index.used_bytes() > self.capacity_bytes
             && let Err(err) = self.make_room(&mut state, "", 0, 0)
         {
@@ -738,10 +732,7 @@ impl State {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        let state = self
-            .state
-            .get_mut()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let state = self.state.get_mut();
         if let Err(err) = state.compact(&self.index_dir) {
             tracing::warn!(error = %err, "cannot write the index snapshot on close; the next open replays the journal");
         }
@@ -758,10 +749,6 @@ fn put_record(key: &str, entry: &Entry) -> Record {
         mtime_ns: entry.mtime_ns,
         sums: entry.sums,
     }
-}
-
-fn lock_list<T>(list: &Mutex<T>) -> MutexGuard<'_, T> {
-    list.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A BLAKE3 as hex, or `none`.

@@ -1,8 +1,8 @@
 //! The directory scan that reconciles the index with the files on open.
 
+use parking_lot::{Condvar, Mutex};
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex};
 
 use crate::name;
 
@@ -42,7 +42,7 @@ pub(crate) fn scan(root: &Path, n_threads: usize) -> Scan {
                 let mut local = Scan::default();
                 loop {
                     let (dir, prefix) = {
-                        let mut queue = queue.lock().unwrap_or_else(|p| p.into_inner());
+                        let mut queue = queue.lock();
                         loop {
                             if let Some(next) = queue.pending.pop() {
                                 queue.n_busy += 1;
@@ -50,16 +50,16 @@ pub(crate) fn scan(root: &Path, n_threads: usize) -> Scan {
                             }
                             if queue.n_busy == 0 {
                                 wakeup.notify_all();
-                                let mut results = results.lock().unwrap_or_else(|p| p.into_inner());
+                                let mut results = results.lock();
                                 results.files.append(&mut local.files);
                                 results.n_skipped += local.n_skipped;
                                 return;
                             }
-                            queue = wakeup.wait(queue).unwrap_or_else(|p| p.into_inner());
+                            wakeup.wait(&mut queue);
                         }
                     };
                     let subdirs = scan_dir(&dir, &prefix, &mut local);
-                    let mut queue = queue.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut queue = queue.lock();
                     queue.n_busy -= 1;
                     queue.pending.extend(subdirs);
                     wakeup.notify_all();
@@ -67,7 +67,7 @@ pub(crate) fn scan(root: &Path, n_threads: usize) -> Scan {
             });
         }
     });
-    results.into_inner().unwrap_or_else(|p| p.into_inner())
+    results.into_inner()
 }
 
 /// Lists one directory: files go to `scan`, subdirectories are returned.

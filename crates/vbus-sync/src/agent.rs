@@ -22,10 +22,11 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use vbus_cache::CacheManager;
 
+use crate::directory::{Directory, DirectoryError};
 use crate::error::BusError;
 use crate::repos::Repositories;
 use crate::serve::peer::PeerFiles;
-use crate::{Http, Manifest, Origin, TrackerClient};
+use crate::{Http, Manifest, Origin};
 
 use transfer::PullProgress;
 pub use transfer::{
@@ -43,8 +44,9 @@ pub struct AgentOptions {
     pub id: String,
     /// The address peers reach this agent's peer routes at.
     pub addr: String,
-    /// The tracker's base URL; `None`: no cluster (pulls from the master only).
-    pub tracker: Option<String>,
+    /// The cluster's directory (the tracker: [`crate::TrackerClient`] over HTTP, or an embedded
+    /// [`crate::Tracker`]); `None`: no cluster (pulls from the master only).
+    pub directory: Option<Arc<dyn Directory>>,
     /// The cluster token peers and the tracker present.
     pub cluster_token: Option<String>,
     /// Files pulled at once.
@@ -80,7 +82,7 @@ pub struct BusAgent {
     id: String,
     addr: String,
     http: Http,
-    tracker: Option<TrackerClient>,
+    tracker: Option<Arc<dyn Directory>>,
     origin: Origin,
     workers: usize,
     /// `bus_config.download_bytes_per_second`, over every piece pulled (shared with the
@@ -117,10 +119,7 @@ impl BusAgent {
         download: Option<Arc<crate::RateLimiter>>,
     ) -> Result<Self, BusError> {
         let http = Http::new(options.cluster_token.clone());
-        let tracker = options
-            .tracker
-            .as_deref()
-            .map(|base| TrackerClient::new(base, http.clone()));
+        let tracker = options.directory;
         let control = options.home.join("BUS/CONTROL_PLANE");
         std::fs::create_dir_all(&control).map_err(|err| BusError::State {
             what: "cannot create",
@@ -202,7 +201,7 @@ impl BusAgent {
     }
 
     /// Announces every recorded version whose files the store still holds with their hashes.
-    fn announce_all(&self, tracker: &TrackerClient, cache: &CacheManager) {
+    fn announce_all(&self, tracker: &dyn Directory, cache: &CacheManager) {
         let holdings: Vec<Holding> = self.holdings.lock().values().cloned().collect();
         for holding in holdings {
             let paths: Vec<String> = holding
@@ -240,14 +239,14 @@ impl BusAgent {
         let mut next_writeback = Instant::now() + self.sync_interval;
         while !self.stop.load(Ordering::Relaxed) {
             if registered && Instant::now() >= next_writeback {
-                self.write_back_owned(&tracker, cache);
+                self.write_back_owned(&*tracker, cache);
                 next_writeback = Instant::now() + self.sync_interval;
             }
             if !registered {
                 match tracker.register(&self.id, &self.addr) {
                     Ok(()) => {
-                        tracing::info!(tracker = %tracker.base(), id = %self.id, "registered with the tracker");
-                        self.announce_all(&tracker, cache);
+                        tracing::info!(tracker = %tracker.describe(), id = %self.id, "registered with the tracker");
+                        self.announce_all(&*tracker, cache);
                         registered = true;
                     }
                     Err(err) => tracing::debug!(error = %err, "cannot register with the tracker"),
@@ -259,7 +258,7 @@ impl BusAgent {
                 }
                 tracing::debug!(error = %err, "heartbeat failed");
             } else {
-                self.withdraw_quarantined(&tracker, cache);
+                self.withdraw_quarantined(&*tracker, cache);
             }
             let beat = crate::tracker::HEARTBEAT_INTERVAL;
             std::thread::sleep(beat.min(next_writeback.saturating_duration_since(Instant::now())));
@@ -269,7 +268,7 @@ impl BusAgent {
     /// Stops offering the files L3 quarantined (their bytes failed their checksums, or they
     /// changed on disk while the daemon was down): each is withdrawn from every version this
     /// agent announced it in, so peers fetch it elsewhere.
-    fn withdraw_quarantined(&self, tracker: &TrackerClient, cache: &CacheManager) {
+    fn withdraw_quarantined(&self, tracker: &dyn Directory, cache: &CacheManager) {
         for file in cache.store().take_quarantined() {
             let versions: Vec<String> = self
                 .holdings
@@ -300,17 +299,17 @@ impl BusAgent {
     }
 
     /// The tracker, when this daemon is in a cluster.
-    fn directory(&self) -> Option<&TrackerClient> {
-        self.tracker.as_ref()
+    fn directory(&self) -> Option<&dyn Directory> {
+        self.tracker.as_deref()
     }
 
     /// A directory call, registering first if the tracker does not know this agent yet (it
     /// started, or the tracker restarted, before the agent thread's next beat).
     fn with_registration<T>(
         &self,
-        tracker: &TrackerClient,
-        call: impl Fn() -> Result<T, crate::PeerError>,
-    ) -> Result<T, crate::PeerError> {
+        tracker: &dyn Directory,
+        call: impl Fn() -> Result<T, DirectoryError>,
+    ) -> Result<T, DirectoryError> {
         match call() {
             Err(err) if err.is_unknown_agent() => {
                 tracker.register(&self.id, &self.addr)?;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use vbus_cache::{CacheKey, SourceError};
 
-use crate::{Http, Origin, Swarm, TrackerClient};
+use crate::{Directory, Http, Origin, Swarm};
 
 /// The most bytes a cache miss fetches whole through the BUS (larger files are pulled).
 pub const SOURCE_FETCH_MAX_BYTES: u64 = 1 << 30;
@@ -16,7 +16,7 @@ pub const SOURCE_FETCH_MAX_BYTES: u64 = 1 << 30;
 pub struct BusSource {
     name: String,
     origin: Origin,
-    tracker: Option<TrackerClient>,
+    tracker: Option<Arc<dyn Directory>>,
     http: Http,
     id: String,
     workers: usize,
@@ -24,22 +24,21 @@ pub struct BusSource {
 }
 
 impl BusSource {
-    /// Fetches from `origin` and, with a `tracker` (its base URL), from the peers it names,
-    /// presenting `cluster_token`; `id` is skipped as a peer; `download_bytes_per_second` (0:
-    /// none) paces every piece, and is shared with the agent's pulls through
-    /// [`BusSource::download`].
+    /// Fetches from `origin` and, with a `directory`, from the peers it names, through `http`
+    /// (which presents the cluster token); `id` is skipped as a peer;
+    /// `download_bytes_per_second` (0: none) paces every piece, and is shared with the agent's
+    /// pulls through [`BusSource::download`].
     pub fn new(
         origin: Origin,
-        tracker: Option<&str>,
-        cluster_token: Option<String>,
+        directory: Option<Arc<dyn Directory>>,
+        http: Http,
         id: String,
         workers: usize,
         download_bytes_per_second: u64,
     ) -> Self {
-        let http = Http::new(cluster_token);
         Self {
             name: format!("bus (master {})", origin.describe()),
-            tracker: tracker.map(|base| TrackerClient::new(base, http.clone())),
+            tracker: directory,
             origin,
             http,
             id,
@@ -74,7 +73,7 @@ impl vbus_cache::Source for BusSource {
             return Ok(None);
         };
         let swarm = Swarm {
-            tracker: self.tracker.as_ref(),
+            tracker: self.tracker.as_deref(),
             http: &self.http,
             self_id: &self.id,
             workers: self.workers,

@@ -1,4 +1,4 @@
-//! The coherence directory (the seed's `coherency_protocol: "mesi"`), kept by the tracker.
+//! The coherence directory (`coherency_protocol: "mesi"`), kept by the tracker.
 //!
 //! For every `(dataset, path)` written through a clustered daemon the directory holds a *line*:
 //! the newest version (a counter the directory alone advances, so concurrent writers end in one

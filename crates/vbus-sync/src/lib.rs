@@ -17,6 +17,7 @@
 pub mod agent;
 pub mod cache_source;
 pub mod coherence;
+pub mod directory;
 pub mod error;
 pub mod manifest;
 pub mod origin;
@@ -32,6 +33,7 @@ pub mod tracker;
 pub use agent::{AgentOptions, AgentStatus, BusAgent, PullSummary, PushSummary};
 pub use cache_source::BusSource;
 pub use coherence::{Line, LineState};
+pub use directory::{Directory, DirectoryError};
 pub use error::{BusError, ErrorKind};
 pub use manifest::{FileEntry, Manifest, ManifestError, PIECE_BYTES_DEFAULT};
 pub use origin::{LATEST, Object, Origin, PullError, PullReport, content_version, pull};

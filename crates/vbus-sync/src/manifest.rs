@@ -79,15 +79,7 @@ pub struct Manifest {
     pub files: Vec<FileEntry>,
 }
 
-impl From<vbus_store::atomic::WholeWriteError> for ManifestError {
-    fn from(err: vbus_store::atomic::WholeWriteError) -> Self {
-        Self::Io {
-            op: err.op,
-            path: err.path,
-            source: err.source,
-        }
-    }
-}
+vbus_store::impl_from_whole_write_error!(ManifestError);
 
 fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ManifestError + use<> {
     let path = path.to_owned();

@@ -1,4 +1,4 @@
-//! Origins (the seed's master database) and pulls from them into the L3 store. An origin is a
+//! Origins (the master store) and pulls from them into the L3 store. An origin is a
 //! local directory (`DATA/MASTER_DB` by default) or an S3-compatible bucket (`s3://bucket/prefix`,
 //! through `object_store`); either holds `{dataset}/{path}` and the recorded versions under
 //! `.vbus/manifests/{dataset}/`.
@@ -84,7 +84,7 @@ pub struct Object {
     pub stamp: String,
 }
 
-/// The master store (the seed's master database): a local directory or an S3-compatible bucket
+/// The master store: a local directory or an S3-compatible bucket
 /// holding datasets, one folder (prefix) each, and the versions recorded of them.
 #[derive(Debug, Clone)]
 pub struct Origin {

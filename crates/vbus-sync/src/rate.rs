@@ -7,7 +7,7 @@
 //! Waiting for the start, not the end, lets limits in series (a peer's upload, this agent's
 //! download) pace a transfer together rather than one after the other.
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 /// A bytes-per-second limit.
@@ -36,7 +36,7 @@ impl RateLimiter {
     pub fn acquire(&self, n_bytes: u64) {
         let span = Duration::from_secs_f64(n_bytes as f64 / self.bytes_per_second as f64);
         let until = {
-            let mut free_at = self.free_at.lock().unwrap_or_else(|p| p.into_inner());
+            let mut free_at = self.free_at.lock();
             let start = (*free_at).max(Instant::now());
             *free_at = start + span;
             start

@@ -1,5 +1,4 @@
-//! Local-directory repositories kept coherent with the master (the seed's
-//! `bus_config.repositories`): folders on this machine laid out as the master is
+//! Local-directory repositories kept coherent with the master (`bus_config.repositories`): folders on this machine laid out as the master is
 //! (`REPO/{dataset}/{path}`), which users and tools read and write directly.
 //!
 //! Every `bus_config.sync_interval_seconds` the daemon makes one round:

@@ -8,12 +8,13 @@
 //! nobody has written for [`STALE_STAGE_AGE`] (a pull given up, of a version no longer wanted) is
 //! removed when the staging area is opened, so abandoned pulls do not fill the disk.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 
 use crate::manifest::{FileEntry, Manifest, ManifestError, piece_len};
 
@@ -88,7 +89,11 @@ impl Interconnect {
                     .and_then(|meta| meta.modified())
                     .map_err(io("stat", &path))?;
                 let idle = now.duration_since(modified).unwrap_or_default();
-                let in_flight = self.lock().values().any(|partial| partial.path == path);
+                let in_flight = self
+                    .in_flight
+                    .lock()
+                    .values()
+                    .any(|partial| partial.path == path);
                 if idle >= age && !in_flight {
                     std::fs::remove_file(&path).map_err(io("remove", &path))?;
                     tracing::info!(
@@ -103,10 +108,6 @@ impl Interconnect {
         Ok(n_removed)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Partial>>> {
-        self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Stages `file` of `manifest`, resuming a stage left by an earlier pull: returns it with
     /// the bytes of the pieces already verified there.
     pub fn begin(
@@ -115,7 +116,7 @@ impl Interconnect {
         file: &FileEntry,
     ) -> Result<(Arc<Partial>, u64), ManifestError> {
         let key = format!("{}/{}", manifest.dataset, file.blake3);
-        if let Some(partial) = self.lock().get(&key) {
+        if let Some(partial) = self.in_flight.lock().get(&key) {
             // Another pull on this agent stages the same file: share it.
             return Ok((Arc::clone(partial), partial.bytes_done()));
         }
@@ -159,7 +160,7 @@ impl Interconnect {
         }
         let resumed = partial.bytes_done();
         let partial = Arc::new(partial);
-        let mut in_flight = self.lock();
+        let mut in_flight = self.in_flight.lock();
         let partial = Arc::clone(in_flight.entry(key).or_insert(partial));
         Ok((partial, resumed))
     }
@@ -167,7 +168,7 @@ impl Interconnect {
     /// Ends `partial`'s flight (published, or given up: its stage stays for a later resume
     /// unless it was published).
     pub fn end(&self, partial: &Partial) {
-        self.lock().remove(&partial.key);
+        self.in_flight.lock().remove(&partial.key);
     }
 
     /// `len` bytes at `offset` of the file of `dataset` whose BLAKE3 is `blake3`, if it is in
@@ -179,7 +180,12 @@ impl Interconnect {
         offset: u64,
         len: u64,
     ) -> Result<InFlight, ManifestError> {
-        let Some(partial) = self.lock().get(&format!("{dataset}/{blake3}")).cloned() else {
+        let Some(partial) = self
+            .in_flight
+            .lock()
+            .get(&format!("{dataset}/{blake3}"))
+            .cloned()
+        else {
             return Ok(InFlight::Absent);
         };
         let end = offset.saturating_add(len);

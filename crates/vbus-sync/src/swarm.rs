@@ -13,14 +13,16 @@
 //! start at different files (by a hash of their id) and prefer files a peer already holds, so
 //! that the origin serves each file about once.
 
+use parking_lot::Mutex;
 use std::collections::HashSet;
 use std::path::Path;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::directory::Directory;
+use crate::error::BusError;
 use crate::manifest::{FileEntry, Manifest, ManifestError, piece_len};
 use crate::origin::{Origin, PullError};
-use crate::peer::{Http, NOT_YET, PeerError, TrackerClient, fetch_range};
+use crate::peer::{Http, NOT_YET, PeerError, fetch_range};
 use crate::rate::{self, RateLimiter};
 use crate::staging::{Interconnect, Partial};
 use crate::tracker::Agent;
@@ -58,20 +60,21 @@ impl Sink for vbus_store::FileStore {
 /// The manifest of `dataset@version` from a peer that holds files of it (when the origin cannot
 /// give it), checked against the version's name.
 pub fn manifest_from_peers(
-    tracker: &TrackerClient,
+    tracker: &dyn Directory,
     http: &Http,
     self_id: &str,
     dataset: &str,
     version: &str,
-) -> Result<Manifest, String> {
+) -> Result<Manifest, BusError> {
+    let unavailable = |err: crate::DirectoryError| BusError::Unavailable(err.to_string());
     let availability = tracker
         .availability(dataset, version)
-        .map_err(|err| err.to_string())?;
+        .map_err(unavailable)?;
     let mut last_error = format!("no peer holds {dataset}@{version}");
     for held in availability.iter().filter(|a| a.holders > 0).take(8) {
         let holders = tracker
             .holders(dataset, version, &held.path)
-            .map_err(|err| err.to_string())?;
+            .map_err(unavailable)?;
         for peer in holders.iter().filter(|peer| peer.id != self_id) {
             match crate::peer::fetch_manifest(http, &peer.addr, dataset, version) {
                 Ok(manifest) => return Ok(manifest),
@@ -79,7 +82,7 @@ pub fn manifest_from_peers(
             }
         }
     }
-    Err(last_error)
+    Err(BusError::NotFound(last_error))
 }
 
 /// One file of `manifest` into memory (for a cache miss), from its holders and the origin,
@@ -132,7 +135,7 @@ pub fn fetch_file_bytes(
 #[derive(Debug, Clone, Copy)]
 pub struct Swarm<'a> {
     /// The tracker; `None` pulls from the origin alone.
-    pub tracker: Option<&'a TrackerClient>,
+    pub tracker: Option<&'a dyn Directory>,
     /// The client for peers (with the cluster token).
     pub http: &'a Http,
     /// This agent's id (never asked for its own files).
@@ -219,7 +222,7 @@ pub fn pull_swarm(
                     while let Some((file, pick)) =
                         next_file(manifest, wanted, track, swarm, counters)
                     {
-                        if lock(failure).is_some() {
+                        if failure.lock().is_some() {
                             return Ok(());
                         }
                         fetch_file(
@@ -230,12 +233,12 @@ pub fn pull_swarm(
                     Ok(())
                 };
                 if let Err(err) = run() {
-                    lock(failure).get_or_insert(err);
+                    failure.lock().get_or_insert(err);
                 }
             });
         }
     });
-    if let Some(err) = failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
+    if let Some(err) = failure.into_inner() {
         return Err(err);
     }
     report.files_fetched = fetched.into_inner() as usize;
@@ -285,10 +288,6 @@ enum Track {
     PeersOnly,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 /// Takes the next file for `track` out of `wanted`, and why; `None` when none is left. Without
 /// a tracker, simply the next one.
 fn next_file<'m>(
@@ -299,12 +298,12 @@ fn next_file<'m>(
     counters: &Counters,
 ) -> Option<(&'m FileEntry, Pick)> {
     let Some(tracker) = swarm.tracker else {
-        let mut wanted = lock(wanted);
+        let mut wanted = wanted.lock();
         return (!wanted.is_empty()).then(|| (wanted.remove(0), Pick::Free));
     };
     let deadline = std::time::Instant::now() + CLAIM_WAIT;
     loop {
-        if lock(wanted).is_empty() {
+        if wanted.lock().is_empty() {
             return None;
         }
         let availability = match tracker.availability(&manifest.dataset, &manifest.version) {
@@ -323,7 +322,7 @@ fn next_file<'m>(
                     (availability[at].holders, availability[at].fetchers)
                 })
         };
-        let mut wanted = lock(wanted);
+        let mut wanted = wanted.lock();
         let position =
             |want: fn((u32, u32)) -> bool| wanted.iter().position(|file| want(of(&file.path)));
         let held = position(|(holders, _)| holders > 0).map(|at| (at, Pick::Held));
@@ -567,9 +566,9 @@ fn fetch_piece(
     let offset = index as u64 * manifest.piece_bytes;
     let len = piece_len(file.size_bytes, manifest.piece_bytes, index);
     rate::acquire(swarm.download, len);
-    let is_skipped = |id: &str| lock(skipped).contains(id);
+    let is_skipped = |id: &str| skipped.lock().contains(id);
     let skip = |id: &str| {
-        lock(skipped).insert(id.to_owned());
+        skipped.lock().insert(id.to_owned());
     };
     let rotated = |agents: &[Agent]| -> Vec<Agent> {
         (0..agents.len())

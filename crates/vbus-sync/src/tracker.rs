@@ -1,4 +1,4 @@
-//! The tracker (the seed's controller): which agents exist, where they answer, and which complete
+//! The tracker (the controller): which agents exist, where they answer, and which complete
 //! files each holds, per dataset version. Agents register, heartbeat (with their current upload
 //! load) and announce; an agent silent for [`AGENT_TTL`] is not named to others until it speaks
 //! again. Registrations and holdings persist in `CONTROL_PLANE/tracker.json` (written whole under
@@ -7,9 +7,9 @@
 //!
 //! This is the state machine; the `vbus tracker` command serves it over HTTP.
 
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -111,15 +111,7 @@ struct Persisted {
     directory: Directory,
 }
 
-impl From<vbus_store::atomic::WholeWriteError> for TrackerError {
-    fn from(err: vbus_store::atomic::WholeWriteError) -> Self {
-        Self::Io {
-            op: err.op,
-            path: err.path,
-            source: err.source,
-        }
-    }
-}
+vbus_store::impl_from_whole_write_error!(TrackerError);
 
 impl Default for Persisted {
     fn default() -> Self {
@@ -285,10 +277,6 @@ impl Tracker {
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Writes the persisted state whole: temporary file, sync, rename, directory sync.
     fn save(&self, inner: &Inner) -> Result<(), TrackerError> {
         let text = serde_json::to_vec(&inner.persisted).expect("the state serialises");
@@ -300,7 +288,7 @@ impl Tracker {
     pub fn register(&self, id: &str, addr: &str) -> Result<(), TrackerError> {
         check_name("agent id", id)?;
         check_name("address", addr)?;
-        let mut inner = self.lock();
+        let mut inner = self.inner.lock();
         if !inner.persisted.agents.contains_key(id) && inner.persisted.agents.len() >= AGENTS_MAX {
             return Err(TrackerError::TooMany {
                 what: "agents",
@@ -323,7 +311,7 @@ impl Tracker {
 
     /// A heartbeat from `id`, serving `load` uploads now.
     pub fn heartbeat(&self, id: &str, load: u32) -> Result<(), TrackerError> {
-        let mut inner = self.lock();
+        let mut inner = self.inner.lock();
         let Some(agent) = inner.persisted.agents.get_mut(id) else {
             return Err(TrackerError::UnknownAgent(id.chars().take(64).collect()));
         };
@@ -351,7 +339,7 @@ impl Tracker {
         for path in paths {
             check_name("path", path)?;
         }
-        let mut inner = self.lock();
+        let mut inner = self.inner.lock();
         inner.known(id)?;
         inner.last_seen.insert(id.to_owned(), Instant::now());
         let key = holding_key(dataset, version);
@@ -381,7 +369,7 @@ impl Tracker {
         version: &str,
         path: &str,
     ) -> Result<(), TrackerError> {
-        let mut inner = self.lock();
+        let mut inner = self.inner.lock();
         let key = holding_key(dataset, version);
         let removed = inner
             .persisted
@@ -397,7 +385,7 @@ impl Tracker {
 
     /// `id` leaves the cluster: it and its holdings are forgotten.
     pub fn leave(&self, id: &str) -> Result<(), TrackerError> {
-        let mut inner = self.lock();
+        let mut inner = self.inner.lock();
         if inner.persisted.agents.remove(id).is_none() {
             return Ok(());
         }
@@ -428,7 +416,7 @@ impl Tracker {
         check_name("dataset", dataset)?;
         check_name("version", version)?;
         check_name("path", path)?;
-        let mut inner = self.lock();
+        let mut inner = self.inner.lock();
         inner.known(id)?;
         let files = inner
             .claims
@@ -450,7 +438,7 @@ impl Tracker {
     /// For every file of `dataset@version` someone holds or fetches: how many live agents
     /// hold it and how many fetch it.
     pub fn availability(&self, dataset: &str, version: &str) -> Vec<Availability> {
-        let inner = self.lock();
+        let inner = self.inner.lock();
         let now = Instant::now();
         let alive = |id: &String| inner.alive(id, now);
         let key = holding_key(dataset, version);
@@ -479,7 +467,7 @@ impl Tracker {
     /// The live agents holding `path` of `dataset@version`, least loaded first (ties in a
     /// random order, so that equal peers share the work).
     pub fn holders(&self, dataset: &str, version: &str, path: &str) -> Vec<Agent> {
-        let inner = self.lock();
+        let inner = self.inner.lock();
         let ids = inner
             .persisted
             .holdings
@@ -491,7 +479,7 @@ impl Tracker {
     /// The live agents fetching `path` of `dataset@version` now (they serve the pieces they have
     /// verified), least loaded first.
     pub fn fetchers(&self, dataset: &str, version: &str, path: &str) -> Vec<Agent> {
-        let inner = self.lock();
+        let inner = self.inner.lock();
         let ids = inner
             .claims
             .get(&holding_key(dataset, version))
@@ -513,7 +501,7 @@ impl Tracker {
         check_name("dataset", dataset)?;
         check_name("path", path)?;
         check_name("blake3", blake3)?;
-        let mut inner = self.lock();
+        let mut inner = self.inner.lock();
         inner.known(id)?;
         let prefix = format!("{dataset}@");
         let pulled: BTreeSet<String> = inner
@@ -538,7 +526,7 @@ impl Tracker {
     /// The directory's line for `dataset/path` and the agents holding its newest version (the
     /// owner first), if any write made one.
     pub fn line(&self, dataset: &str, path: &str) -> Option<LineView> {
-        let inner = self.lock();
+        let inner = self.inner.lock();
         let line = inner.persisted.directory.line(dataset, path)?.clone();
         let holders = line
             .valid_holders()
@@ -556,7 +544,7 @@ impl Tracker {
         path: &str,
         version: u64,
     ) -> Result<bool, TrackerError> {
-        let mut inner = self.lock();
+        let mut inner = self.inner.lock();
         inner.known(id)?;
         let sharing = inner.persisted.directory.shared(id, dataset, path, version);
         if sharing == Sharing::Changed {
@@ -572,7 +560,8 @@ impl Tracker {
         dataset: &str,
         path: &str,
     ) -> Result<Line, WritebackRefused> {
-        self.lock()
+        self.inner
+            .lock()
             .persisted
             .directory
             .begin_writeback(id, dataset, path, Instant::now())
@@ -588,7 +577,7 @@ impl Tracker {
         version: u64,
         written: bool,
     ) -> Result<bool, TrackerError> {
-        let mut inner = self.lock();
+        let mut inner = self.inner.lock();
         let clean = inner
             .persisted
             .directory
@@ -602,7 +591,7 @@ impl Tracker {
 
     /// The dirty lines owned by `owner` (or, with `None`, of `dataset`; or all).
     pub fn dirty(&self, owner: Option<&str>, dataset: Option<&str>) -> Vec<Line> {
-        let inner = self.lock();
+        let inner = self.inner.lock();
         let directory = &inner.persisted.directory;
         match (owner, dataset) {
             (Some(owner), _) => directory.dirty_of(owner),
@@ -613,7 +602,7 @@ impl Tracker {
 
     /// Every agent, with whether it is alive.
     pub fn agents(&self) -> Vec<(Agent, bool)> {
-        let inner = self.lock();
+        let inner = self.inner.lock();
         let now = Instant::now();
         inner
             .persisted

@@ -65,6 +65,11 @@ impl Killed {
             .lines()
             .filter_map(|line| line.strip_prefix("ack "))
     }
+
+    /// The largest number acknowledged as `ack N` (a log's or a bus's sequence number).
+    pub fn max_ack(&self) -> Option<u64> {
+        self.acks().filter_map(|ack| ack.parse().ok()).max()
+    }
 }
 
 /// Runs the test `test` (its full name in this test binary, for `--exact`) as a child with
@@ -109,5 +114,6 @@ mod tests {
             by_the_kill: true,
         };
         assert_eq!(killed.acks().collect::<Vec<_>>(), ["1", "put a 2"]);
+        assert_eq!(killed.max_ack(), Some(1));
     }
 }

@@ -84,15 +84,7 @@ impl Error {
     }
 }
 
-impl From<vbus_store::atomic::WholeWriteError> for Error {
-    fn from(err: vbus_store::atomic::WholeWriteError) -> Self {
-        Self::Io {
-            op: err.op,
-            path: err.path,
-            source: err.source,
-        }
-    }
-}
+vbus_store::impl_from_whole_write_error!(Error);
 
 /// `Result` with [`Error`] as the default error type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

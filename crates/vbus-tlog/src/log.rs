@@ -3,13 +3,23 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use parking_lot::{Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
 use crate::histogram::{Histogram, LatencySummary};
 use crate::record::{self, MAX_BODY_BYTES, RecordRef};
 use crate::segment::{self, SegmentInfo};
 use crate::{Error, Result};
+
+mod handle;
+mod read;
+mod recover;
+
+pub use handle::Log;
+use recover::recover_tail;
+pub(crate) use recover::{DAMAGED_DIR, lock_dir};
 
 /// What an append has survived when it returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -168,135 +178,10 @@ impl std::fmt::Debug for State {
     }
 }
 
-/// Checks the newest segment and repairs what a crash mid-append leaves: a torn tail is zeroed,
-/// and a newest segment without records whose predecessor stops short of it (the rotation made
-/// it, the records meant for the end of the old one were never written, and none of them was
-/// acknowledged) is removed. Damage followed by good records is corruption. Returns where the
-/// newest segment's records end and its size.
-fn recover_tail(
-    dir: &Path,
-    segments: &mut Vec<SegmentInfo>,
-    recovery: &mut Recovery,
-) -> Result<(segment::ScanEnd, u64)> {
-    loop {
-        let last = segments.last().expect("called with a segment").clone();
-        let bytes = segment::read(&last)?;
-        let mut end = segment::scan(&last, &bytes, |_| Ok(true))?;
-        if let Some((offset, damage)) = end.damage.take() {
-            let dirty_end = bytes.iter().rposition(|&b| b != 0).map_or(0, |at| at + 1);
-            let kept_aside = keep_aside(dir, &last, offset, &bytes[offset as usize..dirty_end]);
-            if segment::any_record_after(&bytes, offset as usize) {
-                tracing::error!(segment = %last.path.display(), offset, kept_aside = %kept_aside, "the transaction log is damaged: {damage}, and good records follow it");
-                return Err(Error::Corrupt {
-                    segment: last.path.clone(),
-                    offset,
-                    reason: format!(
-                        "{damage}, and good records follow it (its bytes are kept in \
-                         {kept_aside}; `vbus state repair` truncates the log there)"
-                    ),
-                });
-            }
-            // A crash mid-append leaves the record's first sectors written and zeros (the
-            // preallocated file) after them; any other bad record was damaged after it was
-            // written, and may have been acknowledged: never zeroed silently.
-            if !segment::is_torn_write(&bytes, offset as usize, &damage) {
-                tracing::error!(segment = %last.path.display(), offset, kept_aside = %kept_aside, "the transaction log's last record is damaged, not torn: {damage}");
-                return Err(Error::Corrupt {
-                    segment: last.path.clone(),
-                    offset,
-                    reason: format!(
-                        "{damage} in the last record, which does not end in zeros as a torn write \
-                         does (its bytes are kept in {kept_aside}; `vbus state repair` truncates \
-                         the log there)"
-                    ),
-                });
-            }
-            recovery.n_torn_records += 1;
-            let zeros = vec![0u8; dirty_end.saturating_sub(offset as usize)];
-            let file = OpenOptions::new()
-                .write(true)
-                .open(&last.path)
-                .map_err(Error::io("open", &last.path))?;
-            file.write_all_at(&zeros, offset)
-                .and_then(|()| file.sync_data())
-                .map_err(Error::io("truncate the torn tail of", &last.path))?;
-            recovery.torn_tail_bytes += zeros.len() as u64;
-            tracing::warn!(
-                segment = %last.path.display(),
-                offset,
-                bytes = zeros.len(),
-                kept_aside = %kept_aside,
-                "zeroed a torn tail: {damage}"
-            );
-        }
-        let empty = end.next_seq == last.first_seq;
-        if empty && segments.len() > 1 {
-            let previous = &segments[segments.len() - 2];
-            let previous_bytes = segment::read(previous)?;
-            let previous_end = segment::scan(previous, &previous_bytes, |_| Ok(true))?;
-            if previous_end.next_seq < last.first_seq {
-                std::fs::remove_file(&last.path).map_err(Error::io("remove", &last.path))?;
-                segment::sync_dir(dir)?;
-                tracing::warn!(
-                    segment = %last.path.display(),
-                    "removed a segment begun by a rotation the crash interrupted"
-                );
-                segments.pop();
-                continue;
-            }
-        }
-        return Ok((end, bytes.len() as u64));
-    }
-}
-
-/// Folder of the log where bytes cut from it (torn tails, damaged records) are kept.
-pub(crate) const DAMAGED_DIR: &str = "damaged";
-
-/// Copies bytes about to be cut from a segment (or refused in it) to
-/// `DIR/damaged/{segment}.{offset}`, for inspection; returns that path (or why it could not).
-fn keep_aside(dir: &Path, segment: &SegmentInfo, offset: u64, bytes: &[u8]) -> String {
-    let name = segment
-        .path
-        .file_name()
-        .map_or_else(|| "segment".into(), |name| name.to_string_lossy());
-    let path = dir.join(DAMAGED_DIR).join(format!("{name}.{offset}"));
-    let written = std::fs::create_dir_all(dir.join(DAMAGED_DIR))
-        .and_then(|()| std::fs::write(&path, bytes))
-        .and_then(|()| File::open(&path)?.sync_all());
-    match written {
-        Ok(()) => path.display().to_string(),
-        Err(err) => format!("nowhere: cannot write {}: {err}", path.display()),
-    }
-}
-
-/// Takes the exclusive lock of the log in `dir` (`DIR/LOCK`), held as long as the file is. A busy
-/// lock is retried for a moment: a `fork` in another thread of this process briefly holds a copy
-/// of a just-released lock until its `exec`.
-pub(crate) fn lock_dir(dir: &Path) -> Result<File> {
-    let lock_path = dir.join("LOCK");
-    let lock = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&lock_path)
-        .map_err(Error::io("open", &lock_path))?;
-    let deadline = Instant::now() + LOCK_WAIT;
-    while rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
-        if Instant::now() >= deadline {
-            return Err(Error::Locked {
-                path: dir.to_owned(),
-            });
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    Ok(lock)
-}
-
 impl LogCore {
     /// Opens (or creates) the log in `dir`: takes its lock, checks the newest segment, zeroes a
     /// torn tail, and refuses any other damage with [`Error::Corrupt`].
-    fn open(dir: impl Into<PathBuf>, options: LogOptions) -> Result<(Self, Recovery)> {
+    pub(super) fn open(dir: impl Into<PathBuf>, options: LogOptions) -> Result<(Self, Recovery)> {
         let dir = dir.into();
         std::fs::create_dir_all(&dir).map_err(Error::io("create", &dir))?;
         let lock = lock_dir(&dir)?;
@@ -374,23 +259,19 @@ impl LogCore {
     }
 
     /// The log's directory.
-    fn dir(&self) -> &Path {
+    pub(super) fn dir(&self) -> &Path {
         &self.dir
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Appends one record; returns its sequence number once it is as durable as asked.
-    fn append(&self, kind: u8, payload: &[u8], durability: Durability) -> Result<u64> {
+    pub(super) fn append(&self, kind: u8, payload: &[u8], durability: Durability) -> Result<u64> {
         self.append_batch(&[(kind, payload)], durability)
             .map(|range| range.end - 1)
     }
 
     /// Appends records with consecutive sequence numbers, all or none visible to a reader after
     /// a crash up to a torn tail; returns their range once the last is as durable as asked.
-    fn append_batch(
+    pub(super) fn append_batch(
         &self,
         records: &[(u8, &[u8])],
         durability: Durability,
@@ -406,7 +287,7 @@ impl LogCore {
     /// `enqueue` calls is the log's order. [`Log::wait_durable`] then waits (a caller applying
     /// changes in memory enqueues under its own lock and waits outside it, so writers share
     /// syncs). `durability` says what the later wait will ask for.
-    fn enqueue(
+    pub(super) fn enqueue(
         &self,
         records: &[(u8, &[u8])],
         durability: Durability,
@@ -419,7 +300,7 @@ impl LogCore {
                 });
             }
         }
-        let mut state = self.lock();
+        let mut state = self.state.lock();
         if let Some(reason) = &state.failed {
             return Err(Error::Failed {
                 reason: reason.clone(),
@@ -436,12 +317,12 @@ impl LogCore {
 
     /// [`LogCore::enqueue`] of one record whose payload `write_payload` encodes straight into
     /// the queue (returning the record's kind): a large payload is copied once, not twice.
-    fn enqueue_with(
+    pub(super) fn enqueue_with(
         &self,
         durability: Durability,
         write_payload: impl FnOnce(&mut Vec<u8>) -> u8,
     ) -> Result<u64> {
-        let mut state = self.lock();
+        let mut state = self.state.lock();
         if let Some(reason) = &state.failed {
             return Err(Error::Failed {
                 reason: reason.clone(),
@@ -478,7 +359,7 @@ impl LogCore {
     /// What follows queuing records up to `last`: noting the sync a later wait will want, and
     /// for `Async` records bounding the queue (the appender writes past the limit) or waking the
     /// flusher early.
-    fn after_enqueue(
+    pub(super) fn after_enqueue(
         &self,
         mut state: MutexGuard<'_, State>,
         last: u64,
@@ -505,8 +386,8 @@ impl LogCore {
     }
 
     /// Writes whatever is queued, if no leader is writing already (the flusher's tick).
-    fn flush_queued(&self) -> Result<()> {
-        let mut state = self.lock();
+    pub(super) fn flush_queued(&self) -> Result<()> {
+        let mut state = self.state.lock();
         state.flusher_woken = false;
         if state.pending.is_empty() || state.leader_active {
             return Ok(());
@@ -516,14 +397,14 @@ impl LogCore {
     }
 
     /// Whether enough is queued again that the flusher should go on without waiting.
-    fn flush_due(&self) -> bool {
-        let state = self.lock();
+    pub(super) fn flush_due(&self) -> bool {
+        let state = self.state.lock();
         state.pending_bytes >= ASYNC_WAKE_BYTES && !state.leader_active
     }
 
     /// Waits until record `seq` (enqueued earlier) is as durable as asked.
-    fn wait_durable(&self, seq: u64, durability: Durability) -> Result<()> {
-        let mut state = self.lock();
+    pub(super) fn wait_durable(&self, seq: u64, durability: Durability) -> Result<()> {
+        let mut state = self.state.lock();
         if seq >= state.next_seq {
             return Err(Error::NotRetained {
                 seq,
@@ -539,8 +420,8 @@ impl LogCore {
     }
 
     /// Writes and syncs everything appended so far.
-    fn sync(&self) -> Result<u64> {
-        let mut state = self.lock();
+    pub(super) fn sync(&self) -> Result<u64> {
+        let mut state = self.state.lock();
         let last = state.next_seq - 1;
         state.want_sync_seq = state.want_sync_seq.max(last);
         self.wait_for(state, last, Durability::Fdatasync)?;
@@ -548,7 +429,7 @@ impl LogCore {
     }
 
     /// Encodes one record at the tail, starting a new segment when it does not fit.
-    fn encode_into(&self, state: &mut State, kind: u8, payload: &[u8]) -> Result<()> {
+    pub(super) fn encode_into(&self, state: &mut State, kind: u8, payload: &[u8]) -> Result<()> {
         let len = record::encoded_len(payload.len()) as u64;
         if state.tail_offset + len > state.active_bytes {
             self.rotate(state, len)?;
@@ -564,7 +445,7 @@ impl LogCore {
 
     /// The pending chunk that ends at the tail of the active segment (a new one when the last
     /// pending chunk does not).
-    fn tail_chunk(state: &mut State) -> &mut Chunk {
+    pub(super) fn tail_chunk(state: &mut State) -> &mut Chunk {
         let contiguous = state.pending.last().is_some_and(|chunk| {
             Arc::ptr_eq(&chunk.file, &state.active)
                 && chunk.offset + chunk.bytes.len() as u64 == state.tail_offset
@@ -584,7 +465,7 @@ impl LogCore {
 
     /// Starts the segment whose first record is the next one. The old segment keeps its
     /// pending chunks and is synced with them.
-    fn rotate(&self, state: &mut State, record_len: u64) -> Result<()> {
+    pub(super) fn rotate(&self, state: &mut State, record_len: u64) -> Result<()> {
         let size_bytes = self
             .options
             .segment_bytes
@@ -606,7 +487,7 @@ impl LogCore {
 
     /// Waits until record `seq` is as durable as asked, leading a group write when no one else
     /// is.
-    fn wait_for<'a>(
+    pub(super) fn wait_for<'a>(
         &'a self,
         mut state: MutexGuard<'a, State>,
         seq: u64,
@@ -627,7 +508,7 @@ impl LogCore {
                 return Ok(());
             }
             if state.leader_active {
-                state = self.done.wait(state).unwrap_or_else(|p| p.into_inner());
+                self.done.wait(&mut state);
                 continue;
             }
             // Lead: take everything pending, write it and (when asked) sync it, unlocked.
@@ -639,7 +520,7 @@ impl LogCore {
                 for _ in 0..GATHER_STEPS_MAX {
                     drop(state);
                     std::thread::yield_now();
-                    state = self.lock();
+                    state = self.state.lock();
                     if state.next_seq == seen {
                         break;
                     }
@@ -658,7 +539,7 @@ impl LogCore {
             };
             drop(state);
             let outcome = self.write_and_sync(&chunks, &mut files, sync, full);
-            state = self.lock();
+            state = self.state.lock();
             state.leader_active = false;
             state.n_group_writes += 1;
             match outcome {
@@ -691,7 +572,7 @@ impl LogCore {
         }
     }
 
-    fn write_and_sync(
+    pub(super) fn write_and_sync(
         &self,
         chunks: &[Chunk],
         files: &mut Vec<Arc<File>>,
@@ -720,295 +601,5 @@ impl LogCore {
             self.sync_latency.record(started.elapsed());
         }
         Ok(())
-    }
-
-    /// Calls `visit` with every record from `from_seq` to the last one written when the call
-    /// began, in order; `visit` returns `false` to stop early. Damage anywhere is an error
-    /// naming the segment and offset.
-    fn read_from(
-        &self,
-        from_seq: u64,
-        mut visit: impl FnMut(RecordRef<'_>) -> Result<bool>,
-    ) -> Result<u64> {
-        let (segments, last) = {
-            let state = self.lock();
-            (state.segments.clone(), state.written_seq)
-        };
-        let first = segments.first().map_or(1, |s| s.first_seq);
-        if from_seq < first || from_seq > last + 1 {
-            return Err(Error::NotRetained {
-                seq: from_seq,
-                first,
-                last,
-            });
-        }
-        let start_idx = segments
-            .iter()
-            .rposition(|segment| segment.first_seq <= from_seq)
-            .unwrap_or(0);
-        let mut n_visited = 0u64;
-        let mut bytes = Vec::new();
-        for (idx, segment) in segments.iter().enumerate().skip(start_idx) {
-            if segment.first_seq > last {
-                break;
-            }
-            segment::read_into(segment, &mut bytes)?;
-            let mut stop = false;
-            let end = segment::scan(segment, &bytes, |record| {
-                if record.seq > last {
-                    stop = true;
-                    return Ok(false);
-                }
-                if record.seq >= from_seq {
-                    n_visited += 1;
-                    if !visit(record)? {
-                        stop = true;
-                        return Ok(false);
-                    }
-                }
-                Ok(true)
-            })?;
-            if stop {
-                break;
-            }
-            if let Some((offset, damage)) = end.damage {
-                return Err(Error::Corrupt {
-                    segment: segment.path.clone(),
-                    offset,
-                    reason: damage.to_string(),
-                });
-            }
-            // A segment must end where the next begins.
-            let expected_next = segments
-                .get(idx + 1)
-                .map_or(last + 1, |next| next.first_seq);
-            if end.next_seq < expected_next.min(last + 1) {
-                return Err(Error::Corrupt {
-                    segment: segment.path.clone(),
-                    offset: end.end_offset,
-                    reason: format!(
-                        "records end at {} but the log continues at {expected_next}",
-                        end.next_seq
-                    ),
-                });
-            }
-        }
-        Ok(n_visited)
-    }
-
-    /// Deletes the segments whose records all precede `seq` (never the active one). Returns how
-    /// many were deleted.
-    fn release_before(&self, seq: u64) -> Result<usize> {
-        let doomed: Vec<SegmentInfo> = {
-            let mut state = self.lock();
-            let n_doomed = state
-                .segments
-                .windows(2)
-                .take_while(|pair| pair[1].first_seq <= seq)
-                .count();
-            state.segments.drain(..n_doomed).collect()
-        };
-        for segment in &doomed {
-            std::fs::remove_file(&segment.path).map_err(Error::io("remove", &segment.path))?;
-        }
-        if !doomed.is_empty() {
-            segment::sync_dir(&self.dir)?;
-        }
-        Ok(doomed.len())
-    }
-
-    /// The figures so far.
-    fn stats(&self) -> LogStats {
-        let state = self.lock();
-        LogStats {
-            first_seq: state.segments.first().map_or(1, |s| s.first_seq),
-            last_seq: state.next_seq - 1,
-            synced_seq: state.synced_seq,
-            appended_bytes: state.appended_bytes,
-            n_group_writes: state.n_group_writes,
-            n_syncs: state.n_syncs,
-            n_segments: state.segments.len(),
-            append: self.append_latency.summary(),
-            sync: self.sync_latency.summary(),
-        }
-    }
-
-    /// The next sequence number an append will get.
-    fn next_seq(&self) -> u64 {
-        self.lock().next_seq
-    }
-
-    /// Puts the log in the state a failed write or sync leaves it in (for tests of callers'
-    /// error paths; a real failure cannot be provoked on demand).
-    #[doc(hidden)]
-    fn inject_failure(&self, reason: &str) {
-        self.lock().failed = Some(reason.to_owned());
-    }
-}
-
-/// The transaction log. Share it behind an `Arc`; every method takes `&self`. A flusher thread
-/// writes `Async` appends within [`FLUSH_INTERVAL`]; dropping the log writes what is queued.
-#[derive(Debug)]
-pub struct Log {
-    core: Arc<LogCore>,
-    stop: Arc<(Mutex<bool>, Condvar)>,
-    flusher: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Log {
-    /// Opens (or creates) the log in `dir`: takes its lock, checks the newest segment, zeroes a
-    /// torn tail, removes a segment an interrupted rotation left empty, and refuses any other
-    /// damage with [`Error::Corrupt`].
-    pub fn open(dir: impl Into<PathBuf>, options: LogOptions) -> Result<(Self, Recovery)> {
-        let (core, recovery) = LogCore::open(dir, options)?;
-        let core = Arc::new(core);
-        let stop = Arc::clone(&core.flusher);
-        let dir = core.dir().to_path_buf();
-        let flusher = {
-            let core = Arc::downgrade(&core);
-            let stop = Arc::clone(&stop);
-            std::thread::Builder::new()
-                .name("vbus-tlog-flush".to_owned())
-                .spawn(move || flush_periodically(&core, &stop))
-                .map_err(Error::io("start the flusher thread of the log at", dir))?
-        };
-        Ok((
-            Self {
-                core,
-                stop,
-                flusher: Some(flusher),
-            },
-            recovery,
-        ))
-    }
-
-    /// The log's directory.
-    pub fn dir(&self) -> &Path {
-        self.core.dir()
-    }
-
-    /// Appends one record; returns its sequence number once it is as durable as asked.
-    pub fn append(&self, kind: u8, payload: &[u8], durability: Durability) -> Result<u64> {
-        self.core.append(kind, payload, durability)
-    }
-
-    /// Appends records with consecutive sequence numbers; returns their range once the last is
-    /// as durable as asked.
-    pub fn append_batch(
-        &self,
-        records: &[(u8, &[u8])],
-        durability: Durability,
-    ) -> Result<std::ops::Range<u64>> {
-        self.core.append_batch(records, durability)
-    }
-
-    /// Numbers and queues records without waiting for them to be written: the caller's order of
-    /// `enqueue` calls is the log's order. [`Log::wait_durable`] then waits (a caller applying
-    /// changes in memory enqueues under its own lock and waits outside it, so writers share
-    /// syncs). `durability` says what the later wait will ask for.
-    pub fn enqueue(
-        &self,
-        records: &[(u8, &[u8])],
-        durability: Durability,
-    ) -> Result<std::ops::Range<u64>> {
-        self.core.enqueue(records, durability)
-    }
-
-    /// [`Log::enqueue`] of one record whose payload `write_payload` appends in place to the
-    /// queue's buffer (no copy of its own), returning the record's kind; returns its sequence
-    /// number. The closure runs under the log's lock: keep it to encoding.
-    pub fn enqueue_with(
-        &self,
-        durability: Durability,
-        write_payload: impl FnOnce(&mut Vec<u8>) -> u8,
-    ) -> Result<u64> {
-        self.core.enqueue_with(durability, write_payload)
-    }
-
-    /// Waits until record `seq` (queued earlier) is as durable as asked.
-    pub fn wait_durable(&self, seq: u64, durability: Durability) -> Result<()> {
-        self.core.wait_durable(seq, durability)
-    }
-
-    /// Writes and syncs everything appended so far; returns the last sequence number.
-    pub fn sync(&self) -> Result<u64> {
-        self.core.sync()
-    }
-
-    /// Calls `visit` with every record from `from_seq` to the last one written when the call
-    /// began, in order; `visit` returns `false` to stop early. Damage anywhere is an error
-    /// naming the segment and offset. Returns how many records were visited.
-    pub fn read_from(
-        &self,
-        from_seq: u64,
-        visit: impl FnMut(RecordRef<'_>) -> Result<bool>,
-    ) -> Result<u64> {
-        self.core.read_from(from_seq, visit)
-    }
-
-    /// Deletes the segments whose records all precede `seq` (never the active one). Returns how
-    /// many were deleted.
-    pub fn release_before(&self, seq: u64) -> Result<usize> {
-        self.core.release_before(seq)
-    }
-
-    /// The figures so far.
-    pub fn stats(&self) -> LogStats {
-        self.core.stats()
-    }
-
-    /// The next sequence number an append will get.
-    pub fn next_seq(&self) -> u64 {
-        self.core.next_seq()
-    }
-
-    /// Puts the log in the state a failed write or sync leaves it in (for tests of callers'
-    /// error paths; a real failure cannot be provoked on demand).
-    #[doc(hidden)]
-    pub fn inject_failure(&self, reason: &str) {
-        self.core.inject_failure(reason);
-    }
-}
-
-impl Drop for Log {
-    fn drop(&mut self) {
-        {
-            let (stopped, wake) = &*self.stop;
-            *stopped.lock().unwrap_or_else(|p| p.into_inner()) = true;
-            wake.notify_all();
-        }
-        if let Some(flusher) = self.flusher.take() {
-            let _ = flusher.join();
-        }
-        if let Err(err) = self.core.flush_queued() {
-            tracing::error!(error = %err, "writing the log's queued records at close failed");
-        }
-    }
-}
-
-/// The flusher: every [`FLUSH_INTERVAL`], or sooner when [`ASYNC_WAKE_BYTES`] are queued,
-/// writes what `Async` appends queued.
-fn flush_periodically(core: &std::sync::Weak<LogCore>, stop: &(Mutex<bool>, Condvar)) {
-    let (stopped, wake) = stop;
-    let mut due = false;
-    loop {
-        {
-            let mut guard = stopped.lock().unwrap_or_else(|p| p.into_inner());
-            if !due && !*guard {
-                guard = wake
-                    .wait_timeout(guard, FLUSH_INTERVAL)
-                    .unwrap_or_else(|p| p.into_inner())
-                    .0;
-            }
-            if *guard {
-                break;
-            }
-        }
-        // The stop lock is not held while writing: an appender's wake-up never waits on a write.
-        let Some(core) = core.upgrade() else { break };
-        if let Err(err) = core.flush_queued() {
-            tracing::debug!(error = %err, "the log's flusher could not write");
-        }
-        due = core.flush_due();
     }
 }

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use vbus_node::Home;
 
 use crate::api::ApiError;
-use crate::daemon::AppState;
+use vbus_node::Node as AppState;
 
 /// The routes of the BUS on a daemon.
 pub(crate) fn routes() -> Router<Arc<AppState>> {

@@ -331,70 +331,57 @@ impl Client {
     }
 }
 
-/// A one-line progress display on stderr, for transfers above [`PROGRESS_MIN_BYTES`] when
-/// stderr is a terminal.
+/// A one-line progress display on stderr (`indicatif`), for transfers above
+/// [`PROGRESS_MIN_BYTES`] when stderr is a terminal.
 struct Progress {
-    label: String,
-    total: Option<u64>,
-    done: u64,
-    shown: bool,
-    started: std::time::Instant,
-    last_draw: std::time::Instant,
+    bar: indicatif::ProgressBar,
 }
 
 impl Progress {
     fn new(verb: &str, key: &str, total: Option<u64>) -> Self {
         use std::io::IsTerminal as _;
-        let now = std::time::Instant::now();
-        Self {
-            label: format!("{verb} {key}"),
-            total,
-            done: 0,
-            shown: std::io::stderr().is_terminal()
-                && total.is_none_or(|total| total >= PROGRESS_MIN_BYTES),
-            started: now,
-            last_draw: now,
-        }
+        let shown = std::io::stderr().is_terminal()
+            && total.is_none_or(|total| total >= PROGRESS_MIN_BYTES);
+        let bar = match (shown, total) {
+            (false, _) => indicatif::ProgressBar::hidden(),
+            (true, Some(total)) => indicatif::ProgressBar::new(total),
+            (true, None) => indicatif::ProgressBar::no_length(),
+        };
+        bar.set_style(Self::style(total.is_some()));
+        bar.set_message(format!("{verb} {key}"));
+        Self { bar }
+    }
+
+    /// The line: with a percentage when the total is known.
+    fn style(with_total: bool) -> indicatif::ProgressStyle {
+        let template = if with_total {
+            "{msg}: {percent:>3}% {bytes} / {total_bytes}, {bytes_per_sec}"
+        } else {
+            "{msg}: {bytes}, {bytes_per_sec}"
+        };
+        indicatif::ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
     }
 
     /// Sets where a transfer measured elsewhere stands.
     fn set(&mut self, done: u64, total: u64) {
-        self.total = Some(total);
-        self.advance(done.saturating_sub(self.done));
+        if self.bar.length() != Some(total) {
+            self.bar.set_length(total);
+            self.bar.set_style(Self::style(true));
+        }
+        self.bar.set_position(done);
     }
 
     fn advance(&mut self, n: u64) {
-        self.done += n;
-        if self.shown && self.last_draw.elapsed().as_millis() >= 100 {
-            self.last_draw = std::time::Instant::now();
-            self.draw();
-        }
+        self.bar.inc(n);
     }
 
-    fn draw(&self) {
-        let rate = self.done as f64 / self.started.elapsed().as_secs_f64().max(1e-3) / 1e6;
-        let line = match self.total {
-            Some(total) if total > 0 => format!(
-                "{}: {:>5.1}% {} / {} MB, {rate:.0} MB/s",
-                self.label,
-                100.0 * self.done as f64 / total as f64,
-                self.done / 1_000_000,
-                total / 1_000_000
-            ),
-            _ => format!(
-                "{}: {} MB, {rate:.0} MB/s",
-                self.label,
-                self.done / 1_000_000
-            ),
-        };
-        eprint!("\r{line}\x1b[K");
-    }
-
+    /// Leaves the final line for a transfer large enough to have shown one.
     fn finish(&mut self) {
-        if self.shown && self.done >= PROGRESS_MIN_BYTES {
-            self.draw();
-            eprintln!();
+        if self.bar.position() >= PROGRESS_MIN_BYTES {
+            self.bar.finish();
+        } else {
+            self.bar.finish_and_clear();
         }
-        self.shown = false;
     }
 }

@@ -143,7 +143,7 @@ async fn health(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
     }))
 }
 
-/// Every tier's configuration and figures, the seed's hit rates, and process figures.
+/// Every tier's configuration and figures, the hit rates, and process figures.
 async fn stats(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
     Json(state.stats())
 }

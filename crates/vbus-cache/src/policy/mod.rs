@@ -4,7 +4,7 @@
 //! `evict` removes the chosen slot from the policy and returns it; entries the tier must keep
 //! (pinned, or the only copy) are skipped through the `keep` callback, with bounded work.
 //!
-//! - [`PolicyKind::Lru`]: least recently used, the seed's policy.
+//! - [`PolicyKind::Lru`]: least recently used, the default.
 //! - [`PolicyKind::S3Fifo`]: S3-FIFO (Yang et al., SOSP 2023): a small FIFO of 10% of the bytes
 //!   filters one-hit wonders, a main FIFO with reinsertion holds the rest, a ghost FIFO of key
 //!   hashes sends returning keys straight to main.

@@ -87,7 +87,7 @@ pub struct PythonReport {
 /// One Python package.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PythonPackage {
-    /// Distribution name as the seed says it.
+    /// Distribution name as users know it.
     pub name: String,
     /// Installed version, or `None`.
     pub version: Option<String>,

@@ -1,4 +1,4 @@
-//! The seed's verbs: pages, updates, epochs, edges and propagation, GPU pages, checkpoints.
+//! The state bus's verbs: pages, updates, epochs, edges and propagation, GPU pages, checkpoints.
 
 use vbus_state::{Delta, Durability, ElemType, Error, Location, MergeOp, Rule, StateBus};
 

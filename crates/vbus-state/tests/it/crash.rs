@@ -60,11 +60,7 @@ fn sigkill_at_random_moments_keeps_every_acknowledged_change() {
     for round in 0..N_ROUNDS {
         let after = Duration::from_millis(rng.u64(10..60));
         let killed = harness::run_and_kill(TEST, dir.path(), round, after);
-        let last = killed
-            .acks()
-            .filter_map(|ack| ack.parse::<u64>().ok())
-            .max();
-        acked = acked.max(last.unwrap_or(0));
+        acked = acked.max(killed.max_ack().unwrap_or(0));
         let bus = StateBus::builder(dir.path())
             .segment_bytes(64 << 10)
             .open()

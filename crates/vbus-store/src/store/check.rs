@@ -39,7 +39,7 @@ pub(super) enum Opened {
 impl Inner {
     pub(super) fn lookup(&self, key: &str) -> Option<Lookup> {
         let entry = {
-            let mut state = self.lock();
+            let mut state = self.state.lock();
             let entry = state.index.get(key)?.clone();
             state.index.touch(key, now_ms());
             entry
@@ -88,7 +88,7 @@ impl Inner {
         let file = match File::open(&final_path) {
             Ok(file) => file,
             Err(err) if err.kind() == io::ErrorKind::NotFound => {
-                let mut state = self.lock();
+                let mut state = self.state.lock();
                 if state.index.get(&lookup.key).is_some_and(|entry| {
                     entry.is_same_file(lookup.entry.inode, lookup.entry.version)
                 }) && !final_path.exists()
@@ -117,7 +117,7 @@ impl Inner {
         // Publishes change the path and the index together under the lock: if the index still
         // describes the file looked up, another inode at the path was put there behind the
         // store's back; it is not the version the index names.
-        let mut state = self.lock();
+        let mut state = self.state.lock();
         if let Some(entry) = state.index.get(&lookup.key).cloned()
             && entry.is_same_file(lookup.entry.inode, lookup.entry.version)
             && fs::metadata(&final_path).is_ok_and(|now| now.ino() != entry.inode)
@@ -139,7 +139,7 @@ impl Inner {
         sums: &Sums,
     ) -> Result<bool> {
         let staged_sums = self.stage_side_file(sums)?;
-        let mut state = self.lock();
+        let mut state = self.state.lock();
         let Some(entry) = state.index.get(&lookup.key).cloned() else {
             return Ok(false);
         };
@@ -223,7 +223,7 @@ impl Inner {
         version: u64,
         offset: u64,
     ) -> Option<Error> {
-        let mut state = self.lock();
+        let mut state = self.state.lock();
         let entry = state
             .index
             .get(key)
@@ -253,7 +253,7 @@ impl Inner {
             tracing::error!(error = %err, "cannot journal a quarantine");
         }
         {
-            let mut list = lock_list(&self.quarantined);
+            let mut list = self.quarantined.lock();
             if list.len() >= QUARANTINED_LIST_MAX {
                 list.pop_front();
             }

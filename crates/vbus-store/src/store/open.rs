@@ -2,10 +2,11 @@
 //! an older format), and its reconciliation with the directory (adopted, changed, and vanished
 //! files).
 
+use parking_lot::{Mutex, RwLock};
 use std::fs::{self, File, OpenOptions};
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use super::check::{hash_file, move_to_quarantine};
@@ -443,7 +444,7 @@ mod tests {
         );
         assert_eq!(store.meta("d", "f").unwrap().unwrap().version, 4);
         assert_eq!(store.get_file_by_path("d", "f").unwrap().unwrap(), bytes);
-        let digest = store.inner.lock().index.get("d/f").unwrap().sums;
+        let digest = store.inner.state.lock().index.get("d/f").unwrap().sums;
         assert_eq!(digest, Some(Sums::of(&bytes).digest()));
     }
 }

@@ -197,7 +197,7 @@ impl FileStore {
     /// Files quarantined since the last call (at most the latest 1,024), oldest first, so that
     /// a cluster agent can stop offering them.
     pub fn take_quarantined(&self) -> Vec<QuarantinedFile> {
-        lock_list(&self.inner.quarantined).drain(..).collect()
+        self.inner.quarantined.lock().drain(..).collect()
     }
 
     /// Called by a [`FileReader`] whose piece at `offset` failed its checksum (or could not be

@@ -6,7 +6,7 @@ use std::io::Write as _;
 use vbus_cache::{CacheKey, CacheManager};
 
 use super::{BusAgent, COHERENT_FETCH_BYTES};
-use crate::TrackerClient;
+use crate::directory::{Directory, DirectoryError};
 use crate::error::BusError;
 
 impl BusAgent {
@@ -198,12 +198,12 @@ impl BusAgent {
     /// Returns whether the master has the line's newest version now.
     fn write_back(
         &self,
-        tracker: &TrackerClient,
+        tracker: &dyn Directory,
         cache: &CacheManager,
         dataset: &str,
         path: &str,
     ) -> Result<bool, BusError> {
-        let unavailable = |err: crate::PeerError| BusError::Unavailable(err.to_string());
+        let unavailable = |err: DirectoryError| BusError::Unavailable(err.to_string());
         let leased = match tracker.begin_writeback(&self.id, dataset, path) {
             Ok(Ok(line)) => line,
             Ok(Err(crate::coherence::WritebackRefused::Clean { .. })) => return Ok(true),
@@ -255,7 +255,7 @@ impl BusAgent {
     }
 
     /// The write-back timer: every dirty line this agent owns goes to the master.
-    pub(super) fn write_back_owned(&self, tracker: &TrackerClient, cache: &CacheManager) {
+    pub(super) fn write_back_owned(&self, tracker: &dyn Directory, cache: &CacheManager) {
         let lines = match tracker.dirty(Some(&self.id), None) {
             Ok(lines) => lines,
             Err(err) => {

@@ -200,13 +200,13 @@ impl BusAgent {
             Ok(manifest) => manifest,
             Err(master_err) => match (&self.tracker, version != crate::LATEST) {
                 (Some(tracker), true) => {
-                    crate::manifest_from_peers(tracker, &self.http, &self.id, dataset, version)
+                    crate::manifest_from_peers(&**tracker, &self.http, &self.id, dataset, version)
                         .map_err(|peer_err| {
-                            BusError::NotFound(format!(
-                                "no version {version} of {dataset}: the master: {master_err}; \
+                        BusError::NotFound(format!(
+                            "no version {version} of {dataset}: the master: {master_err}; \
                                  peers: {peer_err}"
-                            ))
-                        })?
+                        ))
+                    })?
                 }
                 _ => {
                     return Err(BusError::NotFound(format!(
@@ -227,7 +227,7 @@ impl BusAgent {
             },
         );
         let swarm = Swarm {
-            tracker: self.tracker.as_ref(),
+            tracker: self.tracker.as_deref(),
             http: &self.http,
             self_id: &self.id,
             workers: self.workers,
@@ -308,7 +308,7 @@ impl BusAgent {
         AgentStatus {
             agent_id: self.id.clone(),
             advertise: self.addr.clone(),
-            tracker: self.tracker.as_ref().map(|t| t.base().to_owned()),
+            tracker: self.tracker.as_ref().map(|t| t.describe()),
             master: self.origin.describe(),
             uploads_now: self.peer.uploads_now(),
             repositories: self.repos.as_ref().map(|repos| RepositoriesStatus {

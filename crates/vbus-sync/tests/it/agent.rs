@@ -1,5 +1,6 @@
-//! The MESI protocol between BUS agents, in one process over loopback HTTP: a tracker, two agents
-//! with their own L3 and peer routes, and a directory master. A write orders a new version at
+//! The MESI protocol between BUS agents, in one process over loopback HTTP: a tracker (served
+//! over HTTP, or embedded as the agents' `Directory`), two agents with their own L3 and peer
+//! routes, and a directory master. A write orders a new version at
 //! the directory and makes the writer its Modified owner; a read elsewhere fetches that version
 //! from the owner (verified) before it is served; a push writes the Modified line back to the
 //! master first.
@@ -10,7 +11,9 @@ use std::time::Duration;
 use vbus_cache::{CacheKey, CacheManager};
 use vbus_sync::serve::peer::peer_router;
 use vbus_sync::serve::tracker::tracker_router;
-use vbus_sync::{AgentOptions, BusAgent, ErrorKind, LineState, Origin, Tracker};
+use vbus_sync::{
+    AgentOptions, BusAgent, Directory, ErrorKind, Http, LineState, Origin, Tracker, TrackerClient,
+};
 
 const TOKEN: &str = "a-cluster-token-for-tests";
 
@@ -35,7 +38,7 @@ fn node(
     runtime: &tokio::runtime::Runtime,
     root: &std::path::Path,
     id: &str,
-    tracker: &str,
+    directory: Arc<dyn Directory>,
     master: &std::path::Path,
 ) -> Node {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -50,7 +53,7 @@ fn node(
         home: root.to_owned(),
         id: id.to_owned(),
         addr,
-        tracker: Some(tracker.to_owned()),
+        directory: Some(directory),
         cluster_token: Some(TOKEN.to_owned()),
         pull_workers: 2,
         upload_bytes_per_second: 0,
@@ -103,8 +106,14 @@ fn a_write_invalidates_the_other_copy_and_a_read_fetches_the_newest_from_its_own
     );
     let master = dir.path().join("master");
     std::fs::create_dir_all(master.join("ds")).unwrap();
-    let a = node(&runtime, &dir.path().join("a"), "a", &tracker_addr, &master);
-    let b = node(&runtime, &dir.path().join("b"), "b", &tracker_addr, &master);
+    let client = || -> Arc<dyn Directory> {
+        Arc::new(TrackerClient::new(
+            &tracker_addr,
+            Http::new(Some(TOKEN.to_owned())),
+        ))
+    };
+    let a = node(&runtime, &dir.path().join("a"), "a", client(), &master);
+    let b = node(&runtime, &dir.path().join("b"), "b", client(), &master);
     let key = CacheKey::new("ds", "weights.bin");
 
     // A writes: A owns the line, Modified; nothing at the master yet.
@@ -144,18 +153,18 @@ fn a_read_is_refused_rather_than_served_stale_when_the_owner_is_gone() {
         .enable_all()
         .build()
         .unwrap();
-    let tracker_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let tracker_addr = tracker_listener.local_addr().unwrap().to_string();
-    let tracker = Arc::new(Tracker::open(dir.path().join("tracker")).unwrap());
-    serve(
-        &runtime,
-        tracker_listener,
-        tracker_router(tracker, TOKEN.to_owned()),
-    );
+    // The embedded tracker is the agents' directory itself, in process.
+    let tracker: Arc<dyn Directory> = Arc::new(Tracker::open(dir.path().join("tracker")).unwrap());
     let master = dir.path().join("master");
     std::fs::create_dir_all(&master).unwrap();
-    let a = node(&runtime, &dir.path().join("a"), "a", &tracker_addr, &master);
-    let b = node(&runtime, &dir.path().join("b"), "b", &tracker_addr, &master);
+    let a = node(
+        &runtime,
+        &dir.path().join("a"),
+        "a",
+        Arc::clone(&tracker),
+        &master,
+    );
+    let b = node(&runtime, &dir.path().join("b"), "b", tracker, &master);
     let key = CacheKey::new("ds", "only-on-a");
     write(&a, &key, b"never written back");
     // A's copy disappears (its disk is lost): the newest version has no reachable holder, and

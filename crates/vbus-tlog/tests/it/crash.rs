@@ -63,11 +63,7 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
     for round in 0..N_ROUNDS {
         let after = Duration::from_millis(rng.u64(5..40));
         let killed = harness::run_and_kill(TEST, dir.path(), round, after);
-        let last = killed
-            .acks()
-            .filter_map(|ack| ack.parse::<u64>().ok())
-            .max();
-        acked = acked.max(last.unwrap_or(0));
+        acked = acked.max(killed.max_ack().unwrap_or(0));
 
         let context = format!("round {round}");
         let (log, recovery) = Log::open(dir.path(), options())

@@ -704,7 +704,7 @@ fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) -> D
     started.elapsed()
 }
 
-/// The seed's MESI coherence across three agents whose master is a real S3-compatible server:
+/// MESI coherence across three agents whose master is a real S3-compatible server:
 /// a write on a invalidates b and c, a read on b gets the new version, and the master has it
 /// within the sync interval; a 40 MiB file goes the same way (a multipart upload to S3).
 #[test]
@@ -1023,7 +1023,7 @@ fn a_pull_serves_pieces_in_flight_and_resumes_after_a_kill() {
     );
 }
 
-/// The seed's `repositories` as local directories on one machine: the daemon mirrors the master
+/// `repositories` as local directories on one machine: the daemon mirrors the master
 /// into them, a file changed in one reaches the master and the other within a round, and two
 /// repositories changing one file in the same round end with the same version everywhere.
 #[test]

@@ -36,7 +36,7 @@ fn up_initialises_the_home_serves_and_exits_zero_on_sigterm() {
         "{l3}"
     );
     assert_eq!(l3["n_adopted_on_open"].as_u64(), Some(1), "{l3}");
-    // The seed's hit rates, and live per-tier counters of the cache the daemon runs.
+    // The hit rates, and live per-tier counters of the cache the daemon runs.
     for rate in ["l1_hit_rate", "l2_hit_rate", "l3_hit_rate"] {
         assert_eq!(stats[rate].as_f64(), Some(0.0), "{rate}: {stats}");
     }
