@@ -88,6 +88,7 @@ pub struct Value {
     /// Taken over without a copy from a read of the disk or the device.
     bytes: Arc<ValueBytes>,
     version: u64,
+    kind: u8,
 }
 
 impl Value {
@@ -99,7 +100,13 @@ impl Value {
         Self {
             bytes: Arc::new(bytes),
             version,
+            kind: 0,
         }
+    }
+
+    pub(crate) fn with_kind(mut self, kind: u8) -> Self {
+        self.kind = kind;
+        self
     }
 
     /// The bytes.
@@ -110,6 +117,12 @@ impl Value {
     /// Monotonic per key (the L3 store's version of the file).
     pub fn version(&self) -> u64 {
         self.version
+    }
+
+    /// What its writer said it holds, as the L3 index records it
+    /// ([`vbus_store::FileWriter::set_kind`]; 0: plain bytes).
+    pub fn kind(&self) -> u8 {
+        self.kind
     }
 
     /// Size in bytes.

@@ -107,6 +107,7 @@ pub struct Listed {
 pub struct DeviceValue {
     buffer: vbus_gpu::DeviceBuffer,
     version: u64,
+    kind: u8,
 }
 
 impl DeviceValue {
@@ -118,6 +119,11 @@ impl DeviceValue {
     /// The version of the value it holds.
     pub fn version(&self) -> u64 {
         self.version
+    }
+
+    /// The kind of the value it holds ([`Value::kind`]).
+    pub fn kind(&self) -> u8 {
+        self.kind
     }
 }
 
@@ -189,6 +195,12 @@ impl CacheManager {
     /// when it fits. Write-back: kept in L2 as dirty (or written through when it cannot be).
     /// Returns the new value (its version rises with every put of the key).
     pub fn put(&self, key: impl Into<CacheKey>, bytes: &[u8]) -> Result<Value> {
+        self.put_kind(key, bytes, 0)
+    }
+
+    /// [`CacheManager::put`] recording `kind` with the value (in L3's index, and on the value
+    /// every tier hands out: [`Value::kind`]).
+    pub fn put_kind(&self, key: impl Into<CacheKey>, bytes: &[u8], kind: u8) -> Result<Value> {
         let key = key.into();
         let (value, victims) = {
             // The whole put holds the key's stripe: the memory tiers drop their copies before
@@ -203,12 +215,12 @@ impl CacheManager {
                 l2.remove(&key);
             }
             let written_back = match self.inner.write_mode {
-                WriteMode::Back => self.inner.put_dirty(&mut stripe, &key, bytes)?,
+                WriteMode::Back => self.inner.put_dirty(&mut stripe, &key, bytes, kind)?,
                 WriteMode::Through => None,
             };
             match written_back {
                 Some(put) => put,
-                None => self.inner.put_through(&mut stripe, &key, bytes)?,
+                None => self.inner.put_through(&mut stripe, &key, bytes, kind)?,
             }
         };
         self.inner.write_back_victims(victims);
@@ -275,8 +287,18 @@ impl CacheManager {
 
     /// Stores `bytes` under `key` like [`CacheManager::put`], and also places the value in L1.
     pub fn put_device(&self, key: impl Into<CacheKey>, bytes: &[u8]) -> Result<Arc<DeviceValue>> {
+        self.put_device_kind(key, bytes, 0)
+    }
+
+    /// [`CacheManager::put_device`] recording `kind` ([`CacheManager::put_kind`]).
+    pub fn put_device_kind(
+        &self,
+        key: impl Into<CacheKey>,
+        bytes: &[u8],
+        kind: u8,
+    ) -> Result<Arc<DeviceValue>> {
         let key = key.into();
-        let value = self.put(key.clone(), bytes)?;
+        let value = self.put_kind(key.clone(), bytes, kind)?;
         self.inner.fill_l1(&key, &value)
     }
 

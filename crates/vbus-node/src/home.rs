@@ -225,6 +225,17 @@ impl InitReport {
 /// Creates the home layout, the sized configuration and the launchers. Existing files are kept
 /// unless `overwrite` is [`Overwrite::Force`]; a second run changes nothing.
 pub fn init(home: &Home, overwrite: Overwrite) -> anyhow::Result<InitReport> {
+    let vbus_binary = std::env::current_exe().context("cannot locate the running vbus binary")?;
+    init_for(home, overwrite, &vbus_binary)
+}
+
+/// [`init`] with launchers that start `vbus_binary` (else `vbus` on `PATH`): a process that is
+/// not the `vbus` binary (the Python package) passes `vbus`.
+pub fn init_for(
+    home: &Home,
+    overwrite: Overwrite,
+    vbus_binary: &Path,
+) -> anyhow::Result<InitReport> {
     let scan = SystemScan::run(home.root(), Measure::InventoryOnly);
     let mut entries = Vec::new();
     for dir in LAYOUT_DIRS {
@@ -259,8 +270,7 @@ pub fn init(home: &Home, overwrite: Overwrite) -> anyhow::Result<InitReport> {
         config
     };
 
-    let vbus_binary = std::env::current_exe().context("cannot locate the running vbus binary")?;
-    for (name, text, mode) in launchers(&vbus_binary) {
+    for (name, text, mode) in launchers(vbus_binary) {
         let path = home.root().join(name);
         let exists = path.exists();
         if exists && overwrite == Overwrite::Keep {

@@ -248,7 +248,16 @@ impl Node {
 
     /// Stores `bytes` as the new value of `key`.
     pub fn put(&self, key: &CacheKey, bytes: &[u8]) -> Result<Put, NodeError> {
-        let version = self.tiers.cache.put(key.clone(), bytes)?.version();
+        self.put_kind(key, bytes, 0)
+    }
+
+    /// [`Node::put`] recording `kind` with the value ([`CacheManager::put_kind`]).
+    pub fn put_kind(&self, key: &CacheKey, bytes: &[u8], kind: u8) -> Result<Put, NodeError> {
+        let version = self
+            .tiers
+            .cache
+            .put_kind(key.clone(), bytes, kind)?
+            .version();
         let durable = self.tiers.cache.write_mode() == vbus_cache::WriteMode::Through;
         self.finish_put(key, version, durable)
     }

@@ -19,6 +19,8 @@ pub(crate) struct Entry {
     pub pinned: bool,
     /// The digest of the piece checksums (see `sums`), when known.
     pub sums: Option<u64>,
+    /// What the writer said the contents are ([`crate::ValueKind`]; 0: plain bytes).
+    pub kind: u8,
     /// The contents were checked against `hash` since the store opened (not persisted).
     pub verified: bool,
     /// Position in the LRU order (not persisted).
@@ -178,6 +180,7 @@ mod tests {
             last_access_ms: 0,
             pinned: false,
             sums: None,
+            kind: 0,
             verified: false,
             tick: 0,
         }

@@ -13,8 +13,9 @@
 //! stale; compaction writes the snapshot of G+1 first, then a fresh journal of G+1, each atomically.
 //!
 //! The magic's last byte is the format version. Format 2 adds each file's piece-checksum digest
-//! (see `sums`); format 1 (no digests) is read, and the store rewrites it as format 2 at once on
-//! open. A magic of a later format is refused with [`Error::UnsupportedFormat`], never guessed at.
+//! (see `sums`); format 3 adds each file's kind byte (what its writer said it holds). Formats 1
+//! and 2 are read (kind 0, plain bytes; no digests in format 1), and the store rewrites them in
+//! the current format at once on open. A magic of a later format is refused with [`Error::UnsupportedFormat`], never guessed at.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -23,10 +24,10 @@ use std::path::{Path, PathBuf};
 use crate::index::Entry;
 use crate::{Error, Result};
 
-const JOURNAL_MAGIC: &[u8; 8] = b"VBUSJRN2";
-const SNAPSHOT_MAGIC: &[u8; 8] = b"VBUSSNP2";
+const JOURNAL_MAGIC: &[u8; 8] = b"VBUSJRN3";
+const SNAPSHOT_MAGIC: &[u8; 8] = b"VBUSSNP3";
 /// The format this build writes.
-pub(crate) const FORMAT: u8 = 2;
+pub(crate) const FORMAT: u8 = 3;
 /// The oldest format this build reads.
 const FORMAT_MIN: u8 = 1;
 const JOURNAL_HEADER_BYTES: u64 = 24;
@@ -50,6 +51,8 @@ pub(crate) enum Record {
         mtime_ns: i64,
         /// The digest of the file's piece checksums, when known.
         sums: Option<u64>,
+        /// What its writer said it holds (0: plain bytes).
+        kind: u8,
     },
     /// A file left the store (removed, evicted or quarantined).
     Remove { key: String, version: u64 },
@@ -68,6 +71,7 @@ impl Record {
                 inode,
                 mtime_ns,
                 sums,
+                kind,
             } => {
                 out.push(KIND_PUT);
                 out.extend_from_slice(&version.to_le_bytes());
@@ -77,6 +81,7 @@ impl Record {
                 out.push(u8::from(hash.is_some()) | (u8::from(sums.is_some()) << 1));
                 out.extend_from_slice(&hash.unwrap_or([0; 32]));
                 out.extend_from_slice(&sums.unwrap_or(0).to_le_bytes());
+                out.push(*kind);
                 put_key(out, key);
             }
             Self::Remove { key, version } => {
@@ -104,6 +109,7 @@ impl Record {
                 let flags = cursor.u8()?;
                 let hash = cursor.hash()?;
                 let sums = if format >= 2 { cursor.u64()? } else { 0 };
+                let kind = if format >= 3 { cursor.u8()? } else { 0 };
                 Self::Put {
                     key: cursor.key()?,
                     version,
@@ -112,6 +118,7 @@ impl Record {
                     inode,
                     mtime_ns,
                     sums: (format >= 2 && flags & 2 != 0).then_some(sums),
+                    kind,
                 }
             }
             KIND_REMOVE => {
@@ -387,6 +394,7 @@ pub(crate) fn write_snapshot<'a>(
         );
         bytes.extend_from_slice(&entry.hash.unwrap_or([0; 32]));
         bytes.extend_from_slice(&entry.sums.unwrap_or(0).to_le_bytes());
+        bytes.push(entry.kind);
         put_key(&mut bytes, key);
         written += 1;
     }
@@ -435,6 +443,7 @@ fn parse_snapshot(bytes: &[u8]) -> Option<Snapshot> {
         let flags = cursor.u8()?;
         let hash = cursor.hash()?;
         let sums = if format >= 2 { cursor.u64()? } else { 0 };
+        let kind = if format >= 3 { cursor.u8()? } else { 0 };
         let key = cursor.key()?;
         entries.push((
             key,
@@ -447,6 +456,7 @@ fn parse_snapshot(bytes: &[u8]) -> Option<Snapshot> {
                 last_access_ms,
                 pinned: flags & 2 != 0,
                 sums: (format >= 2 && flags & 4 != 0).then_some(sums),
+                kind,
                 verified: false,
                 tick: 0,
             },
@@ -486,6 +496,7 @@ pub(crate) mod tests {
                 inode: 123,
                 mtime_ns: -5,
                 sums: Some(0xDEAD_BEEF_0123_4567),
+                kind: 2,
             },
             Record::Put {
                 key: "d/x".to_owned(),
@@ -495,6 +506,7 @@ pub(crate) mod tests {
                 inode: 1,
                 mtime_ns: 1_700_000_000_000_000_000,
                 sums: None,
+                kind: 0,
             },
             Record::Pin {
                 key: "d/x".to_owned(),
@@ -568,6 +580,7 @@ pub(crate) mod tests {
             last_access_ms: 1234,
             pinned: true,
             sums: Some(42),
+            kind: 1,
             verified: true,
             tick: 3,
         };
@@ -654,6 +667,7 @@ pub(crate) mod tests {
                 inode: 77,
                 mtime_ns: 99,
                 sums: Some(1),
+                kind: 0,
             }]),
         )
         .unwrap();
@@ -670,6 +684,7 @@ pub(crate) mod tests {
                 inode: 77,
                 mtime_ns: 99,
                 sums: None,
+                kind: 0,
             }]
         );
 
@@ -688,7 +703,7 @@ pub(crate) mod tests {
         write_snapshot(dir.path(), 1, 1, 0, std::iter::empty()).unwrap();
         let snapshot_path = dir.path().join("snapshot");
         let mut snapshot = fs::read(&snapshot_path).unwrap();
-        snapshot[7] = b'3';
+        snapshot[7] = b'4';
         fs::write(&snapshot_path, &snapshot).unwrap();
         assert!(matches!(
             read_snapshot(dir.path()),
@@ -725,6 +740,7 @@ pub(crate) mod tests {
             last_access_ms: 4,
             pinned: true,
             sums: Some(5),
+            kind: 3,
             verified: false,
             tick: 0,
         };
@@ -750,13 +766,13 @@ pub(crate) mod tests {
                 }
                 _ => bytes = (0..rng.usize(..200)).map(|_| rng.u8(..)).collect(),
             }
-            for format in [1, 2] {
+            for format in [1, 2, FORMAT] {
                 if let Some(record) = Record::decode(&bytes, format)
-                    && format == 2
+                    && format == FORMAT
                 {
                     let mut again = Vec::new();
                     record.encode(&mut again);
-                    assert_eq!(Record::decode(&again, 2), Some(record));
+                    assert_eq!(Record::decode(&again, FORMAT), Some(record));
                 }
             }
             let _ = parse_snapshot(&bytes);
@@ -765,7 +781,7 @@ pub(crate) mod tests {
             framed.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
             framed.extend_from_slice(&crc32c::crc32c(&bytes).to_le_bytes());
             framed.extend_from_slice(&bytes);
-            let _ = read_record(&framed, 0, 2);
+            let _ = read_record(&framed, 0, FORMAT);
         }
     }
 }

@@ -96,6 +96,14 @@ pub trait EvictionHook: Send + Sync {
     fn may_evict(&self, dataset: &str, path: &str, version: u64) -> bool;
 }
 
+/// How a publish is recorded: the version it takes (`None`: the next) and the kind its writer
+/// gave.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Stamp {
+    pub version: Option<u64>,
+    pub kind: u8,
+}
+
 /// What the store knows about one file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileMeta {
@@ -113,6 +121,8 @@ pub struct FileMeta {
     pub last_access_ms: u64,
     /// Pinned files are never evicted.
     pub pinned: bool,
+    /// What its writer said it holds ([`FileWriter::set_kind`]; 0: plain bytes).
+    pub kind: u8,
 }
 
 impl FileMeta {
@@ -126,6 +136,7 @@ impl FileMeta {
             version: entry.version,
             last_access_ms: entry.last_access_ms,
             pinned: entry.pinned,
+            kind: entry.kind,
         }
     }
 
@@ -285,7 +296,7 @@ impl FileStore {
 
     /// Publishes `bytes` as `dataset/path`; returns its metadata once it is durable.
     pub fn store_file(&self, dataset: &str, path: &str, bytes: &[u8]) -> Result<FileMeta> {
-        self.store_file_versioned(dataset, path, bytes, None)
+        self.store_file_versioned(dataset, path, bytes, Stamp::default())
     }
 
     /// [`FileStore::store_file`] publishing as `version`, taken earlier from
@@ -299,7 +310,21 @@ impl FileStore {
         bytes: &[u8],
         version: u64,
     ) -> Result<FileMeta> {
-        self.store_file_versioned(dataset, path, bytes, Some(version))
+        self.store_file_with(dataset, path, bytes, Some(version), 0)
+    }
+
+    /// [`FileStore::store_file`] publishing as `version` (when given, as
+    /// [`FileStore::store_file_as`] does) with `kind` recorded in the index
+    /// ([`FileWriter::set_kind`]).
+    pub fn store_file_with(
+        &self,
+        dataset: &str,
+        path: &str,
+        bytes: &[u8],
+        version: Option<u64>,
+        kind: u8,
+    ) -> Result<FileMeta> {
+        self.store_file_versioned(dataset, path, bytes, Stamp { version, kind })
     }
 
     /// A version no publish has used or will use by itself: every later publish without a
@@ -316,12 +341,13 @@ impl FileStore {
         dataset: &str,
         path: &str,
         bytes: &[u8],
-        version: Option<u64>,
+        stamp: Stamp,
     ) -> Result<FileMeta> {
         let mut writer = self.file_writer(dataset, path)?;
-        if let Some(version) = version {
+        if let Some(version) = stamp.version {
             writer.set_version(version);
         }
+        writer.set_kind(stamp.kind);
         if bytes.len() < PARALLEL_HASH_BYTES_MIN {
             io::Write::write_all(&mut writer, bytes)
                 .map_err(Error::io("write", writer.staging_path()))?;
@@ -393,7 +419,7 @@ impl FileStore {
             &final_path,
             meta.len(),
             (hash, builder.finish()),
-            None,
+            Stamp::default(),
         )
     }
 
@@ -559,7 +585,7 @@ impl FileStore {
         final_path: &Path,
         size_bytes: u64,
         (hash, sums): ([u8; 32], Sums),
-        version: Option<u64>,
+        stamp: Stamp,
     ) -> Result<FileMeta> {
         let (dataset, path) = name::split_key(key);
         if size_bytes > self.inner.capacity_bytes {
@@ -580,7 +606,7 @@ impl FileStore {
             let mut state = self.inner.state.lock();
             let replaced_bytes = state.index.get(key).map_or(0, |entry| entry.size_bytes);
             let held_version = state.index.get(key).map(|entry| entry.version);
-            if let (Some(version), Some(held_version)) = (version, held_version)
+            if let (Some(version), Some(held_version)) = (stamp.version, held_version)
                 && held_version >= version
             {
                 return Err(Error::StaleVersion {
@@ -602,7 +628,7 @@ impl FileStore {
             }
             self.inner.place_side_file(key, staged_sums);
             let pinned = state.index.get(key).is_some_and(|entry| entry.pinned);
-            let version = version.unwrap_or(state.next_version);
+            let version = stamp.version.unwrap_or(state.next_version);
             let entry = Entry {
                 version,
                 size_bytes,
@@ -612,6 +638,7 @@ impl FileStore {
                 last_access_ms: now_ms(),
                 pinned,
                 sums: Some(sums.digest()),
+                kind: stamp.kind,
                 verified: true,
                 tick: 0,
             };
@@ -748,6 +775,7 @@ fn put_record(key: &str, entry: &Entry) -> Record {
         inode: entry.inode,
         mtime_ns: entry.mtime_ns,
         sums: entry.sums,
+        kind: entry.kind,
     }
 }
 

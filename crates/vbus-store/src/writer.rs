@@ -25,6 +25,8 @@ pub struct FileWriter {
     prehashed: bool,
     /// The version to publish as, from [`FileStore::reserve_version`]; `None` takes the next.
     version: Option<u64>,
+    /// What the contents are, recorded in the index ([`FileWriter::set_kind`]).
+    kind: u8,
 }
 
 impl FileWriter {
@@ -46,6 +48,7 @@ impl FileWriter {
             size_bytes: 0,
             prehashed: false,
             version: None,
+            kind: 0,
         })
     }
 
@@ -69,6 +72,13 @@ impl FileWriter {
     /// this version of the file or a newer one.
     pub fn set_version(&mut self, version: u64) {
         self.version = Some(version);
+    }
+
+    /// Records `kind` in the index with the file: an opaque byte saying what the contents are
+    /// (0, the default, is plain bytes; the Python package records a value's type). The store
+    /// keeps it while the file is unchanged; a file adopted from the directory has kind 0.
+    pub fn set_kind(&mut self, kind: u8) {
+        self.kind = kind;
     }
 
     /// Flushes and fsyncs the staged file, then publishes it: readers see the old version or this
@@ -112,7 +122,10 @@ impl FileWriter {
             &self.final_path,
             self.size_bytes,
             (hash, std::mem::take(&mut self.sums).finish()),
-            self.version,
+            crate::store::Stamp {
+                version: self.version,
+                kind: self.kind,
+            },
         );
         // On success the staging file was renamed away; on failure `Drop` removes it.
         result

@@ -79,7 +79,7 @@ impl Inner {
         l1.device
             .download(&on_device.buffer, 0, bytes.as_mut())
             .map_err(Error::Device)?;
-        Ok(Value::from_bytes(bytes, on_device.version))
+        Ok(Value::from_bytes(bytes, on_device.version).with_kind(on_device.kind))
     }
 
     /// Copies `value` to the device and keeps it in L1 (unless the key has moved on, or L1 holds
@@ -101,6 +101,7 @@ impl Inner {
         let on_device = Arc::new(DeviceValue {
             buffer,
             version: value.version(),
+            kind: value.kind(),
         });
         let victims = {
             let stripe = self.stripe(key);

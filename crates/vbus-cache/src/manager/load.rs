@@ -79,7 +79,7 @@ impl Inner {
         };
         if let Some((bytes, meta)) = from_l3 {
             self.counters.l3_hits.fetch_add(1, Ordering::Relaxed);
-            let value = Value::from_bytes(bytes, meta.version);
+            let value = Value::from_bytes(bytes, meta.version).with_kind(meta.kind);
             let victims = {
                 let stripe = self.stripe(key);
                 self.fill_l2(&stripe, key, &value)?
@@ -118,7 +118,9 @@ impl Inner {
                 return Ok(self
                     .l3
                     .get_file_into(key.dataset(), key.path(), |len| self.value_bytes(len))?
-                    .map(|(bytes, meta)| Value::from_bytes(bytes, meta.version)));
+                    .map(|(bytes, meta)| {
+                        Value::from_bytes(bytes, meta.version).with_kind(meta.kind)
+                    }));
             }
             let meta = self.l3.store_file(key.dataset(), key.path(), &bytes)?;
             self.refetchable.lock().insert(key.clone());

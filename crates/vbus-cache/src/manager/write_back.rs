@@ -42,9 +42,12 @@ impl Inner {
         stripe: &mut Stripe<'_>,
         key: &CacheKey,
         bytes: &[u8],
+        kind: u8,
     ) -> Result<(Value, Victims)> {
         let dirty_pinned = stripe.get(key).is_some_and(|dirty| dirty.pinned);
-        let mut meta = self.l3.store_file(key.dataset(), key.path(), bytes)?;
+        let mut meta = self
+            .l3
+            .store_file_with(key.dataset(), key.path(), bytes, None, kind)?;
         self.forget_dirty(stripe, key);
         if dirty_pinned && !meta.pinned {
             self.l3.pin(key.dataset(), key.path())?;
@@ -52,7 +55,7 @@ impl Inner {
         }
         // A put's value has no other copy: L3 must never evict it.
         self.refetchable.lock().remove(key);
-        let value = self.value_from_slice(bytes, meta.version);
+        let value = self.value_from_slice(bytes, meta.version).with_kind(kind);
         let current = Current {
             version: meta.version,
             pinned: meta.pinned,
@@ -69,6 +72,7 @@ impl Inner {
         stripe: &mut Stripe<'_>,
         key: &CacheKey,
         bytes: &[u8],
+        kind: u8,
     ) -> Result<Option<(Value, Victims)>> {
         let Some(l2) = &self.l2 else { return Ok(None) };
         let size_bytes = bytes.len() as u64;
@@ -84,7 +88,7 @@ impl Inner {
         }
         let pinned = self.current(stripe, key)?.is_some_and(|c| c.pinned);
         let version = self.l3.reserve_version();
-        let value = self.value_from_slice(bytes, version);
+        let value = self.value_from_slice(bytes, version).with_kind(kind);
         let evicted =
             match l2.insert_unless(key.clone(), value.clone(), size_bytes, pinned, |held| {
                 held.version() >= version
@@ -122,11 +126,12 @@ impl Inner {
         let Some(dirty) = stripe.get(key).cloned() else {
             return Ok(());
         };
-        let meta = self.l3.store_file_as(
+        let meta = self.l3.store_file_with(
             key.dataset(),
             key.path(),
             dirty.value.bytes(),
-            dirty.value.version(),
+            Some(dirty.value.version()),
+            dirty.value.kind(),
         )?;
         if dirty.pinned && !meta.pinned {
             self.l3.pin(key.dataset(), key.path())?;

@@ -198,3 +198,23 @@ fn large_values_live_in_page_locked_memory_with_a_cuda_l1() {
     assert_eq!(download(&device, &on_device), &big[1..]);
     drop(hog);
 }
+
+#[test]
+fn a_values_kind_survives_l1() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = device();
+    let cache = CacheManager::builder()
+        .l3_dir(dir.path().join("L3"))
+        .l1_device(device.clone())
+        .l1_capacity_bytes(1 << 20)
+        .l2_capacity_bytes(0)
+        .build()
+        .unwrap();
+    assert_eq!(
+        cache.put_device_kind("t", &[1u8; 100], 2).unwrap().kind(),
+        2
+    );
+    assert_eq!(cache.get_device("t").unwrap().unwrap().kind(), 2);
+    // A host read of the L1 copy (no L2) keeps it too.
+    assert_eq!(cache.get("t").unwrap().unwrap().kind(), 2);
+}

@@ -499,3 +499,32 @@ fn a_damaged_l3_copy_is_fetched_again_from_the_source() {
     }
     assert_eq!(cache.store().stats().n_checksum_failures, 2);
 }
+
+#[test]
+fn a_values_kind_travels_with_it_through_every_tier() {
+    let dir = tempfile::tempdir().unwrap();
+    for mode in [WriteMode::Through, WriteMode::Back] {
+        let l3 = dir.path().join(mode.as_str());
+        {
+            let cache = CacheManager::builder()
+                .l3_dir(&l3)
+                .write_mode(mode)
+                .build()
+                .unwrap();
+            assert_eq!(cache.put_kind("array", b"a", 1).unwrap().kind(), 1);
+            assert_eq!(cache.put("plain", b"p").unwrap().kind(), 0);
+            // From L2 (a dirty value in write-back mode).
+            assert_eq!(cache.get("array").unwrap().unwrap().kind(), 1);
+            cache.flush().unwrap();
+            let meta = cache.store().meta("default", "array").unwrap().unwrap();
+            assert_eq!(meta.kind, 1, "{mode:?}: L3's index");
+        }
+        // From L3, after a reopen.
+        let cache = CacheManager::builder().l3_dir(&l3).build().unwrap();
+        assert_eq!(cache.get("array").unwrap().unwrap().kind(), 1, "{mode:?}");
+        assert_eq!(cache.get("plain").unwrap().unwrap().kind(), 0, "{mode:?}");
+        // A put without a kind replaces it.
+        cache.put("array", b"bytes now").unwrap();
+        assert_eq!(cache.get("array").unwrap().unwrap().kind(), 0);
+    }
+}

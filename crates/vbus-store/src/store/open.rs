@@ -110,6 +110,7 @@ impl FileStore {
                                 last_access_ms: now,
                                 pinned: previous.pinned,
                                 sums: Some(sums.digest()),
+                                kind: previous.kind,
                                 verified: true,
                                 tick: 0,
                             };
@@ -232,6 +233,7 @@ fn adopted_entry(file: &walk::FoundFile, version: u64, now: u64, pinned: bool) -
         last_access_ms: now,
         pinned,
         sums: None,
+        kind: 0,
         verified: false,
         tick: 0,
     }
@@ -307,6 +309,7 @@ fn load_index(index_dir: &Path) -> Result<LoadedIndex> {
                     inode,
                     mtime_ns,
                     sums,
+                    kind,
                 } => {
                     next_version = next_version.max(version + 1);
                     let (pinned, last_access_ms) = entries
@@ -323,6 +326,7 @@ fn load_index(index_dir: &Path) -> Result<LoadedIndex> {
                             last_access_ms,
                             pinned,
                             sums,
+                            kind,
                             verified: false,
                             tick,
                         },
@@ -399,7 +403,7 @@ mod tests {
     use super::*;
 
     /// A home written before piece checksums (index format 1) opens: its files are known (not
-    /// re-adopted), the index is rewritten in format 2 at once, and the first read of each file
+    /// re-adopted), the index is rewritten in the current format at once, and the first read of each file
     /// checks its BLAKE3 and records its checksums.
     #[test]
     fn an_index_of_format_1_is_migrated_in_place() {
@@ -421,6 +425,7 @@ mod tests {
                 inode: stat.ino(),
                 mtime_ns: walk::mtime_ns(&stat),
                 sums: None,
+                kind: 0,
             }]),
         )
         .unwrap();
@@ -436,11 +441,11 @@ mod tests {
         );
         assert_eq!(
             &fs::read(index_dir.join("journal")).unwrap()[..8],
-            b"VBUSJRN2"
+            b"VBUSJRN3"
         );
         assert_eq!(
             &fs::read(index_dir.join("snapshot")).unwrap()[..8],
-            b"VBUSSNP2"
+            b"VBUSSNP3"
         );
         assert_eq!(store.meta("d", "f").unwrap().unwrap().version, 4);
         assert_eq!(store.get_file_by_path("d", "f").unwrap().unwrap(), bytes);

@@ -297,3 +297,48 @@ fn adopt_renames_a_staged_file_into_place_and_survives_a_reopen() {
         bytes
     );
 }
+
+#[test]
+fn a_files_kind_is_kept_across_reopens_and_compactions_until_it_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStore::open(dir.path()).unwrap();
+    assert_eq!(store.store_file("ds", "plain", b"p").unwrap().kind, 0);
+    let meta = store.store_file_with("ds", "array", b"a", None, 1).unwrap();
+    assert_eq!(meta.kind, 1);
+    let mut writer = store.file_writer("ds", "streamed").unwrap();
+    std::io::Write::write_all(&mut writer, b"s").unwrap();
+    writer.set_kind(2);
+    assert_eq!(writer.commit().unwrap().kind, 2);
+    // Pinning (a record of its own) keeps the kind.
+    assert!(store.pin("ds", "array").unwrap());
+    drop(store);
+
+    // From the journal.
+    let store = FileStore::open(dir.path()).unwrap();
+    let kind = |store: &FileStore, path: &str| store.meta("ds", path).unwrap().unwrap().kind;
+    assert_eq!(
+        [
+            kind(&store, "plain"),
+            kind(&store, "array"),
+            kind(&store, "streamed")
+        ],
+        [0, 1, 2]
+    );
+    // From a snapshot.
+    store.compact().unwrap();
+    drop(store);
+    let store = FileStore::open(dir.path()).unwrap();
+    assert_eq!(
+        [
+            kind(&store, "plain"),
+            kind(&store, "array"),
+            kind(&store, "streamed")
+        ],
+        [0, 1, 2]
+    );
+    let (_, meta) = store.get_file_with_meta("ds", "array").unwrap().unwrap();
+    assert_eq!(meta.kind, 1);
+    // A new version takes its writer's kind.
+    store.store_file("ds", "array", b"bytes now").unwrap();
+    assert_eq!(kind(&store, "array"), 0);
+}
